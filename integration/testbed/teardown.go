@@ -1,0 +1,196 @@
+package testbed
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Stop removes every pod, task and container, stops containerd, and returns
+// what survived that orderly teardown (each entry says what and where) before
+// force-cleaning it so the next run starts clean.
+func (b *Bed) Stop() ([]string, error) {
+	var errs []string
+	if out, err := b.Crictl("rmp", "--all", "--force"); err != nil {
+		errs = append(errs, fmt.Sprintf("crictl rmp: %v: %s", err, out))
+	}
+	for _, ns := range b.namespaces() {
+		if err := b.removeAll(ns); err != nil {
+			errs = append(errs, err.Error())
+		}
+	}
+	b.daemon.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-b.exited:
+	case <-time.After(20 * time.Second):
+		b.daemon.Process.Kill()
+		<-b.exited
+		errs = append(errs, "containerd did not stop on SIGTERM within 20s")
+	}
+	left := b.Leftovers()
+	b.forceClean()
+	var err error
+	if len(errs) > 0 {
+		err = fmt.Errorf("teardown: %s", strings.Join(errs, "; "))
+	}
+	return left, err
+}
+
+func (b *Bed) namespaces() []string {
+	out, err := b.Ctr("namespaces", "list", "-q")
+	if err != nil {
+		return []string{b.Namespace, "k8s.io"}
+	}
+	return strings.Fields(out)
+}
+
+// removeAll kills and deletes every task and container of a namespace.
+func (b *Bed) removeAll(ns string) error {
+	out, _ := b.CtrNS(ns, "tasks", "list", "-q")
+	for _, id := range strings.Fields(out) {
+		b.CtrNS(ns, "tasks", "kill", "--all", "--signal", "SIGKILL", id)
+		b.waitStopped(ns, id)
+		b.CtrNS(ns, "tasks", "delete", "--force", id)
+	}
+	out, _ = b.CtrNS(ns, "containers", "list", "-q")
+	for _, id := range strings.Fields(out) {
+		if o, err := b.CtrNS(ns, "containers", "delete", id); err != nil {
+			return fmt.Errorf("deleting container %s/%s: %v: %s", ns, id, err, o)
+		}
+	}
+	return nil
+}
+
+func (b *Bed) waitStopped(ns, id string) {
+	for i := 0; i < 50; i++ {
+		out, _ := b.CtrNS(ns, "tasks", "list")
+		if !strings.Contains(out, id+" ") || strings.Contains(out, "STOPPED") {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Leftovers lists what the bed's containers left on the node: mounts under
+// the bed, new network namespaces, shim processes, container cgroups and shim
+// sockets.
+func (b *Bed) Leftovers() []string {
+	var left []string
+	for _, m := range b.mounts() {
+		left = append(left, "mount "+m)
+	}
+	for ns := range netnsNames() {
+		if !b.netnsBefore[ns] {
+			left = append(left, "network namespace /run/netns/"+ns)
+		}
+	}
+	for _, p := range b.processes() {
+		left = append(left, "process "+p)
+	}
+	for _, cg := range b.cgroups() {
+		left = append(left, "cgroup "+cg)
+	}
+	sockets, _ := filepath.Glob(filepath.Join(b.Dir, "state", "*", "*", "*", "*.sock"))
+	for _, s := range sockets {
+		left = append(left, "socket "+s)
+	}
+	return left
+}
+
+// mounts lists mount points inside the bed's directory.
+func (b *Bed) mounts() []string {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) > 4 && strings.HasPrefix(fields[4], b.Dir+"/") {
+			out = append(out, fields[4])
+		}
+	}
+	return out
+}
+
+// processes lists live processes started for this bed: containerd shims
+// carry the bed's socket in their command line.
+func (b *Bed) processes() []string {
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	var out []string
+	for _, d := range dirs {
+		cmdline, err := os.ReadFile(filepath.Join(d, "cmdline"))
+		if err != nil || !strings.Contains(string(cmdline), b.Socket) {
+			continue
+		}
+		out = append(out, filepath.Base(d)+" "+strings.ReplaceAll(strings.TrimSpace(string(cmdline)), "\x00", " "))
+	}
+	return out
+}
+
+// cgroups lists container cgroups left under the bed's namespaces, in every
+// mounted hierarchy (v1 controllers or the unified one).
+func (b *Bed) cgroups() []string {
+	var out []string
+	for _, ns := range []string{b.Namespace, "k8s.io"} {
+		dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", ns, "*"))
+		more, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", ns, "*"))
+		for _, d := range append(dirs, more...) {
+			if st, err := os.Stat(d); err == nil && st.IsDir() {
+				out = append(out, d)
+			}
+		}
+	}
+	return out
+}
+
+// forceClean removes whatever the orderly teardown left, so that one failed
+// run cannot poison the next.
+func (b *Bed) forceClean() {
+	for _, p := range b.processes() {
+		var pid int
+		fmt.Sscanf(p, "%d", &pid)
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	time.Sleep(200 * time.Millisecond)
+	mounts := b.mounts()
+	for i := len(mounts) - 1; i >= 0; i-- {
+		syscall.Unmount(mounts[i], syscall.MNT_DETACH)
+	}
+	for ns := range netnsNames() {
+		if !b.netnsBefore[ns] {
+			syscall.Unmount(filepath.Join("/run/netns", ns), syscall.MNT_DETACH)
+			os.Remove(filepath.Join("/run/netns", ns))
+		}
+	}
+	for _, ns := range []string{b.Namespace, "k8s.io"} {
+		dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", ns))
+		for _, d := range dirs {
+			subs, _ := filepath.Glob(filepath.Join(d, "*"))
+			for _, s := range subs {
+				if st, err := os.Stat(s); err == nil && st.IsDir() {
+					os.Remove(s)
+				}
+			}
+			os.Remove(d)
+		}
+	}
+	exec.Command("ip", "link", "delete", "snaptest0").Run()
+	os.RemoveAll(b.Dir)
+}
+
+func netnsNames() map[string]bool {
+	names := map[string]bool{}
+	entries, _ := os.ReadDir("/run/netns")
+	for _, e := range entries {
+		names[e.Name()] = true
+	}
+	return names
+}

@@ -1,0 +1,240 @@
+// Package testbed runs a private containerd for tests, benchmarks and the
+// demo: its own root, state, sockets and CNI network, a `runc` and a
+// `snapshot` runtime handler, and local images. Stop tears it all down and
+// Leftovers reports anything that survived (mounts, processes, cgroups,
+// sockets, network namespaces).
+package testbed
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Runtime types the bed configures.
+const (
+	RuncRuntime     = "io.containerd.runc.v2"
+	SnapshotRuntime = "io.containerd.snapshot.v2"
+	ShimBinary      = "containerd-shim-snapshot-v2"
+)
+
+// Config says what the bed runs.
+type Config struct {
+	// Dir holds everything the bed creates; it is removed by Stop.
+	Dir string
+	// ShimPath is the built containerd-shim-snapshot-v2.
+	ShimPath string
+	// ShimOptions is the TOML body of the snapshot handler's options file.
+	ShimOptions string
+	// Namespace is the containerd namespace for ctr commands.
+	Namespace string
+	// Subnet is the CNI bridge subnet for pods.
+	Subnet string
+}
+
+// Bed is a running private containerd.
+type Bed struct {
+	Config
+	Socket      string
+	OptionsPath string
+	daemon      *exec.Cmd
+	exited      chan error
+	logPath     string
+	netnsBefore map[string]bool
+}
+
+// Start writes the configuration and starts containerd, waiting until it
+// answers. On failure it returns containerd's log in the error.
+func Start(cfg Config) (*Bed, error) {
+	if cfg.Namespace == "" {
+		cfg.Namespace = "snapshot-test"
+	}
+	if cfg.Subnet == "" {
+		cfg.Subnet = "10.88.77.0/24"
+	}
+	b := &Bed{Config: cfg, Socket: filepath.Join(cfg.Dir, "containerd.sock"),
+		OptionsPath: filepath.Join(cfg.Dir, "snapshot-options.toml"), logPath: filepath.Join(cfg.Dir, "containerd.log"),
+		netnsBefore: netnsNames()}
+	if err := b.writeConfig(); err != nil {
+		return nil, err
+	}
+	if err := b.startDaemon(); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+func (b *Bed) writeConfig() error {
+	for _, d := range []string{"root", "state", "cni", "ipam", "logs", "bin"} {
+		if err := os.MkdirAll(filepath.Join(b.Dir, d), 0o700); err != nil {
+			return err
+		}
+	}
+	// containerd finds shims for `ctr --runtime` on its PATH: give it the
+	// built shim under its canonical name.
+	shim := filepath.Join(b.Dir, "bin", ShimBinary)
+	if err := os.Symlink(b.ShimPath, shim); err != nil && !os.IsExist(err) {
+		return err
+	}
+	if err := os.WriteFile(b.OptionsPath, []byte(b.ShimOptions), 0o600); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(b.Dir, "cni", "10-snapshot-test.conflist"), []byte(b.cniConfig()), 0o600); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(b.Dir, "config.toml"), []byte(b.containerdConfig()), 0o600)
+}
+
+func (b *Bed) containerdConfig() string {
+	return fmt.Sprintf(`version = 3
+root = %[1]q
+state = %[2]q
+
+[grpc]
+  address = %[3]q
+
+[ttrpc]
+  address = %[4]q
+
+[plugins.'io.containerd.grpc.v1.cri']
+  enable_criu = true
+
+[plugins.'io.containerd.nri.v1.nri']
+  disable = true
+
+[plugins.'io.containerd.cri.v1.images'.pinned_images]
+  sandbox = "registry.k8s.io/pause:3.10.2"
+
+[plugins.'io.containerd.cri.v1.runtime']
+  restrict_oom_score_adj = true
+
+[plugins.'io.containerd.cri.v1.runtime'.cni]
+  bin_dirs = ["/usr/lib/cni", "/opt/cni/bin"]
+  conf_dir = %[5]q
+
+[plugins.'io.containerd.cri.v1.runtime'.containerd]
+  default_runtime_name = "runc"
+
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+  runtime_type = %[6]q
+
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.snapshot]
+  runtime_type = %[7]q
+  runtime_path = %[8]q
+
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.snapshot.options]
+  ConfigPath = %[9]q
+`, filepath.Join(b.Dir, "root"), filepath.Join(b.Dir, "state"), b.Socket, b.Socket+".ttrpc",
+		filepath.Join(b.Dir, "cni"), RuncRuntime, SnapshotRuntime, b.ShimPath, b.OptionsPath)
+}
+
+func (b *Bed) cniConfig() string {
+	return fmt.Sprintf(`{
+  "cniVersion": "1.0.0",
+  "name": "snapshot-test",
+  "plugins": [{
+    "type": "bridge", "bridge": "snaptest0", "isGateway": true, "ipMasq": false,
+    "ipam": {"type": "host-local", "ranges": [[{"subnet": %q}]], "dataDir": %q}
+  }]
+}`, b.Subnet, filepath.Join(b.Dir, "ipam"))
+}
+
+func (b *Bed) startDaemon() error {
+	logf, err := os.Create(b.logPath)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command("containerd", "--config", filepath.Join(b.Dir, "config.toml"), "--log-level", "debug")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), "PATH="+filepath.Join(b.Dir, "bin")+":"+os.Getenv("PATH"))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting containerd: %w", err)
+	}
+	b.daemon, b.exited = cmd, make(chan error, 1)
+	go func() { b.exited <- cmd.Wait() }()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-b.exited:
+			return fmt.Errorf("containerd exited (%v); log:\n%s", err, b.Log())
+		case <-time.After(200 * time.Millisecond):
+		}
+		if _, err := b.Ctr("version"); err == nil {
+			return nil
+		}
+	}
+	b.daemon.Process.Kill()
+	return fmt.Errorf("containerd did not answer within 30s; log:\n%s", b.Log())
+}
+
+// Log returns containerd's log so far (the last 16 KiB).
+func (b *Bed) Log() string {
+	data, _ := os.ReadFile(b.logPath)
+	if len(data) > 16<<10 {
+		data = data[len(data)-16<<10:]
+	}
+	return string(data)
+}
+
+// Ctr runs ctr against the bed in its namespace and returns combined output.
+func (b *Bed) Ctr(args ...string) (string, error) {
+	return b.CtrNS(b.Namespace, args...)
+}
+
+// CtrNS runs ctr in the given namespace.
+func (b *Bed) CtrNS(ns string, args ...string) (string, error) {
+	return run(exec.Command("ctr", append([]string{"--address", b.Socket, "--namespace", ns}, args...)...))
+}
+
+// CtrCmd returns an unstarted ctr command, for tests that wire stdin or a tty.
+func (b *Bed) CtrCmd(args ...string) *exec.Cmd {
+	return exec.Command("ctr", append([]string{"--address", b.Socket, "--namespace", b.Namespace}, args...)...)
+}
+
+// Crictl runs crictl against the bed's CRI endpoint.
+func (b *Bed) Crictl(args ...string) (string, error) {
+	ep := "unix://" + b.Socket
+	base := []string{"--runtime-endpoint", ep, "--image-endpoint", ep, "--timeout", "60s"}
+	return run(exec.Command("crictl", append(base, args...)...))
+}
+
+// Import loads an OCI tarball into the bed's namespace and, for CRI, k8s.io.
+func (b *Bed) Import(tarball string) error {
+	for _, ns := range []string{b.Namespace, "k8s.io"} {
+		if out, err := b.CtrNS(ns, "images", "import", tarball); err != nil {
+			return fmt.Errorf("importing %s into %s: %v: %s", tarball, ns, err, out)
+		}
+	}
+	return nil
+}
+
+func run(cmd *exec.Cmd) (string, error) {
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	done := make(chan error, 1)
+	if err := cmd.Start(); err != nil {
+		return "", err
+	}
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return out.String(), fmt.Errorf("%s: %w: %s", strings.Join(cmd.Args, " "), err, strings.TrimSpace(out.String()))
+		}
+		return out.String(), nil
+	case <-ctx.Done():
+		cmd.Process.Kill()
+		<-done
+		return out.String(), fmt.Errorf("%s: timed out", strings.Join(cmd.Args, " "))
+	}
+}

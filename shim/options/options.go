@@ -1,0 +1,172 @@
+// Package options reads the per-handler runtime options of the snapshot shim.
+//
+// A RuntimeClass handler in containerd's config names this shim as its
+// runtime_type and points options.ConfigPath at a TOML file owned by the node
+// admin (or inlines it as options.ConfigBody). Only this file decides where
+// checkpoints come from: a pod can never name a store or a path itself.
+package options
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Restore policies.
+const (
+	RestoreAuto     = "auto"     // restore on a match, cold-start otherwise
+	RestoreRequired = "required" // restore or fail the container
+	RestoreNever    = "never"    // always cold-start (still checkpointable)
+)
+
+// Auto-checkpoint policies.
+const (
+	AutoCheckpointOff     = "off"
+	AutoCheckpointOnReady = "on-ready" // checkpoint when the workload writes ready-for-checkpoint
+)
+
+// CheckpointAuto selects the newest checkpoint whose identity key matches.
+const CheckpointAuto = "auto"
+
+// Options are one handler's settings. Field tags are the TOML keys.
+type Options struct {
+	// Store is the checkpoint store directory; empty disables restore.
+	Store string `toml:"store"`
+	// Checkpoint is "auto" (look up by identity key) or a checkpoint name.
+	Checkpoint string `toml:"checkpoint"`
+	// Restore is the restore policy: auto, required or never.
+	Restore string `toml:"restore"`
+	// AutoCheckpoint is off or on-ready.
+	AutoCheckpoint string `toml:"auto_checkpoint"`
+	// ControlDir is where the per-container control directory is mounted
+	// inside the container; empty mounts none.
+	ControlDir string `toml:"control_dir"`
+	// CRIUPath is the CRIU binary; empty means "criu" from PATH.
+	CRIUPath string `toml:"criu_path"`
+	// IgnoreEnv lists environment variables left out of the identity key
+	// (per-pod values such as HOSTNAME).
+	IgnoreEnv []string `toml:"ignore_env"`
+	// LockTimeout bounds the CUDA lock of each process at checkpoint.
+	LockTimeout Duration `toml:"lock_timeout"`
+	// CheckpointTimeout bounds a whole checkpoint.
+	CheckpointTimeout Duration `toml:"checkpoint_timeout"`
+	// RestoreTimeout bounds a whole restore before falling back.
+	RestoreTimeout Duration `toml:"restore_timeout"`
+
+	// Source names where these options came from, for error messages.
+	Source string `toml:"-"`
+}
+
+// Duration is a time.Duration written as a Go duration string ("30s").
+type Duration struct{ time.Duration }
+
+// UnmarshalText parses "30s", "5m", ...
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("not a duration (want e.g. \"30s\"): %q", b)
+	}
+	if v <= 0 {
+		return fmt.Errorf("must be positive: %q", b)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText writes the duration back as text.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// Default returns the options a handler gets for keys it does not set.
+func Default() Options {
+	return Options{
+		Checkpoint:        CheckpointAuto,
+		Restore:           RestoreAuto,
+		AutoCheckpoint:    AutoCheckpointOff,
+		IgnoreEnv:         []string{"HOSTNAME"},
+		LockTimeout:       Duration{30 * time.Second},
+		CheckpointTimeout: Duration{10 * time.Minute},
+		RestoreTimeout:    Duration{5 * time.Minute},
+		Source:            "defaults",
+	}
+}
+
+// ErrInvalid marks options that were read but are not acceptable.
+var ErrInvalid = errors.New("invalid snapshot shim options")
+
+// Load reads options from the file at path.
+func Load(path string) (Options, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Options{}, fmt.Errorf("snapshot shim options %s: %w", path, err)
+	}
+	return Parse(data, path)
+}
+
+// Parse decodes TOML options; source names the file (or "inline ConfigBody")
+// in every error. Unknown keys and bad values are errors, never ignored.
+func Parse(data []byte, source string) (Options, error) {
+	o := Default()
+	o.Source = source
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&o)
+	if err != nil {
+		return Options{}, fmt.Errorf("%w: %s: %v", ErrInvalid, source, err)
+	}
+	if undecoded := md.Undecoded(); len(undecoded) > 0 {
+		keys := make([]string, len(undecoded))
+		for i, k := range undecoded {
+			keys[i] = k.String()
+		}
+		sort.Strings(keys)
+		return Options{}, fmt.Errorf("%w: %s: unknown key %q (known keys: %s)",
+			ErrInvalid, source, keys[0], strings.Join(knownKeys(), ", "))
+	}
+	if err := o.validate(); err != nil {
+		return Options{}, fmt.Errorf("%w: %s: %v", ErrInvalid, source, err)
+	}
+	return o, nil
+}
+
+func (o Options) validate() error {
+	if err := oneOf("restore", o.Restore, RestoreAuto, RestoreRequired, RestoreNever); err != nil {
+		return err
+	}
+	if err := oneOf("auto_checkpoint", o.AutoCheckpoint, AutoCheckpointOff, AutoCheckpointOnReady); err != nil {
+		return err
+	}
+	for key, p := range map[string]string{"store": o.Store, "control_dir": o.ControlDir, "criu_path": o.CRIUPath} {
+		if p != "" && !filepath.IsAbs(p) {
+			return fmt.Errorf("%s = %q: must be an absolute path", key, p)
+		}
+	}
+	if o.Checkpoint == "" || strings.ContainsAny(o.Checkpoint, "/\\") || strings.HasPrefix(o.Checkpoint, ".") {
+		return fmt.Errorf("checkpoint = %q: must be \"auto\" or a checkpoint name (no '/', not hidden)", o.Checkpoint)
+	}
+	if o.Restore == RestoreRequired && o.Store == "" {
+		return fmt.Errorf("restore = %q needs a store", o.Restore)
+	}
+	if o.AutoCheckpoint == AutoCheckpointOnReady && (o.Store == "" || o.ControlDir == "") {
+		return fmt.Errorf("auto_checkpoint = %q needs store and control_dir", o.AutoCheckpoint)
+	}
+	return nil
+}
+
+func oneOf(key, value string, allowed ...string) error {
+	for _, a := range allowed {
+		if value == a {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s = %q: must be one of %s", key, value, strings.Join(allowed, ", "))
+}
+
+func knownKeys() []string {
+	return []string{"store", "checkpoint", "restore", "auto_checkpoint", "control_dir",
+		"criu_path", "ignore_env", "lock_timeout", "checkpoint_timeout", "restore_timeout"}
+}

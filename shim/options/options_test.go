@@ -1,0 +1,91 @@
+package options
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParse(t *testing.T) {
+	tests := []struct {
+		name    string
+		body    string
+		wantErr string // substring; empty means success
+	}{
+		{name: "empty gives defaults", body: ""},
+		{name: "full", body: `store = "/var/lib/snap"
+checkpoint = "auto"
+restore = "required"
+auto_checkpoint = "on-ready"
+control_dir = "/run/snapshot"
+criu_path = "/usr/local/sbin/criu"
+ignore_env = ["HOSTNAME", "POD_IP"]
+lock_timeout = "10s"
+checkpoint_timeout = "2m"
+restore_timeout = "1m"`},
+		{name: "unknown key", body: `stor = "/x"`, wantErr: `unknown key "stor"`},
+		{name: "bad restore", body: `restore = "sometimes"`, wantErr: `restore = "sometimes": must be one of auto, required, never`},
+		{name: "bad auto_checkpoint", body: `auto_checkpoint = "yes"`, wantErr: `auto_checkpoint = "yes"`},
+		{name: "relative store", body: `store = "snap"`, wantErr: `store = "snap": must be an absolute path`},
+		{name: "bad duration", body: `lock_timeout = "soon"`, wantErr: `lock_timeout`},
+		{name: "negative duration", body: `restore_timeout = "-1s"`, wantErr: `must be positive`},
+		{name: "wrong type", body: `store = 3`, wantErr: `store`},
+		{name: "checkpoint path", body: `store = "/s"` + "\n" + `checkpoint = "../x"`, wantErr: `checkpoint = "../x"`},
+		{name: "required without store", body: `restore = "required"`, wantErr: `needs a store`},
+		{name: "on-ready without control_dir", body: `store = "/s"` + "\n" + `auto_checkpoint = "on-ready"`, wantErr: `needs store and control_dir`},
+		{name: "not toml", body: `store = `, wantErr: `/etc/snap.toml`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o, err := Parse([]byte(tt.body), "/etc/snap.toml")
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("got options %+v, want error containing %q", o, tt.wantErr)
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("error %v does not wrap ErrInvalid", err)
+			}
+			for _, want := range []string{tt.wantErr, "/etc/snap.toml"} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not contain %q", err, want)
+				}
+			}
+		})
+	}
+}
+
+func TestParseValues(t *testing.T) {
+	o, err := Parse([]byte("store = \"/s\"\nlock_timeout = \"10s\"\n"), "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Store != "/s" || o.LockTimeout.Duration != 10*time.Second || o.Restore != RestoreAuto || o.Checkpoint != CheckpointAuto {
+		t.Fatalf("unexpected options: %+v", o)
+	}
+	if o.RestoreTimeout.Duration != Default().RestoreTimeout.Duration {
+		t.Errorf("restore_timeout default lost: %v", o.RestoreTimeout)
+	}
+}
+
+func TestLoadMissingFileNamesPath(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "missing.toml")
+	_, err := Load(p)
+	if err == nil || !strings.Contains(err.Error(), p) {
+		t.Fatalf("want error naming %s, got %v", p, err)
+	}
+	if err := os.WriteFile(p, []byte("restore = \"never\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o, err := Load(p)
+	if err != nil || o.Restore != RestoreNever || o.Source != p {
+		t.Fatalf("Load = %+v, %v", o, err)
+	}
+}

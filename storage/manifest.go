@@ -1,0 +1,142 @@
+package storage
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path"
+	"slices"
+	"strings"
+	"time"
+)
+
+// SchemaVersion is the manifest format this package writes and the only one
+// it reads: a reader refuses other versions rather than guess at fields it
+// does not know.
+const SchemaVersion = 1
+
+// Manifest is manifest.json: everything needed to decide whether a
+// checkpoint fits a container and a node, and to prove its files intact.
+type Manifest struct {
+	Schema int    `json:"schema"`
+	Name   string `json:"name"`
+	// Key is the identity key (hex sha256) that restore looks up by;
+	// Identity holds the canonical fields that produced it, for humans.
+	Key      string            `json:"key"`
+	Identity map[string]string `json:"identity,omitempty"`
+	Node     Fingerprint       `json:"node"`
+	Source   Source            `json:"source"`
+	Created  time.Time         `json:"created"`
+	Files    []File            `json:"files"`
+	// Phases holds seconds spent per checkpoint phase, for tuning.
+	Phases        map[string]float64 `json:"phases,omitempty"`
+	GPUs          []GPU              `json:"gpus,omitempty"`
+	DriverVersion string             `json:"driver_version,omitempty"`
+	Labels        map[string]string  `json:"labels,omitempty"`
+}
+
+// Source is the container a checkpoint was taken from, for operators
+// tracing a checkpoint back to its workload.
+type Source struct {
+	ContainerID string `json:"container_id"`
+	Namespace   string `json:"namespace"`
+	Hostname    string `json:"hostname"`
+}
+
+// File records one file of a checkpoint so Verify can prove it unchanged.
+type File struct {
+	Path   string `json:"path"` // relative, slash-separated
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+// GPU is a device the checkpointed process used; restore maps each source
+// UUID onto a GPU of the same product on the target node.
+type GPU struct {
+	UUID        string `json:"uuid"`
+	Product     string `json:"product"`
+	MemoryBytes uint64 `json:"memory_bytes"`
+}
+
+// readManifest reads and validates the manifest at file.
+func readManifest(file string) (*Manifest, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrManifest, err)
+	}
+	m, err := decodeManifest(data)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrManifest, file, err)
+	}
+	return m, nil
+}
+
+// decodeManifest checks the schema before decoding strictly, so a newer
+// manifest reports "unsupported schema" rather than its first new field.
+func decodeManifest(data []byte) (*Manifest, error) {
+	var probe struct {
+		Schema int `json:"schema"`
+	}
+	if err := json.Unmarshal(data, &probe); err != nil {
+		return nil, fmt.Errorf("malformed or truncated JSON: %w", err)
+	}
+	if probe.Schema != SchemaVersion {
+		return nil, fmt.Errorf("unsupported schema %d, this build reads schema %d", probe.Schema, SchemaVersion)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	m := new(Manifest)
+	if err := dec.Decode(m); err != nil {
+		return nil, err
+	}
+	return m, m.validate()
+}
+
+// validate rejects manifests Publish would never write; Verify trusts the
+// file list to stay inside the checkpoint directory.
+func (m *Manifest) validate() error {
+	if err := validKey(m.Key); err != nil {
+		return err
+	}
+	if prefix, _, ok := parseName(m.Name); !ok || prefix != m.Key[:keyPrefixLen] {
+		return fmt.Errorf("name %q is not a checkpoint name for key %s", m.Name, m.Key)
+	}
+	seen := make(map[string]bool, len(m.Files))
+	for _, f := range m.Files {
+		if err := validPath(f.Path); err != nil {
+			return err
+		}
+		if seen[f.Path] {
+			return fmt.Errorf("file %s listed twice", f.Path)
+		}
+		seen[f.Path] = true
+		if f.Size < 0 || len(f.SHA256) != 64 || strings.Trim(f.SHA256, hexDigits) != "" {
+			return fmt.Errorf("file %s: invalid size %d or sha256 %q", f.Path, f.Size, f.SHA256)
+		}
+	}
+	return nil
+}
+
+// validPath accepts only paths Publish writes: relative, clean, slash
+// separated and inside the checkpoint directory.
+func validPath(p string) error {
+	why := ""
+	switch {
+	case p == "" || p == ".":
+		why = "is empty"
+	case strings.Contains(p, `\`):
+		why = "contains a backslash"
+	case path.IsAbs(p):
+		why = "is absolute"
+	case slices.Contains(strings.Split(p, "/"), ".."):
+		why = `contains ".."`
+	case path.Clean(p) != p:
+		why = "is not clean"
+	case p == manifestName:
+		why = "is the manifest itself"
+	default:
+		return nil
+	}
+	return fmt.Errorf("file path %q %s", p, why)
+}

@@ -1,0 +1,168 @@
+package storage
+
+import (
+	"cmp"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+)
+
+// Verify proves the directory matches its manifest before a restore trusts
+// it: every listed file present with the recorded size and sha256, nothing
+// unlisted, and nothing but regular files and directories (a symlink or
+// device could point a restore at host files). Every problem is reported,
+// each naming the file; the error wraps ErrCorrupt. progress, if not nil,
+// gets the bytes checked so far and the total.
+func (c *Checkpoint) Verify(progress func(done, total int64)) error {
+	if c.Manifest == nil {
+		return fmt.Errorf("verify %s: %w", c.Name, cmp.Or(c.Err, ErrManifest))
+	}
+	problems := c.checkTree()
+	problems = append(problems, c.checkFiles(progress)...)
+	if len(problems) > 0 {
+		return fmt.Errorf("verify %s: %w: %w", c.Name, ErrCorrupt, errors.Join(problems...))
+	}
+	return nil
+}
+
+// Size is the checkpoint's payload in bytes as its manifest records it (0
+// without a manifest); Prune's byte budget counts this.
+func (c *Checkpoint) Size() int64 {
+	var n int64
+	if c.Manifest != nil {
+		for _, f := range c.Manifest.Files {
+			n += f.Size
+		}
+	}
+	return n
+}
+
+// checkTree reports what is on disk but not in the manifest. Listed paths
+// are left to checkFile, so no problem is reported twice.
+func (c *Checkpoint) checkTree() (problems []error) {
+	listed := make(map[string]bool, len(c.Manifest.Files))
+	for _, f := range c.Manifest.Files {
+		listed[f.Path] = true
+	}
+	err := filepath.WalkDir(c.Dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(c.Dir, p)
+		rel = filepath.ToSlash(rel)
+		switch {
+		case err != nil || d.IsDir() || listed[rel]:
+		case !d.Type().IsRegular():
+			problems = append(problems, fmt.Errorf("%s: unexpected %s", rel, describe(d.Type())))
+		case rel != manifestName:
+			problems = append(problems, fmt.Errorf("%s: not in manifest", rel))
+		}
+		return err
+	})
+	if err != nil {
+		problems = append(problems, err)
+	}
+	return problems
+}
+
+func (c *Checkpoint) checkFiles(progress func(done, total int64)) (problems []error) {
+	var done int64
+	total := c.Size()
+	add := func(n int64) {
+		done += n
+		if progress != nil {
+			progress(done, total)
+		}
+	}
+	for _, f := range c.Manifest.Files {
+		if err := checkFile(filepath.Join(c.Dir, filepath.FromSlash(f.Path)), f, add); err != nil {
+			problems = append(problems, fmt.Errorf("%s: %w", f.Path, err))
+		}
+	}
+	return problems
+}
+
+// checkFile compares one file with its manifest entry. It hashes only when
+// the size matches; skipped bytes still count as done for progress.
+func checkFile(p string, f File, add func(int64)) error {
+	fi, err := os.Lstat(p)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		err = errors.New("missing")
+	case err != nil:
+	case !fi.Mode().IsRegular():
+		err = fmt.Errorf("is a %s, expected a regular file", describe(fi.Mode()))
+	case fi.Size() != f.Size:
+		err = fmt.Errorf("size: expected %d, got %d", f.Size, fi.Size())
+	default:
+		size, sum, err := hashFile(p, false, add)
+		switch {
+		case err != nil:
+			return err
+		case size != f.Size:
+			return fmt.Errorf("size: expected %d, got %d", f.Size, size)
+		case sum != f.SHA256:
+			return fmt.Errorf("sha256: expected %s, got %s", f.SHA256, sum)
+		}
+		return nil
+	}
+	add(f.Size)
+	return err
+}
+
+// hashFile returns a file's size and hex sha256, reporting bytes read to
+// add. With seal, as Publish needs, it also sets the store's file mode and
+// flushes the file to stable storage.
+func hashFile(p string, seal bool, add func(int64)) (int64, string, error) {
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return 0, "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	var w io.Writer = h
+	if add != nil {
+		w = io.MultiWriter(h, countWriter(add))
+	}
+	n, err := io.CopyBuffer(w, f, make([]byte, 1<<20))
+	if err == nil && seal {
+		if err = f.Chmod(fileMode); err == nil {
+			err = f.Sync()
+		}
+	}
+	if err != nil {
+		return 0, "", err
+	}
+	return n, hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// countWriter turns written bytes into progress reports.
+type countWriter func(int64)
+
+func (c countWriter) Write(b []byte) (int, error) {
+	c(int64(len(b)))
+	return len(b), nil
+}
+
+// describe names a non-regular file type for error messages.
+func describe(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeSymlink != 0:
+		return "symlink"
+	case m&fs.ModeDevice != 0:
+		return "device"
+	case m&fs.ModeNamedPipe != 0:
+		return "named pipe"
+	case m&fs.ModeSocket != 0:
+		return "socket"
+	case m.IsDir():
+		return "directory"
+	}
+	return "special file"
+}
