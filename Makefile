@@ -17,7 +17,7 @@ deps:
 	contrib/scripts/deps.sh
 
 ## test: unit tests, then the integration suite against a private containerd (root)
-test: test-unit test-integration
+test: deps test-unit test-integration
 
 test-unit:
 	$(GO) vet ./...

@@ -339,3 +339,27 @@ func shimRunning(binary, ns string) bool {
 	}
 	return false
 }
+
+// TestBadOptionsRejected: a handler options file with an unknown key or a bad
+// value fails the container with an error naming the key and the file.
+func TestBadOptionsRejected(t *testing.T) {
+	cases := map[string]string{
+		"unknown key": "stor = \"/var/lib/x\"\n",
+		"bad value":   "restore = \"sometimes\"\n",
+	}
+	for name, body := range cases {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "handler.toml")
+			if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			id := containerID(t, testbed.SnapshotRuntime)
+			r := ctrRun(t, testbed.SnapshotRuntime, "", []string{"--runtime-config-path", path}, id, "true")
+			key := strings.SplitN(body, " ", 2)[0]
+			if r.Code == 0 || !strings.Contains(r.Stderr, path) || !strings.Contains(r.Stderr, key) {
+				t.Fatalf("want a failure naming %s and %q, got %+v", path, key, r)
+			}
+			bed.Ctr("containers", "delete", id)
+		})
+	}
+}

@@ -82,6 +82,9 @@ func (b *Bed) writeConfig() error {
 	if err := os.Symlink(b.ShimPath, shim); err != nil && !os.IsExist(err) {
 		return err
 	}
+	if err := os.WriteFile(filepath.Join(b.Dir, "crictl.yaml"), []byte("runtime-endpoint: unix://"+b.Socket+"\n"), 0o600); err != nil {
+		return err
+	}
 	if err := os.WriteFile(b.OptionsPath, []byte(b.ShimOptions), 0o600); err != nil {
 		return err
 	}
@@ -184,7 +187,7 @@ func (b *Bed) Log() string {
 	return string(data)
 }
 
-// Ctr runs ctr against the bed in its namespace and returns combined output.
+// Ctr runs ctr against the bed in its namespace and returns its stdout.
 func (b *Bed) Ctr(args ...string) (string, error) {
 	return b.CtrNS(b.Namespace, args...)
 }
@@ -202,7 +205,7 @@ func (b *Bed) CtrCmd(args ...string) *exec.Cmd {
 // Crictl runs crictl against the bed's CRI endpoint.
 func (b *Bed) Crictl(args ...string) (string, error) {
 	ep := "unix://" + b.Socket
-	base := []string{"--runtime-endpoint", ep, "--image-endpoint", ep, "--timeout", "60s"}
+	base := []string{"--config", filepath.Join(b.Dir, "crictl.yaml"), "--runtime-endpoint", ep, "--image-endpoint", ep, "--timeout", "60s"}
 	return run(exec.Command("crictl", append(base, args...)...))
 }
 
@@ -216,9 +219,11 @@ func (b *Bed) Import(tarball string) error {
 	return nil
 }
 
+// run runs a client command and returns its stdout; on failure the error
+// holds stderr too.
 func run(cmd *exec.Cmd) (string, error) {
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	done := make(chan error, 1)
@@ -229,7 +234,7 @@ func run(cmd *exec.Cmd) (string, error) {
 	select {
 	case err := <-done:
 		if err != nil {
-			return out.String(), fmt.Errorf("%s: %w: %s", strings.Join(cmd.Args, " "), err, strings.TrimSpace(out.String()))
+			return out.String(), fmt.Errorf("%s: %w: %s%s", strings.Join(cmd.Args, " "), err, out.String(), strings.TrimSpace(errOut.String()))
 		}
 		return out.String(), nil
 	case <-ctx.Done():

@@ -1,0 +1,90 @@
+// Command bench measures the shim against containerd's runc shim on one
+// private containerd, interleaving the two so that both see the same machine.
+//
+//	go run ./integration/bench -mode cold -runs 30
+//
+// Mode cold times `ctr run --rm` of a trivial container end to end (shim
+// start, create, start, exit, delete) and prints min and median per runtime
+// and the ratio of medians.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"sort"
+	"time"
+
+	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/testbed"
+)
+
+func main() {
+	mode := flag.String("mode", "cold", "benchmark: cold")
+	runs := flag.Int("runs", 30, "runs per runtime")
+	flag.Parse()
+	if *mode != "cold" {
+		fail(fmt.Errorf("unknown mode %q", *mode))
+	}
+	dir, err := os.MkdirTemp("/var/tmp", "snapshot-bench-")
+	if err != nil {
+		fail(err)
+	}
+	defer os.RemoveAll(dir)
+	bed, err := testbed.Prepare(dir, "")
+	if err != nil {
+		fail(err)
+	}
+	times, err := coldRuns(bed, *runs)
+	if left, stopErr := bed.Stop(); stopErr != nil || len(left) > 0 {
+		fmt.Fprintln(os.Stderr, "bench: teardown:", stopErr, left)
+	}
+	if err != nil {
+		fail(err)
+	}
+	report(times, *runs)
+}
+
+// coldRuns alternates runc and snapshot runs so drift affects both equally.
+func coldRuns(bed *testbed.Bed, runs int) (map[string][]time.Duration, error) {
+	times := map[string][]time.Duration{}
+	runtimes := []string{testbed.RuncRuntime, testbed.SnapshotRuntime}
+	for i := 0; i < runs; i++ {
+		for _, rt := range runtimes {
+			id := fmt.Sprintf("bench-%d-%d", i, len(times[rt])+len(rt))
+			start := time.Now()
+			cmd := exec.Command("ctr", "--address", bed.Socket, "--namespace", bed.Namespace,
+				"run", "--rm", "--runtime", rt, testbed.BusyboxRef, id, "true")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				return nil, fmt.Errorf("%s run %d: %v: %s", rt, i, err, out)
+			}
+			times[rt] = append(times[rt], time.Since(start))
+		}
+	}
+	return times, nil
+}
+
+func report(times map[string][]time.Duration, runs int) {
+	host, _ := os.Hostname()
+	fmt.Printf("bench-cold: %d interleaved `ctr run --rm busybox true` per runtime, host %s, %s\n",
+		runs, host, time.Now().UTC().Format(time.RFC3339))
+	fmt.Printf("%-28s %10s %10s\n", "runtime", "min", "median")
+	med := map[string]time.Duration{}
+	for _, rt := range []string{testbed.RuncRuntime, testbed.SnapshotRuntime} {
+		ts := append([]time.Duration(nil), times[rt]...)
+		sort.Slice(ts, func(i, j int) bool { return ts[i] < ts[j] })
+		med[rt] = ts[len(ts)/2]
+		fmt.Printf("%-28s %10s %10s\n", rt, ts[0].Round(time.Millisecond), med[rt].Round(time.Millisecond))
+	}
+	ratio := float64(med[testbed.SnapshotRuntime]) / float64(med[testbed.RuncRuntime])
+	verdict := "meets"
+	if ratio > 1.05 {
+		verdict = "MISSES"
+	}
+	fmt.Printf("ratio of medians (snapshot/runc): %.3f (%s the goal of <= 1.05)\n", ratio, verdict)
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "bench:", err)
+	os.Exit(1)
+}
