@@ -16,6 +16,11 @@ import (
 	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
 
+	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/proto"
+
 	"github.com/gpusnap/containerd-shim-snapshot-v2/shim/options"
 )
 
@@ -32,9 +37,21 @@ type Service struct {
 
 // container is what the shim remembers about one container between RPCs.
 type container struct {
-	id      string
-	bundle  string
-	options options.Options
+	id         string
+	namespace  string
+	bundle     string
+	options    options.Options
+	spec       *specs.Spec
+	rootfs     []*types.Mount
+	controlDir string
+	// create is the original request, kept so that a failed restore can
+	// fall back to a cold start of the same container.
+	create *taskAPI.CreateTaskRequest
+	// plan is the checkpoint chosen at Create; nil means cold start.
+	plan *restorePlan
+	// restored is set once a restore succeeded.
+	restored  bool
+	stopWatch func()
 }
 
 // NewService wraps the runc shim's task service.
@@ -49,8 +66,9 @@ func (s *Service) RegisterTTRPC(server *ttrpc.Server) error {
 	return nil
 }
 
-// Create reads the handler's options, hands the runc shim only what it
-// understands, and records the container for Start, Checkpoint and Delete.
+// Create reads the handler's options, mounts the control directory, decides
+// between restore and cold start, and hands the runc shim only what it
+// understands.
 func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
 	opts, runcOpts, err := readOptions(r.Options)
 	if err != nil {
@@ -58,24 +76,92 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 		return nil, errgrpc.ToGRPC(err)
 	}
 	r.Options = runcOpts
+	c, err := newContainer(ctx, r, opts)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	if r.Checkpoint == "" {
+		plan, err := s.planRestore(ctx, c)
+		if err != nil {
+			removeControlDir(ctx, c.id)
+			return nil, errgrpc.ToGRPC(err)
+		}
+		if plan != nil {
+			c.plan = plan
+			r.Checkpoint = plan.imagePath()
+		}
+	}
 	resp, err := s.TTRPCTaskService.Create(ctx, r)
 	if err != nil {
+		removeControlDir(ctx, c.id)
 		return nil, err
 	}
 	s.mu.Lock()
-	s.containers[r.ID] = &container{id: r.ID, bundle: r.Bundle, options: opts}
+	s.containers[r.ID] = c
 	s.mu.Unlock()
 	return resp, nil
 }
 
-// Start starts the container's init process or an exec.
-func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
-	return s.TTRPCTaskService.Start(ctx, r)
+// newContainer records a container and adds its control directory mount to
+// the bundle's spec before runc sees it.
+func newContainer(ctx context.Context, r *taskAPI.CreateTaskRequest, opts options.Options) (*container, error) {
+	ns, _ := namespaces.Namespace(ctx)
+	spec, err := readSpec(r.Bundle)
+	if err != nil {
+		return nil, err
+	}
+	c := &container{id: r.ID, namespace: ns, bundle: r.Bundle, options: opts, spec: spec, rootfs: r.Rootfs,
+		create: proto.Clone(r).(*taskAPI.CreateTaskRequest)}
+	if opts.ControlDir != "" {
+		if c.controlDir, err = addControlDir(spec, r.ID, opts.ControlDir); err != nil {
+			return nil, err
+		}
+		if err := writeSpec(r.Bundle, spec); err != nil {
+			removeControlDir(ctx, r.ID)
+			return nil, err
+		}
+	}
+	return c, nil
 }
 
-// Checkpoint checkpoints the container into the directory containerd gives.
+// Start starts the container's init process or an exec; for a container
+// with a restore plan it restores instead, falling back as configured.
+func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
+	c := s.container(r.ID)
+	if r.ExecID != "" || c == nil {
+		return s.TTRPCTaskService.Start(ctx, r)
+	}
+	var (
+		resp *taskAPI.StartResponse
+		err  error
+	)
+	if c.plan != nil {
+		resp, err = s.startRestored(ctx, c, r)
+	} else {
+		resp, err = s.TTRPCTaskService.Start(ctx, r)
+	}
+	if err == nil {
+		s.watchReady(c)
+	}
+	return resp, err
+}
+
+// Checkpoint checkpoints the container into the directory containerd gives
+// and, when the handler names a store, publishes it there.
 func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskRequest) (*ptypes.Empty, error) {
-	return s.TTRPCTaskService.Checkpoint(ctx, r)
+	resp, err := s.TTRPCTaskService.Checkpoint(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	c := s.container(r.ID)
+	if c == nil || c.options.Store == "" {
+		return resp, nil
+	}
+	if err := s.publish(ctx, c, r.Path); err != nil {
+		log.G(ctx).WithError(err).WithField("id", r.ID).Error("checkpoint not published to the store")
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return resp, nil
 }
 
 // Delete deletes a process or the container, and forgets the container.
@@ -83,11 +169,21 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	resp, err := s.TTRPCTaskService.Delete(ctx, r)
 	if err == nil && r.ExecID == "" {
 		s.mu.Lock()
+		c := s.containers[r.ID]
 		delete(s.containers, r.ID)
 		s.mu.Unlock()
+		if c != nil && c.stopWatch != nil {
+			c.stopWatch()
+		}
 		removeControlDir(ctx, r.ID)
 	}
 	return resp, err
+}
+
+func (s *Service) container(id string) *container {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.containers[id]
 }
 
 // readOptions splits the task's runtime options into the shim's own options

@@ -67,7 +67,7 @@ func Build(spec Spec, w io.Writer) error {
 	}
 	md := descriptor("application/vnd.oci.image.manifest.v1+json", manifest)
 	md["annotations"] = map[string]string{
-		"io.containerd.image.name":         spec.Ref,
+		"io.containerd.image.name":          spec.Ref,
 		"org.opencontainers.image.ref.name": spec.Ref[strings.LastIndex(spec.Ref, ":")+1:],
 	}
 	md["platform"] = map[string]string{"os": "linux", "architecture": "amd64"}

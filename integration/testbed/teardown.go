@@ -95,6 +95,9 @@ func (b *Bed) Leftovers() []string {
 	for _, cg := range b.cgroups() {
 		left = append(left, "cgroup "+cg)
 	}
+	for _, d := range newEntries(controlRoot, b.controlBefore) {
+		left = append(left, "control directory "+d)
+	}
 	sockets, _ := filepath.Glob(filepath.Join(b.Dir, "state", "*", "*", "*", "*.sock"))
 	for _, s := range sockets {
 		left = append(left, "socket "+s)
@@ -182,8 +185,34 @@ func (b *Bed) forceClean() {
 			os.Remove(d)
 		}
 	}
+	for _, d := range newEntries(controlRoot, b.controlBefore) {
+		os.RemoveAll(d)
+	}
 	exec.Command("ip", "link", "delete", "snaptest0").Run()
 	os.RemoveAll(b.Dir)
+}
+
+// controlRoot is where the shim keeps per-container control directories.
+const controlRoot = "/run/containerd-shim-snapshot"
+
+// newEntries lists entries of dir that were not there before.
+func newEntries(dir string, before map[string]bool) []string {
+	var out []string
+	for name := range dirNames(dir) {
+		if !before[name] {
+			out = append(out, filepath.Join(dir, name))
+		}
+	}
+	return out
+}
+
+func dirNames(dir string) map[string]bool {
+	names := map[string]bool{}
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		names[e.Name()] = true
+	}
+	return names
 }
 
 func netnsNames() map[string]bool {

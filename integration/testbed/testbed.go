@@ -47,6 +47,8 @@ type Bed struct {
 	exited      chan error
 	logPath     string
 	netnsBefore map[string]bool
+	// controlBefore lists the shim's control directories before the bed started.
+	controlBefore map[string]bool
 }
 
 // Start writes the configuration and starts containerd, waiting until it
@@ -60,7 +62,7 @@ func Start(cfg Config) (*Bed, error) {
 	}
 	b := &Bed{Config: cfg, Socket: filepath.Join(cfg.Dir, "containerd.sock"),
 		OptionsPath: filepath.Join(cfg.Dir, "snapshot-options.toml"), logPath: filepath.Join(cfg.Dir, "containerd.log"),
-		netnsBefore: netnsNames()}
+		netnsBefore: netnsNames(), controlBefore: dirNames(controlRoot)}
 	if err := b.writeConfig(); err != nil {
 		return nil, err
 	}
@@ -157,7 +159,8 @@ func (b *Bed) startDaemon() error {
 	cmd := exec.Command("containerd", "--config", filepath.Join(b.Dir, "config.toml"), "--log-level", "debug")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), "PATH="+filepath.Join(b.Dir, "bin")+":"+os.Getenv("PATH"))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Pdeathsig: a killed test run must not leave its containerd behind.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("starting containerd: %w", err)
 	}

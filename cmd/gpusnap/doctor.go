@@ -1,0 +1,411 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+
+	"github.com/gpusnap/containerd-shim-snapshot-v2/criu"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/cudackpt"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/shim/options"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
+)
+
+// shimRuntimeType is the runtime_type a containerd handler names to use the
+// snapshot shim.
+const shimRuntimeType = "io.containerd.snapshot.v2"
+
+const defaultContainerdConfig = "/etc/containerd/config.toml"
+
+func init() {
+	commands["doctor"] = &command{
+		summary: "Check that this node can checkpoint and restore: CRIU (found, version, `criu check`),\n" +
+			"kernel, cgroup version, iptables-restore or nft for CRIU's network lock, a containerd\n" +
+			"handler with runtime_type \"" + shimRuntimeType + "\" and valid options, the store's\n" +
+			"ownership and mode, and the NVIDIA driver (absent is fine on CPU nodes).\n" +
+			"Exits 1 if any check FAILs.",
+		setup: func(fs *flag.FlagSet) runFunc {
+			config := fs.String("containerd-config", defaultContainerdConfig, "containerd's config `FILE`")
+			return func(e *env, args []string) int { return runDoctor(e, args, *config) }
+		},
+	}
+}
+
+// Check levels. INFO reports what was found without judging it.
+const (
+	levelPass = "PASS"
+	levelInfo = "INFO"
+	levelWarn = "WARN"
+	levelFail = "FAIL"
+)
+
+// check is one line of doctor's report.
+type check struct {
+	Level  string `json:"level"`
+	Check  string `json:"check"`
+	Detail string `json:"detail"`
+}
+
+func pass(name, format string, a ...any) check {
+	return check{levelPass, name, fmt.Sprintf(format, a...)}
+}
+func info(name, format string, a ...any) check {
+	return check{levelInfo, name, fmt.Sprintf(format, a...)}
+}
+func warn(name, format string, a ...any) check {
+	return check{levelWarn, name, fmt.Sprintf(format, a...)}
+}
+func fail(name, format string, a ...any) check {
+	return check{levelFail, name, fmt.Sprintf(format, a...)}
+}
+
+func runDoctor(e *env, args []string, containerdConfig string) int {
+	if len(args) > 0 {
+		return e.usageErrorf("takes no arguments, got %q", args)
+	}
+	var checks []check
+	add := func(cs ...check) { checks = append(checks, cs...) }
+
+	// The containerd config is read first: its handlers' options may name
+	// the CRIU binary and the stores that the other checks look at.
+	handlerChecks, handlers := containerdChecks(containerdConfig)
+	var stores []string
+	criuPath := ""
+	if e.handlerConfig != "" {
+		o, err := e.handlerOptions()
+		if err != nil {
+			add(fail("handler options", "%v", err))
+		} else {
+			add(pass("handler options", "%s is valid", e.handlerConfig))
+			criuPath, stores = o.CRIUPath, appendStore(stores, o.Store)
+		}
+	}
+	stores = appendStore(stores, e.store)
+	for _, h := range handlers {
+		if h.opts != nil {
+			criuPath = or(criuPath, h.opts.CRIUPath)
+			stores = appendStore(stores, h.opts.Store)
+		}
+	}
+
+	add(criuChecks(criuPath)...)
+	add(kernelCheck())
+	add(cgroupCheck("/sys/fs/cgroup"))
+	add(networkLockCheck())
+	add(handlerChecks...)
+	add(shimBinaryCheck())
+	if len(stores) == 0 {
+		add(warn("store", "no store configured: pass --store DIR, or set store in a handler's options"))
+	}
+	for _, dir := range stores {
+		add(storeChecks(dir)...)
+	}
+	add(gpuChecks()...)
+
+	counts := map[string]int{}
+	for _, c := range checks {
+		counts[c.Level]++
+	}
+	if e.json {
+		e.writeJSON(struct {
+			OK     bool    `json:"ok"`
+			Checks []check `json:"checks"`
+		}{counts[levelFail] == 0, checks})
+	} else {
+		w := table(e.stdout)
+		for _, c := range checks {
+			fmt.Fprintf(w, "%s\t%s\t%s\n", c.Level, c.Check, oneLine(c.Detail))
+		}
+		w.Flush()
+		fmt.Fprintf(e.stdout, "\n%d passed, %d warnings, %d failed\n", counts[levelPass], counts[levelWarn], counts[levelFail])
+	}
+	if counts[levelFail] > 0 {
+		return exitFail
+	}
+	return exitOK
+}
+
+func appendStore(stores []string, dir string) []string {
+	if dir == "" || slices.Contains(stores, filepath.Clean(dir)) {
+		return stores
+	}
+	return append(stores, filepath.Clean(dir))
+}
+
+func criuChecks(path string) []check {
+	bin, err := criu.Find(path)
+	if err != nil {
+		return []check{fail("criu", "%v", err)}
+	}
+	v, err := criu.Version(bin)
+	if err != nil {
+		return []check{fail("criu version", "%v", err)}
+	}
+	checks := []check{pass("criu", "criu %s at %s (need %s or newer)", v, bin, criu.MinVersion)}
+	if os.Geteuid() != 0 {
+		return append(checks, warn("criu check", "skipped: `criu check` needs root; run doctor as root"))
+	}
+	if err := criu.Check(bin); err != nil {
+		return append(checks, fail("criu check", "%v", err))
+	}
+	return append(checks, pass("criu check", "`%s check` passed", bin))
+}
+
+func kernelCheck() check {
+	release, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		return fail("kernel", "read kernel release: %v", err)
+	}
+	return pass("kernel", "%s (checkpoints restore on the same major.minor)", strings.TrimSpace(string(release)))
+}
+
+// cgroup2Magic is CGROUP2_SUPER_MAGIC, the filesystem type of a cgroup v2
+// (unified) hierarchy.
+const cgroup2Magic = 0x63677270
+
+func cgroupCheck(root string) check {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(root, &st); err != nil {
+		return fail("cgroup", "statfs %s: %v", root, err)
+	}
+	if st.Type == cgroup2Magic {
+		return pass("cgroup", "v2 (unified hierarchy at %s)", root)
+	}
+	return warn("cgroup", "v1 or hybrid at %s: containerd 2.x deprecates cgroup v1, and checkpoints "+
+		"taken here restore only on cgroup v1 nodes", root)
+}
+
+// lookTool finds a system tool in PATH or the sbin directories, which a
+// non-root PATH often lacks.
+func lookTool(name string) (string, bool) {
+	if p, err := exec.LookPath(name); err == nil {
+		return p, true
+	}
+	for _, dir := range []string{"/usr/local/sbin", "/usr/sbin", "/sbin"} {
+		p := filepath.Join(dir, name)
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p, true
+		}
+	}
+	return "", false
+}
+
+func networkLockCheck() check {
+	var found []string
+	for _, tool := range []string{"iptables-restore", "nft"} {
+		if p, ok := lookTool(tool); ok {
+			found = append(found, p)
+		}
+	}
+	if len(found) == 0 {
+		return fail("network lock", "neither iptables-restore nor nft found: CRIU locks the container's "+
+			"network with one of them during dump and restore (install iptables or nftables)")
+	}
+	return pass("network lock", "%s", strings.Join(found, ", "))
+}
+
+func shimBinaryCheck() check {
+	const bin = "containerd-shim-snapshot-v2"
+	if p, ok := lookTool(bin); ok {
+		return pass("shim binary", "%s", p)
+	}
+	for _, dir := range []string{"/usr/local/bin", "/usr/bin", "/opt/containerd/bin"} {
+		if p := filepath.Join(dir, bin); exists(p) {
+			return pass("shim binary", "%s", p)
+		}
+	}
+	return warn("shim binary", "%s not found in PATH or /usr/local/bin: containerd must find it in its own PATH", bin)
+}
+
+// handler is a containerd runtime handler that uses the snapshot shim.
+type handler struct {
+	name, configPath, configBody, file string
+	opts                               *options.Options // nil unless valid options were read
+}
+
+// containerdChecks finds the snapshot shim's handlers in containerd's
+// config and the files it imports, and validates each one's options.
+func containerdChecks(file string) ([]check, []handler) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return []check{fail("containerd config", "%v", err)}, nil
+	}
+	files := []string{file}
+	contents := map[string]string{file: string(data)}
+	root := parseLooseTOML(string(data))
+	for _, pattern := range stringList(root[""]["imports"]) {
+		if !filepath.IsAbs(pattern) {
+			pattern = filepath.Join(filepath.Dir(file), pattern)
+		}
+		matches, _ := filepath.Glob(pattern)
+		for _, m := range matches {
+			if b, err := os.ReadFile(m); err == nil && !slices.Contains(files, m) {
+				files = append(files, m)
+				contents[m] = string(b)
+			}
+		}
+	}
+
+	var handlers []handler
+	mentioned := false
+	for _, f := range files {
+		mentioned = mentioned || strings.Contains(contents[f], shimRuntimeType)
+		handlers = append(handlers, findHandlers(parseLooseTOML(contents[f]), f)...)
+	}
+	where := file
+	if len(files) > 1 {
+		where = fmt.Sprintf("%s (and %d imported files)", file, len(files)-1)
+	}
+	switch {
+	case len(handlers) == 0 && mentioned:
+		return []check{warn("containerd handler", "%s mentions %s, but no runtime_type = %q line was understood; check the handler by hand",
+			where, shimRuntimeType, shimRuntimeType)}, nil
+	case len(handlers) == 0:
+		return []check{fail("containerd handler", "no runtime handler with runtime_type = %q in %s", shimRuntimeType, where)}, nil
+	}
+
+	var checks []check
+	for i := range handlers {
+		h := &handlers[i]
+		name := fmt.Sprintf("handler %q", h.name)
+		checks = append(checks, pass("containerd handler", "%q in %s uses %s", h.name, h.file, shimRuntimeType))
+		var o options.Options
+		switch {
+		case h.configPath != "":
+			o, err = options.Load(h.configPath)
+		case h.configBody != "":
+			o, err = options.Parse([]byte(h.configBody), h.file+": inline ConfigBody")
+		default:
+			checks = append(checks, warn(name, "sets no options.ConfigPath: no store, so containers only cold-start"))
+			continue
+		}
+		if err != nil {
+			checks = append(checks, fail(name, "%v", err))
+			continue
+		}
+		h.opts = &o
+		if o.Store == "" {
+			checks = append(checks, warn(name, "options %s set no store: containers only cold-start", o.Source))
+			continue
+		}
+		checks = append(checks, pass(name, "options %s: store %s, checkpoint %s, restore %s, auto_checkpoint %s",
+			o.Source, o.Store, o.Checkpoint, o.Restore, o.AutoCheckpoint))
+	}
+	return checks, handlers
+}
+
+// findHandlers returns the tables whose runtime_type is the snapshot shim's:
+// in containerd's config these are [...runtimes.NAME] tables, so the last
+// part of the table name is the handler name.
+func findHandlers(tables map[string]map[string]string, file string) []handler {
+	var out []handler
+	for _, name := range slices.Sorted(maps.Keys(tables)) {
+		if tables[name]["runtime_type"] != shimRuntimeType {
+			continue
+		}
+		parts := strings.Split(name, keySep)
+		opts := tables[name+keySep+"options"]
+		out = append(out, handler{
+			name: parts[len(parts)-1], file: file,
+			configPath: opts["ConfigPath"], configBody: opts["ConfigBody"],
+		})
+	}
+	return out
+}
+
+// storeChecks checks that dir exists, is a root-owned directory and is not
+// writable by group or others: a checkpoint is code and memory that the
+// shim restores as root, so whoever can write the store can run code as
+// root on every node that restores from it.
+func storeChecks(dir string) []check {
+	name := "store " + dir
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return []check{fail(name, "does not exist")}
+	case err != nil:
+		return []check{fail(name, "%v", err)}
+	case !fi.IsDir():
+		return []check{fail(name, "is not a directory")}
+	}
+	var checks []check
+	mode := fi.Mode().Perm()
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 {
+		checks = append(checks, fail(name, "owned by uid %d, want root: the shim restores checkpoints as root (chown root %s)", st.Uid, dir))
+	}
+	if mode&0o022 != 0 {
+		checks = append(checks, fail(name, "mode %04o is writable by group or others: anyone who can write there can plant "+
+			"a checkpoint that restores as root (chmod go-w %s)", mode, dir))
+	}
+	if len(checks) == 0 {
+		checks = append(checks, pass(name, "owned by root, mode %04o", mode))
+	}
+
+	s, err := storage.Open(dir)
+	if err == nil {
+		var list []*storage.Checkpoint
+		if list, err = s.List(); err == nil {
+			var broken []string
+			var size int64
+			for _, c := range list {
+				if c.Err != nil {
+					broken = append(broken, c.Name)
+				}
+				size += c.Size()
+			}
+			checks = append(checks, info(name, "%d checkpoints, %s", len(list), humanBytes(size)))
+			if len(broken) > 0 {
+				checks = append(checks, warn(name, "%d broken: %s (see 'gpusnap ls', remove with 'gpusnap rm')",
+					len(broken), strings.Join(broken, ", ")))
+			}
+		}
+	}
+	if err != nil {
+		checks = append(checks, fail(name, "%v", err))
+	}
+	return checks
+}
+
+// gpuChecks reports the NVIDIA driver. Its absence is normal on a CPU
+// node, so it is INFO; a driver that is present but unusable is a FAIL.
+func gpuChecks() []check {
+	gpus, drv, err := cudackpt.Inventory()
+	if errors.Is(err, cudackpt.ErrNoDriver) {
+		return []check{info("gpu", "no NVIDIA driver (%v): this node checkpoints CPU containers only", err)}
+	}
+	if err != nil {
+		return []check{fail("gpu", "%v", err)}
+	}
+	var checks []check
+	names := make([]string, len(gpus))
+	for i, g := range gpus {
+		names[i] = g.Name
+		if !g.Persistence {
+			checks = append(checks, warn("gpu", "GPU %d (%s) has persistence mode off: restore must initialise the driver first "+
+				"(nvidia-smi -pm 1)", g.Index, g.UUID))
+		}
+	}
+	checks = append([]check{pass("gpu", "driver %s (CUDA %s), %d GPU(s): %s", drv.Version, drv.CUDA, len(gpus), strings.Join(names, ", "))}, checks...)
+
+	d, err := cudackpt.Load("")
+	if err != nil {
+		return append(checks, fail("cuda driver", "%v", err))
+	}
+	v, err := d.Version()
+	if err != nil {
+		return append(checks, fail("cuda checkpoint", "%v", err))
+	}
+	checks = append(checks, pass("cuda checkpoint", "%s (CUDA %s) has the checkpoint API", d.Path(), v))
+	if !v.SupportsRemap() {
+		checks = append(checks, warn("cuda checkpoint", "CUDA %s restores only onto the GPUs a checkpoint was taken on; "+
+			"moving to other GPUs needs %s (driver 580+)", v, cudackpt.MinRemapVersion))
+	}
+	return checks
+}

@@ -1,0 +1,249 @@
+package integration
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/images"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/testbed"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
+)
+
+const (
+	statefulRef = "docker.io/library/stateful:test"
+	controlDir  = "/run/snapshot"
+	hostControl = "/run/containerd-shim-snapshot"
+)
+
+// importStateful builds the checkpoint/restore workload into an image with
+// busybox (for nc) next to it.
+func importStateful(build string) error {
+	if err := testbed.Build(build, testbed.Program{Name: "stateful", Package: "./integration/testapps/stateful"}); err != nil {
+		return err
+	}
+	return bed.BuildImage(images.Spec{Ref: statefulRef, Busybox: "/bin/busybox",
+		Files: []images.File{{Src: filepath.Join(build, "stateful"), Dst: "/usr/bin/stateful"}},
+		// CRIU cannot dump MPTCP sockets, which Go listeners use by default.
+		Env: []string{"CONTROL_DIR=" + controlDir, "GODEBUG=multipathtcp=0"}, Entrypoint: []string{"/usr/bin/stateful"}})
+}
+
+// handlerOptions writes a snapshot handler options file for ctr's
+// --runtime-config-path and returns its path and the store directory.
+func handlerOptions(t *testing.T, extra string) (path, store string) {
+	t.Helper()
+	dir := t.TempDir()
+	store = filepath.Join(dir, "store")
+	path = filepath.Join(dir, "handler.toml")
+	body := fmt.Sprintf("store = %q\ncontrol_dir = %q\n%s", store, controlDir, extra)
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path, store
+}
+
+// runStateful starts the workload with ctr through the snapshot shim, in a
+// network namespace given by path with loopback up, as CRI gives pods.
+func runStateful(t *testing.T, id, optionsPath string, env ...string) {
+	t.Helper()
+	netns := podNetns(t, id)
+	args := []string{"run", "-d", "--runtime", testbed.SnapshotRuntime, "--runtime-config-path", optionsPath,
+		"--with-ns", "network:" + netns}
+	for _, e := range env {
+		args = append(args, "--env", e)
+	}
+	out, err := bed.Ctr(append(args, statefulRef, id)...)
+	t.Cleanup(func() {
+		bed.Ctr("tasks", "kill", "-s", "SIGKILL", id)
+		waitTaskStatus(t, id, "STOPPED")
+		bed.Ctr("tasks", "delete", id)
+		bed.Ctr("containers", "delete", id)
+	})
+	if err != nil {
+		t.Fatalf("ctr run %s: %v: %s", id, err, out)
+	}
+}
+
+// podNetns creates a named network namespace with loopback up.
+func podNetns(t *testing.T, id string) string {
+	t.Helper()
+	name := "snaptest-" + id
+	for _, args := range [][]string{{"netns", "add", name}, {"-n", name, "link", "set", "lo", "up"}} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "delete", name).Run() })
+	return "/run/netns/" + name
+}
+
+// workloadState is one answer of the stateful workload.
+type workloadState struct {
+	Count       int
+	File, Child string
+}
+
+var stateLine = regexp.MustCompile(`count=(\d+) file=(\S*) child=(\w+)`)
+
+// query asks the workload over its TCP socket, from inside the container.
+func query(t *testing.T, id string) (workloadState, error) {
+	out, err := bed.Ctr("tasks", "exec", "--exec-id", fmt.Sprintf("q%d", time.Now().UnixNano()), id, "nc", "127.0.0.1", "8080")
+	if err != nil {
+		return workloadState{}, err
+	}
+	m := stateLine.FindStringSubmatch(out)
+	if m == nil {
+		return workloadState{}, fmt.Errorf("unexpected answer %q", out)
+	}
+	n, _ := strconv.Atoi(m[1])
+	return workloadState{Count: n, File: m[2], Child: m[3]}, nil
+}
+
+// waitWarm waits until the workload answers with at least count.
+func waitWarm(t *testing.T, id string, count int) workloadState {
+	t.Helper()
+	var last workloadState
+	var err error
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if last, err = query(t, id); err == nil && last.Count >= count {
+			return last
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("workload %s not warm: %+v, %v", id, last, err)
+	return last
+}
+
+func statusOf(t *testing.T, id string) map[string]any {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(hostControl, id, "snapshot-status"))
+	if err != nil {
+		t.Fatalf("no snapshot-status for %s: %v", id, err)
+	}
+	var st map[string]any
+	if err := json.Unmarshal(data, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func checkpoints(t *testing.T, store string) []*storage.Checkpoint {
+	t.Helper()
+	s, err := storage.Open(store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cks, err := s.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cks
+}
+
+// checkpointWarm starts a workload, waits until it is warm, checkpoints it
+// with `ctr tasks checkpoint` (leave running) and returns its state just
+// before the checkpoint.
+func checkpointWarm(t *testing.T, id, optionsPath, store string) workloadState {
+	t.Helper()
+	runStateful(t, id, optionsPath)
+	before := waitWarm(t, id, 30)
+	if out, err := bed.Ctr("tasks", "checkpoint", id); err != nil {
+		t.Fatalf("ctr tasks checkpoint: %v: %s", err, out)
+	}
+	if cks := checkpoints(t, store); len(cks) != 1 || cks[0].Err != nil {
+		t.Fatalf("store holds %d checkpoints after one checkpoint: %+v", len(cks), cks)
+	}
+	if after := waitWarm(t, id, before.Count+1); after.Child != "alive" {
+		t.Fatalf("source container stopped serving after a leave-running checkpoint: %+v", after)
+	}
+	return before
+}
+
+// TestRestoreFromStore: a container checkpointed into the store is restored
+// into a new container of the same identity, with its memory, writable
+// layer, listening socket and child process.
+func TestRestoreFromStore(t *testing.T) {
+	opts, store := handlerOptions(t, "")
+	before := checkpointWarm(t, "ckpt-source", opts, store)
+
+	runStateful(t, "ckpt-restored", opts)
+	got := waitWarm(t, "ckpt-restored", 0)
+	if got.Count < before.Count || got.File != "written-before-checkpoint" || got.Child != "alive" {
+		t.Fatalf("restored workload %+v does not continue from %+v", got, before)
+	}
+	if st := statusOf(t, "ckpt-restored"); st["decision"] != "restored" {
+		t.Fatalf("status: %v", st)
+	}
+	data, err := os.ReadFile(filepath.Join(hostControl, "ckpt-restored", "restore-complete"))
+	if err != nil || !strings.Contains(string(data), `"container_id": "ckpt-restored"`) {
+		t.Fatalf("restore-complete: %v: %s", err, data)
+	}
+
+	t.Run("different env cold-starts with the reason", func(t *testing.T) {
+		runStateful(t, "ckpt-other-env", opts, "READY_AT=25")
+		got := waitWarm(t, "ckpt-other-env", 0)
+		st := statusOf(t, "ckpt-other-env")
+		reason, _ := st["reason"].(string)
+		if st["decision"] != "cold-start" || !strings.Contains(reason, "env") || !strings.Contains(reason, "READY_AT=25") {
+			t.Fatalf("status: %v", st)
+		}
+		if got.Count >= before.Count {
+			t.Fatalf("cold-started workload counts from %d, as if restored", got.Count)
+		}
+	})
+
+	t.Run("restore required fails clearly", func(t *testing.T) {
+		required := filepath.Join(t.TempDir(), "required.toml")
+		os.WriteFile(required, []byte(fmt.Sprintf("store = %q\ncontrol_dir = %q\nrestore = \"required\"\n", store, controlDir)), 0o600)
+		out, err := bed.Ctr("run", "-d", "--runtime", testbed.SnapshotRuntime, "--runtime-config-path", required,
+			"--with-ns", "network:"+podNetns(t, "ckpt-required"), "--env", "READY_AT=26", statefulRef, "ckpt-required")
+		t.Cleanup(func() { bed.Ctr("containers", "delete", "ckpt-required") })
+		if err == nil || !strings.Contains(err.Error(), "restore = required") || !strings.Contains(err.Error(), "READY_AT=26") {
+			t.Fatalf("want a restore = required failure naming the env, got %v: %s", err, out)
+		}
+	})
+
+	t.Run("flipped byte in a pages image falls back to cold start", func(t *testing.T) {
+		ck := checkpoints(t, store)[0]
+		pages, _ := filepath.Glob(filepath.Join(ck.Dir, "checkpoint", "pages-*.img"))
+		if len(pages) == 0 {
+			t.Fatalf("no pages image in %s", ck.Dir)
+		}
+		restoreByte := flipByte(t, pages[0])
+		defer restoreByte()
+		runStateful(t, "ckpt-corrupt", opts)
+		got := waitWarm(t, "ckpt-corrupt", 0)
+		st := statusOf(t, "ckpt-corrupt")
+		if st["decision"] != "cold-start" || !strings.Contains(fmt.Sprint(st["reason"]), "verification") || got.Count >= before.Count {
+			t.Fatalf("corrupt checkpoint: status %v, workload %+v", st, got)
+		}
+	})
+}
+
+// flipByte inverts one byte in the middle of a file and returns the undo.
+func flipByte(t *testing.T, path string) func() {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	st, _ := f.Stat()
+	off := st.Size() / 2
+	b := make([]byte, 1)
+	f.ReadAt(b, off)
+	f.WriteAt([]byte{^b[0]}, off)
+	return func() {
+		g, _ := os.OpenFile(path, os.O_RDWR, 0)
+		g.WriteAt(b, off)
+		g.Close()
+	}
+}

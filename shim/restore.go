@@ -1,0 +1,258 @@
+package shim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/gpusnap/containerd-shim-snapshot-v2/criu"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/runtime"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/shim/options"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
+)
+
+// restorePlan is the checkpoint chosen at Create and the timings of the
+// restore phases as they run.
+type restorePlan struct {
+	checkpoint *storage.Checkpoint
+	phases     map[string]float64
+}
+
+// imagePath is the CRIU image directory handed to runc restore.
+func (p *restorePlan) imagePath() string { return filepath.Join(p.checkpoint.Dir, "checkpoint") }
+
+// timed runs one named phase and records how long it took.
+func (p *restorePlan) timed(name string, f func() error) error {
+	start := time.Now()
+	err := f()
+	p.phases[name] = time.Since(start).Seconds()
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	return nil
+}
+
+// planRestore is the whole restore-or-cold decision, taken at Create: a
+// restore needs a store, a policy that allows it, a checkpoint whose identity
+// matches the container, a compatible node, and intact files. Any "no" is a
+// cold start under restore = auto and an error under restore = required.
+func (s *Service) planRestore(ctx context.Context, c *container) (*restorePlan, error) {
+	o := c.options
+	if o.Store == "" || o.Restore == options.RestoreNever {
+		return nil, nil
+	}
+	plan := &restorePlan{phases: map[string]float64{}}
+	var ck *storage.Checkpoint
+	err := plan.timed("lookup", func() (err error) {
+		ck, err = findCheckpoint(c)
+		return err
+	})
+	if err == nil {
+		err = plan.timed("verify", func() error {
+			if err := ck.Verify(nil); err != nil {
+				return fmt.Errorf("checkpoint %s failed verification: %w", ck.Name, err)
+			}
+			return nil
+		})
+	}
+	if err != nil {
+		return nil, declineRestore(ctx, c, err)
+	}
+	plan.checkpoint = ck
+	log.G(ctx).WithField("id", c.id).WithField("checkpoint", ck.Name).Info("snapshot: restoring from checkpoint")
+	return plan, nil
+}
+
+// findCheckpoint picks the checkpoint for a container and checks that it
+// matches the container and this node; errors say which field differs.
+func findCheckpoint(c *container) (*storage.Checkpoint, error) {
+	store, err := storage.Open(c.options.Store)
+	if err != nil {
+		return nil, err
+	}
+	key, fields := identity(c)
+	var ck *storage.Checkpoint
+	if c.options.Checkpoint == options.CheckpointAuto {
+		ck, err = store.Latest(key)
+		if errors.Is(err, storage.ErrNotFound) {
+			return nil, noMatch(store, fields)
+		}
+	} else {
+		ck, err = store.Get(c.options.Checkpoint)
+		if err == nil && ck.Manifest.Key != key {
+			return nil, identityMismatch(ck, fields)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	node, err := nodeFingerprint(c.options)
+	if err != nil {
+		return nil, err
+	}
+	if err := ck.Manifest.Node.Compatible(node); err != nil {
+		return nil, fmt.Errorf("checkpoint %s does not suit this node: %w", ck.Name, err)
+	}
+	return ck, nil
+}
+
+// noMatch explains a failed lookup by the newest checkpoint in the store:
+// the first identity field that differs, with both values.
+func noMatch(store *storage.Store, fields map[string]string) error {
+	all, _ := store.List()
+	var newest *storage.Checkpoint
+	for _, ck := range all {
+		if ck.Err == nil && (newest == nil || ck.Manifest.Created.After(newest.Manifest.Created)) {
+			newest = ck
+		}
+	}
+	if newest == nil {
+		return fmt.Errorf("store %s holds no checkpoint", store.Root)
+	}
+	return fmt.Errorf("no checkpoint in %s matches this container; newest: %w", store.Root, identityMismatch(newest, fields))
+}
+
+func identityMismatch(ck *storage.Checkpoint, fields map[string]string) error {
+	field, had, has, _ := runtime.DiffIdentity(ck.Manifest.Identity, fields)
+	return fmt.Errorf("checkpoint %s has %s = %s, this container has %s", ck.Name, field, had, has)
+}
+
+// identity is the container's identity key and its fields.
+func identity(c *container) (string, map[string]string) {
+	var ignoreMounts []string
+	if c.options.ControlDir != "" {
+		ignoreMounts = append(ignoreMounts, c.options.ControlDir)
+	}
+	return runtime.Identity(c.spec, runtime.IdentityOptions{IgnoreEnv: c.options.IgnoreEnv, IgnoreMounts: ignoreMounts})
+}
+
+func nodeFingerprint(o options.Options) (storage.Fingerprint, error) {
+	bin, err := criu.Find(o.CRIUPath)
+	if err != nil {
+		return storage.Fingerprint{}, err
+	}
+	return criu.NodeFingerprint(bin)
+}
+
+// snapshotStatus is written to the control directory after each decision.
+type snapshotStatus struct {
+	Decision   string             `json:"decision"`
+	Reason     string             `json:"reason,omitempty"`
+	Checkpoint string             `json:"checkpoint,omitempty"`
+	At         time.Time          `json:"at"`
+	Phases     map[string]float64 `json:"phases_seconds,omitempty"`
+}
+
+// declineRestore records why a container is not restored; under
+// restore = required that reason becomes the container's error.
+func declineRestore(ctx context.Context, c *container, reason error) error {
+	log.G(ctx).WithField("id", c.id).WithField("reason", reason.Error()).Warn("snapshot: not restoring")
+	if c.options.Restore == options.RestoreRequired {
+		writeControlFile(c.controlDir, StatusFile, snapshotStatus{Decision: "failed", Reason: reason.Error(), At: time.Now()})
+		return fmt.Errorf("%w: restore = required and %v", errdefs.ErrFailedPrecondition, reason)
+	}
+	writeControlFile(c.controlDir, StatusFile, snapshotStatus{Decision: "cold-start", Reason: reason.Error(), At: time.Now()})
+	return nil
+}
+
+// startRestored restores a planned container; when that fails it cleans up
+// and cold-starts the same container (restore = auto) or fails.
+func (s *Service) startRestored(ctx context.Context, c *container, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
+	resp, err := s.restore(ctx, c, r)
+	if err == nil {
+		return resp, nil
+	}
+	reason := fmt.Errorf("restore from checkpoint %s failed: %w", c.plan.checkpoint.Name, err)
+	if declined := declineRestore(ctx, c, reason); declined != nil {
+		return nil, declined
+	}
+	return s.coldStart(ctx, c, r)
+}
+
+// restore runs the restore phases in order, each timed.
+func (s *Service) restore(ctx context.Context, c *container, r *taskAPI.StartRequest) (resp *taskAPI.StartResponse, err error) {
+	plan := c.plan
+	if err := plan.timed("rootfs_diff", func() error {
+		return runtime.ApplyRootfsDiff(plan.checkpoint.Dir, filepath.Join(c.bundle, "rootfs"))
+	}); err != nil {
+		return nil, err
+	}
+	if err := plan.timed("criu_restore", func() (err error) {
+		resp, err = s.TTRPCTaskService.Start(ctx, r)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	c.restored = true
+	hostname, _ := os.Hostname()
+	if c.spec.Hostname != "" {
+		hostname = c.spec.Hostname
+	}
+	done := restoreComplete{ContainerID: c.id, Hostname: hostname, RestoredAt: time.Now().UTC(),
+		Checkpoint: plan.checkpoint.Name, Phases: plan.phases}
+	if err := writeControlFile(c.controlDir, RestoreCompleteFile, done); err != nil {
+		log.G(ctx).WithError(err).Warn("snapshot: writing restore-complete")
+	}
+	writeControlFile(c.controlDir, StatusFile, snapshotStatus{Decision: "restored", Checkpoint: plan.checkpoint.Name, At: time.Now(), Phases: plan.phases})
+	log.G(ctx).WithField("id", c.id).WithField("phases", plan.phases).Info("snapshot: restored")
+	return resp, nil
+}
+
+// coldStart replaces a container whose restore failed by a fresh one: the
+// runc shim deletes the created-from-checkpoint container (unmounting its
+// rootfs), the rootfs diff is wiped from the writable layer, and the
+// original request is created and started without a checkpoint.
+func (s *Service) coldStart(ctx context.Context, c *container, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
+	if _, err := s.TTRPCTaskService.Delete(ctx, &taskAPI.DeleteRequest{ID: c.id}); err != nil {
+		return nil, fmt.Errorf("cleaning up after a failed restore: %w", err)
+	}
+	if err := clearWritableLayer(c.rootfs); err != nil {
+		return nil, fmt.Errorf("cleaning up after a failed restore: %w", err)
+	}
+	req := proto.Clone(c.create).(*taskAPI.CreateTaskRequest)
+	req.Checkpoint = ""
+	if _, err := s.TTRPCTaskService.Create(ctx, req); err != nil {
+		return nil, fmt.Errorf("cold start after a failed restore: %w", err)
+	}
+	c.plan = nil
+	return s.TTRPCTaskService.Start(ctx, r)
+}
+
+// clearWritableLayer empties the overlay upper directory of a container that
+// never ran, so a half-applied rootfs diff cannot leak into its cold start.
+func clearWritableLayer(rootfs []*types.Mount) error {
+	upper, ok := upperDir(rootfs)
+	if !ok {
+		return nil
+	}
+	entries, err := os.ReadDir(upper)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if err := os.RemoveAll(filepath.Join(upper, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// upperDir is the writable layer of an overlay rootfs.
+func upperDir(rootfs []*types.Mount) (string, bool) {
+	for _, m := range rootfs {
+		if strings.Contains(m.Type, "overlay") {
+			return runtime.UpperDir(m.Options)
+		}
+	}
+	return "", false
+}
