@@ -46,7 +46,7 @@ func TestMain(m *testing.M) {
 func runWithBed(m *testing.M, dir string) int {
 	defer os.RemoveAll(dir)
 	var err error
-	bed, err = testbed.Prepare(dir, "")
+	bed, err = testbed.Prepare(dir, "", criHandlerOptions(filepath.Join(dir, "stores")))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "integration: preparing the test bed:", err)
 		return 1

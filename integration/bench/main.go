@@ -31,7 +31,7 @@ func main() {
 		fail(err)
 	}
 	defer os.RemoveAll(dir)
-	bed, err := testbed.Prepare(dir, "")
+	bed, err := testbed.Prepare(dir, "", nil)
 	if err != nil {
 		fail(err)
 	}

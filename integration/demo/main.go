@@ -21,7 +21,7 @@ func main() {
 	}
 	defer os.RemoveAll(dir)
 	step("starting a private containerd with the snapshot handler in " + dir)
-	bed, err := testbed.Prepare(dir, "")
+	bed, err := testbed.Prepare(dir, "", nil)
 	if err != nil {
 		fail(err)
 	}

@@ -32,6 +32,8 @@ type Config struct {
 	ShimPath string
 	// ShimOptions is the TOML body of the snapshot handler's options file.
 	ShimOptions string
+	// Handlers are more snapshot runtime handlers: name to options TOML.
+	Handlers map[string]string
 	// Namespace is the containerd namespace for ctr commands.
 	Namespace string
 	// Subnet is the CNI bridge subnet for pods.
@@ -93,7 +95,22 @@ func (b *Bed) writeConfig() error {
 	if err := os.WriteFile(filepath.Join(b.Dir, "cni", "10-snapshot-test.conflist"), []byte(b.cniConfig()), 0o600); err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(b.Dir, "config.toml"), []byte(b.containerdConfig()), 0o600)
+	config := b.containerdConfig()
+	for name, body := range b.Handlers {
+		path := filepath.Join(b.Dir, "handler-"+name+".toml")
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			return err
+		}
+		config += fmt.Sprintf(`
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.%[1]s]
+  runtime_type = %[2]q
+  runtime_path = %[3]q
+
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.%[1]s.options]
+  ConfigPath = %[4]q
+`, name, SnapshotRuntime, b.ShimPath, path)
+	}
+	return os.WriteFile(filepath.Join(b.Dir, "config.toml"), []byte(config), 0o600)
 }
 
 func (b *Bed) containerdConfig() string {

@@ -1,0 +1,116 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// storesDir holds the stores of the CRI handlers below.
+var storesDir string
+
+// criHandlerOptions are the extra CRI runtime handlers (what RuntimeClasses
+// name) for the checkpoint/restore tests, each with its own store.
+func criHandlerOptions(stores string) map[string]string {
+	storesDir = stores
+	return map[string]string{
+		"snap-ready": fmt.Sprintf("store = %q\ncontrol_dir = %q\nauto_checkpoint = \"on-ready\"\n",
+			filepath.Join(stores, "ready"), controlDir),
+	}
+}
+
+// statefulPod runs the stateful workload in a new pod on handler and
+// returns the container id.
+func statefulPod(t *testing.T, handler, name string) string {
+	t.Helper()
+	podID, podJSON := runPod(t, handler, name)
+	ctrJSON := writeJSON(t, "app.json", map[string]any{
+		"metadata": map[string]any{"name": "app"},
+		"image":    map[string]any{"image": statefulRef},
+		"log_path": "app.log",
+		// Kubernetes gives each container its own PID namespace unless the
+		// pod shares one; CRIU needs to own the namespace it dumps.
+		"linux": map[string]any{"security_context": map[string]any{"namespace_options": map[string]any{"pid": 1}}},
+	})
+	id := crictl(t, "create", podID, ctrJSON, podJSON)
+	crictl(t, "start", id)
+	return id
+}
+
+// criQuery asks the workload through its socket via crictl exec.
+func criQuery(t *testing.T, id string) (workloadState, error) {
+	out, err := bed.Crictl("exec", "--sync", id, "nc", "127.0.0.1", "8080")
+	if err != nil {
+		return workloadState{}, err
+	}
+	m := stateLine.FindStringSubmatch(out)
+	if m == nil {
+		return workloadState{}, fmt.Errorf("unexpected answer %q", out)
+	}
+	n, _ := strconv.Atoi(m[1])
+	return workloadState{Count: n, File: m[2], Child: m[3]}, nil
+}
+
+// TestCRIOnReadyThenRestore is the RuntimeClass story without an operator:
+// the first pod cold-starts and is checkpointed by the shim when it writes
+// ready-for-checkpoint; a second pod with the same spec restores from it.
+func TestCRIOnReadyThenRestore(t *testing.T) {
+	store := filepath.Join(storesDir, "ready")
+	first := statefulPod(t, "snap-ready", "ready-first")
+	waitFor(t, func() bool { return len(checkpointsIfAny(store)) == 1 })
+	if st := statusOf(t, first); st["decision"] != "checkpointed" {
+		t.Fatalf("first pod status: %v", st)
+	}
+	if got, err := criQuery(t, first); err != nil || got.Count < 20 {
+		t.Fatalf("first pod after its checkpoint: %+v, %v", got, err)
+	}
+
+	second := statefulPod(t, "snap-ready", "ready-second")
+	got, err := criQuery(t, second)
+	if err != nil {
+		t.Fatalf("restored pod does not answer: %v", err)
+	}
+	// The checkpoint was taken once the counter reached 20 (READY_AT); a
+	// cold start would count from 0.
+	if got.Count < 20 || got.File != "written-before-checkpoint" || got.Child != "alive" {
+		t.Fatalf("restored pod state %+v does not continue the checkpoint", got)
+	}
+	if st := statusOf(t, second); st["decision"] != "restored" {
+		t.Fatalf("second pod status: %v", st)
+	}
+	data, err := os.ReadFile(filepath.Join(hostControl, second, "restore-complete"))
+	if err != nil || !strings.Contains(string(data), second) {
+		t.Fatalf("restore-complete: %v: %s", err, data)
+	}
+	if len(checkpointsIfAny(store)) != 1 {
+		t.Fatalf("the restored pod was checkpointed again")
+	}
+
+	t.Run("crictl checkpoint --export", func(t *testing.T) {
+		archive := filepath.Join(t.TempDir(), "export.tar")
+		crictl(t, "checkpoint", "--export="+archive, first)
+		if st, err := os.Stat(archive); err != nil || st.Size() == 0 {
+			t.Fatalf("export archive: %v", err)
+		}
+		if _, err := criQuery(t, first); err != nil {
+			t.Fatalf("container stopped serving after crictl checkpoint: %v", err)
+		}
+	})
+}
+
+func checkpointsIfAny(store string) []string {
+	entries, _ := os.ReadDir(store)
+	var names []string
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), ".") {
+			names = append(names, e.Name())
+		}
+	}
+	return names
+}
+
+var _ = time.Second
