@@ -247,3 +247,58 @@ func flipByte(t *testing.T, path string) func() {
 		g.Close()
 	}
 }
+
+// TestCtrContainerCheckpointRestore: containerd's own checkpoint image path,
+// `ctr c checkpoint --task --rw --image` then `ctr c restore --live --rw`,
+// works through this shim (an explicit CreateTaskRequest.Checkpoint).
+func TestCtrContainerCheckpointRestore(t *testing.T) {
+	const id, ref = "ctr-image-cr", "docker.io/library/checkpoint-ctr-image-cr:1"
+	opts := filepath.Join(t.TempDir(), "empty.toml")
+	os.WriteFile(opts, nil, 0o600)
+	runStateful(t, id, opts)
+	before := waitWarm(t, id, 30)
+	if out, err := bed.Ctr("containers", "checkpoint", "--task", "--rw", "--image", id, ref); err != nil {
+		t.Fatalf("ctr c checkpoint: %v: %s", err, out)
+	}
+	t.Cleanup(func() { bed.Ctr("images", "rm", ref) })
+	bed.Ctr("tasks", "kill", "-s", "SIGKILL", id)
+	waitTaskStatus(t, id, "STOPPED")
+	for _, args := range [][]string{{"tasks", "delete", id}, {"containers", "delete", id}, {"containers", "restore", "--live", "--rw", id, ref}} {
+		if out, err := bed.Ctr(args...); err != nil {
+			t.Fatalf("ctr %v: %v: %s", args, err, out)
+		}
+	}
+	if info, _ := bed.Ctr("containers", "info", id); !strings.Contains(info, testbed.SnapshotRuntime) {
+		t.Fatalf("restored container does not run on the snapshot shim: %s", info)
+	}
+	got := waitWarm(t, id, 0)
+	if got.Count < before.Count || got.File != "written-before-checkpoint" || got.Child != "alive" {
+		t.Fatalf("restored %+v does not continue from %+v", got, before)
+	}
+}
+
+// TestCheckpointStoreFull: a store that fills up mid-checkpoint gives a
+// clean error, publishes nothing, and the container keeps running.
+func TestCheckpointStoreFull(t *testing.T) {
+	store := filepath.Join(t.TempDir(), "store")
+	os.MkdirAll(store, 0o700)
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", store).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", store).Run() })
+	opts := filepath.Join(t.TempDir(), "full.toml")
+	os.WriteFile(opts, []byte(fmt.Sprintf("store = %q\ncontrol_dir = %q\n", store, controlDir)), 0o600)
+	const id = "ckpt-store-full"
+	runStateful(t, id, opts)
+	before := waitWarm(t, id, 5)
+	out, err := bed.Ctr("tasks", "checkpoint", id)
+	if err == nil || !strings.Contains(err.Error(), "no space left on device") {
+		t.Fatalf("want a no-space error, got %v: %s", err, out)
+	}
+	if entries, _ := os.ReadDir(store); len(entries) != 0 {
+		t.Fatalf("store not empty after a failed checkpoint: %v", entries)
+	}
+	if got := waitWarm(t, id, before.Count+1); got.Child != "alive" {
+		t.Fatalf("container not serving after the failed checkpoint: %+v", got)
+	}
+}
