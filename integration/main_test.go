@@ -51,12 +51,7 @@ func runWithBed(m *testing.M, dir string) int {
 		fmt.Fprintln(os.Stderr, "integration: preparing the test bed:", err)
 		return 1
 	}
-	code := 1
-	if err := importStateful(filepath.Join(dir, "build")); err != nil {
-		fmt.Fprintln(os.Stderr, "integration: stateful image:", err)
-	} else {
-		code = m.Run()
-	}
+	code := m.Run()
 	left, err := bed.Stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "integration:", err)

@@ -12,28 +12,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/images"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/testbed"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
 )
 
 const (
-	statefulRef = "docker.io/library/stateful:test"
-	controlDir  = "/run/snapshot"
+	statefulRef = testbed.StatefulRef
+	controlDir  = testbed.StatefulControlDir
 	hostControl = "/run/containerd-shim-snapshot"
 )
-
-// importStateful builds the checkpoint/restore workload into an image with
-// busybox (for nc) next to it.
-func importStateful(build string) error {
-	if err := testbed.Build(build, testbed.Program{Name: "stateful", Package: "./integration/testapps/stateful"}); err != nil {
-		return err
-	}
-	return bed.BuildImage(images.Spec{Ref: statefulRef, Busybox: "/bin/busybox",
-		Files: []images.File{{Src: filepath.Join(build, "stateful"), Dst: "/usr/bin/stateful"}},
-		// CRIU cannot dump MPTCP sockets, which Go listeners use by default.
-		Env: []string{"CONTROL_DIR=" + controlDir, "GODEBUG=multipathtcp=0"}, Entrypoint: []string{"/usr/bin/stateful"}})
-}
 
 // handlerOptions writes a snapshot handler options file for ctr's
 // --runtime-config-path and returns its path and the store directory.
@@ -71,17 +58,15 @@ func runStateful(t *testing.T, id, optionsPath string, env ...string) {
 	}
 }
 
-// podNetns creates a named network namespace with loopback up.
+// podNetns creates a network namespace for one test container.
 func podNetns(t *testing.T, id string) string {
 	t.Helper()
-	name := "snaptest-" + id
-	for _, args := range [][]string{{"netns", "add", name}, {"-n", name, "link", "set", "lo", "up"}} {
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %v: %v: %s", args, err, out)
-		}
+	path, remove, err := testbed.Netns("snaptest-" + id)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Cleanup(func() { exec.Command("ip", "netns", "delete", name).Run() })
-	return "/run/netns/" + name
+	t.Cleanup(remove)
+	return path
 }
 
 // workloadState is one answer of the stateful workload.

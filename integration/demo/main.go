@@ -1,7 +1,8 @@
 // Command demo is the project's end-to-end job on an embedded default: it
 // starts a private containerd with the snapshot shim as a runtime handler,
-// runs a container through the shim with ctr and a pod through CRI, prints
-// what happened, and tears everything down.
+// runs a container through the shim with ctr and a pod through CRI, then
+// checkpoints a warm stateful workload into a store and restores it into a
+// new container, prints what happened, and tears everything down.
 //
 //	make demo
 package main
@@ -9,7 +10,9 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"strings"
+	"time"
 
 	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/testbed"
 )
@@ -75,8 +78,66 @@ func run(bed *testbed.Bed) error {
 		return err
 	}
 	fmt.Print(indent(out))
-	step("checkpoint/restore: arrives with the checkpoint/restore work (issue 3)")
+	return checkpointAndRestore(bed)
+}
+
+// checkpointAndRestore runs the stateful example through the shim with a
+// store, checkpoints it once it is warm, and starts a second container of
+// the same identity, which the shim restores from the store.
+func checkpointAndRestore(bed *testbed.Bed) error {
+	store := bed.Dir + "/store"
+	options := bed.Dir + "/handler.toml"
+	body := fmt.Sprintf("store = %q\ncontrol_dir = %q\n", store, testbed.StatefulControlDir)
+	if err := os.WriteFile(options, []byte(body), 0o600); err != nil {
+		return err
+	}
+	step("handler options " + options + ":\n" + indent(body))
+	for _, id := range []string{"warm", "restored"} {
+		netns, remove, err := testbed.Netns("demo-" + id)
+		if err != nil {
+			return err
+		}
+		defer remove()
+		step("ctr run " + id + " (stateful example: counter in memory, file in its writable layer, TCP socket, child process)")
+		start := time.Now()
+		if _, err := bed.Ctr("run", "-d", "--runtime", testbed.SnapshotRuntime, "--runtime-config-path", options,
+			"--with-ns", "network:"+netns, testbed.StatefulRef, id); err != nil {
+			return err
+		}
+		answer, err := waitAnswer(bed, id, 30)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("    first answer with count >= 30 after %s: %s", time.Since(start).Round(time.Millisecond), answer)
+		status, _ := os.ReadFile("/run/containerd-shim-snapshot/" + id + "/snapshot-status")
+		fmt.Print(indent("snapshot-status: " + string(status)))
+		if id == "warm" {
+			step("ctr tasks checkpoint warm (leave running; the shim publishes it to the store)")
+			if _, err := bed.Ctr("tasks", "checkpoint", id); err != nil {
+				return err
+			}
+			out, _ := exec.Command("go", "run", "./cmd/gpusnap", "--store", store, "ls").CombinedOutput()
+			fmt.Print(indent("gpusnap ls:\n" + string(out)))
+		}
+	}
 	return nil
+}
+
+// waitAnswer polls the example's socket until its counter reaches count.
+func waitAnswer(bed *testbed.Bed, id string, count int) (string, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		out, err := bed.Ctr("tasks", "exec", "--exec-id", fmt.Sprint("q", time.Now().UnixNano()), id, "nc", "127.0.0.1", "8080")
+		var n int
+		if err == nil && strings.HasPrefix(out, "count=") {
+			fmt.Sscanf(out, "count=%d", &n)
+			if n >= count {
+				return out, nil
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return "", fmt.Errorf("%s did not answer with count >= %d within 30s", id, count)
 }
 
 func step(s string) { fmt.Println("==>", s) }

@@ -14,6 +14,10 @@ import (
 const (
 	BusyboxRef = "docker.io/library/busybox:latest"
 	PauseRef   = "registry.k8s.io/pause:3.10.2"
+	// StatefulRef is the checkpoint/restore workload (integration/testapps/stateful).
+	StatefulRef = "docker.io/library/stateful:test"
+	// StatefulControlDir is where the stateful image expects its control directory.
+	StatefulControlDir = "/run/snapshot"
 )
 
 // Program is a Go program built for the bed: a package path and the name of
@@ -32,6 +36,7 @@ func Prepare(dir, shimOptions string, handlers map[string]string) (*Bed, error) 
 	programs := []Program{
 		{Name: ShimBinary, Package: "./cmd/containerd-shim-snapshot-v2", CGO: true},
 		{Name: "pause", Package: "./integration/testapps/pause"},
+		{Name: "stateful", Package: "./integration/testapps/stateful"},
 	}
 	if err := Build(build, programs...); err != nil {
 		return nil, err
@@ -47,6 +52,10 @@ func Prepare(dir, shimOptions string, handlers map[string]string) (*Bed, error) 
 	specs := []images.Spec{
 		{Ref: BusyboxRef, Busybox: busybox, Cmd: []string{"sh"}},
 		{Ref: PauseRef, Files: []images.File{{Src: filepath.Join(build, "pause"), Dst: "/pause"}}, Entrypoint: []string{"/pause"}},
+		{Ref: StatefulRef, Busybox: busybox, Entrypoint: []string{"/usr/bin/stateful"},
+			Files: []images.File{{Src: filepath.Join(build, "stateful"), Dst: "/usr/bin/stateful"}},
+			// CRIU cannot dump MPTCP sockets, which Go listeners use by default.
+			Env: []string{"CONTROL_DIR=" + StatefulControlDir, "GODEBUG=multipathtcp=0"}},
 	}
 	for _, spec := range specs {
 		if err := bed.BuildImage(spec); err != nil {
@@ -109,4 +118,16 @@ func moduleRoot() (string, error) {
 		return "", fmt.Errorf("not inside the shim's Go module")
 	}
 	return filepath.Dir(mod), nil
+}
+
+// Netns creates a named network namespace with loopback up, the way CRI
+// hands pods a namespace by path, and returns its path and its removal.
+func Netns(name string) (string, func(), error) {
+	for _, args := range [][]string{{"netns", "add", name}, {"-n", name, "link", "set", "lo", "up"}} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			exec.Command("ip", "netns", "delete", name).Run()
+			return "", nil, fmt.Errorf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	return "/run/netns/" + name, func() { exec.Command("ip", "netns", "delete", name).Run() }, nil
 }
