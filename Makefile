@@ -5,7 +5,7 @@ BIN       ?= bin
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build deps test test-unit test-integration bench-cold demo clean
+.PHONY: all build deps test test-unit test-integration bench bench-cold demo clean
 
 all: build
 
@@ -25,6 +25,10 @@ test-unit:
 
 test-integration:
 	$(GO) test -count=1 -timeout 30m -v ./integration/...
+
+## bench: CPU restore against cold start and plain criu restore (2 GiB state, 20 s warm-up)
+bench:
+	$(GO) run ./integration/bench -mode restore -state-mb 2048 -warmup 20
 
 ## bench-cold: 30 interleaved `ctr run --rm` through runc and this shim
 bench-cold:

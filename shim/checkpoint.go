@@ -68,6 +68,9 @@ func (s *Service) publish(ctx context.Context, c *container, imageDir string) er
 	if err != nil {
 		return err
 	}
+	if err := ck.RememberVerified(verifiedDir); err != nil {
+		log.G(ctx).WithError(err).Warn("snapshot: remembering the new checkpoint as verified")
+	}
 	writeControlFile(c.controlDir, StatusFile, snapshotStatus{Decision: "checkpointed", Checkpoint: ck.Name, At: time.Now(), Phases: phases})
 	log.G(ctx).WithField("id", c.id).WithField("checkpoint", ck.Name).Info("snapshot: checkpoint published")
 	return nil

@@ -21,6 +21,10 @@ import (
 	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
 )
 
+// verifiedDir remembers, per node, which checkpoints were fully verified, so
+// that only the first restore of a checkpoint on a node hashes every byte.
+const verifiedDir = "/var/lib/containerd-shim-snapshot/verified"
+
 // restorePlan is the checkpoint chosen at Create and the timings of the
 // restore phases as they run.
 type restorePlan struct {
@@ -59,7 +63,7 @@ func (s *Service) planRestore(ctx context.Context, c *container) (*restorePlan, 
 	})
 	if err == nil {
 		err = plan.timed("verify", func() error {
-			if err := ck.Verify(nil); err != nil {
+			if _, err := ck.VerifyCached(verifiedDir, nil); err != nil {
 				return fmt.Errorf("checkpoint %s failed verification: %w", ck.Name, err)
 			}
 			return nil

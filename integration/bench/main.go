@@ -5,7 +5,8 @@
 //
 // Mode cold times `ctr run --rm` of a trivial container end to end (shim
 // start, create, start, exit, delete) and prints min and median per runtime
-// and the ratio of medians.
+// and the ratio of medians. Mode restore compares cold start, restore through
+// the shim and plain `criu restore` of a workload with a slow warm-up.
 package main
 
 import (
@@ -20,10 +21,12 @@ import (
 )
 
 func main() {
-	mode := flag.String("mode", "cold", "benchmark: cold")
-	runs := flag.Int("runs", 30, "runs per runtime")
+	mode := flag.String("mode", "cold", "benchmark: cold or restore")
+	runs := flag.Int("runs", 30, "runs per runtime (cold)")
+	stateMB := flag.Int("state-mb", 2048, "workload state in MiB (restore)")
+	warmup := flag.Int("warmup", 20, "workload warm-up seconds (restore)")
 	flag.Parse()
-	if *mode != "cold" {
+	if *mode != "cold" && *mode != "restore" {
 		fail(fmt.Errorf("unknown mode %q", *mode))
 	}
 	dir, err := os.MkdirTemp("/var/tmp", "snapshot-bench-")
@@ -35,14 +38,24 @@ func main() {
 	if err != nil {
 		fail(err)
 	}
-	times, err := coldRuns(bed, *runs)
+	var times map[string][]time.Duration
+	var restore *restoreResult
+	if *mode == "cold" {
+		times, err = coldRuns(bed, *runs)
+	} else {
+		restore, err = restoreBench(bed, dir, *stateMB, *warmup)
+	}
 	if left, stopErr := bed.Stop(); stopErr != nil || len(left) > 0 {
 		fmt.Fprintln(os.Stderr, "bench: teardown:", stopErr, left)
 	}
 	if err != nil {
 		fail(err)
 	}
-	report(times, *runs)
+	if *mode == "cold" {
+		report(times, *runs)
+	} else {
+		reportRestore(restore, *stateMB, *warmup)
+	}
 }
 
 // coldRuns alternates runc and snapshot runs so drift affects both equally.

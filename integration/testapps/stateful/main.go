@@ -8,6 +8,11 @@
 //
 // With CONTROL_DIR set, it writes ready-for-checkpoint there once the counter
 // reaches READY_AT (default 20), the workload side of the shim's contract.
+//
+// For benchmarks, STATE_MB and WARMUP_SECONDS make it behave like a server
+// with a slow cold start: before it listens it fills STATE_MB MiB of memory
+// with computed data and keeps working until WARMUP_SECONDS have passed.
+// The answer then also carries a checksum of that state.
 package main
 
 import (
@@ -28,20 +33,21 @@ func main() {
 			time.Sleep(time.Hour)
 		}
 	}
-	if err := os.WriteFile("/state.txt", []byte("written-before-checkpoint"), 0o644); err != nil {
+	if err := os.WriteFile(stateFile(), []byte("written-before-checkpoint"), 0o644); err != nil {
 		fail(err)
 	}
 	child := exec.Command(os.Args[0], "child")
 	if err := child.Start(); err != nil {
 		fail(err)
 	}
+	state := warmUp()
 	ln, err := net.Listen("tcp", ":8080")
 	if err != nil {
 		fail(err)
 	}
 	var count atomic.Int64
 	go countForever(&count)
-	go serve(ln, &count, child.Process.Pid)
+	go serve(ln, &count, child.Process.Pid, state)
 	readyAt, _ := strconv.Atoi(os.Getenv("READY_AT"))
 	if readyAt == 0 {
 		readyAt = 20
@@ -63,18 +69,44 @@ func countForever(count *atomic.Int64) {
 	}
 }
 
-func serve(ln net.Listener, count *atomic.Int64, childPID int) {
+// warmUp builds the benchmark state: STATE_MB MiB of data derived from a
+// simple generator, then waits out the rest of WARMUP_SECONDS.
+func warmUp() []uint64 {
+	start := time.Now()
+	mb, _ := strconv.Atoi(os.Getenv("STATE_MB"))
+	state := make([]uint64, mb<<17)
+	x := uint64(88172645463325252)
+	for i := range state {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		state[i] = x
+	}
+	secs, _ := strconv.Atoi(os.Getenv("WARMUP_SECONDS"))
+	time.Sleep(time.Until(start.Add(time.Duration(secs) * time.Second)))
+	return state
+}
+
+func checksum(state []uint64) uint64 {
+	var sum uint64
+	for i := 0; i < len(state); i += 4096 {
+		sum += state[i]
+	}
+	return sum
+}
+
+func serve(ln net.Listener, count *atomic.Int64, childPID int, state []uint64) {
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
 			continue
 		}
-		data, _ := os.ReadFile("/state.txt")
+		data, _ := os.ReadFile(stateFile())
 		child := "alive"
 		if syscall.Kill(childPID, 0) != nil {
 			child = "dead"
 		}
-		fmt.Fprintf(conn, "count=%d file=%s child=%s\n", count.Load(), data, child)
+		fmt.Fprintf(conn, "count=%d file=%s child=%s state=%x\n", count.Load(), data, child, checksum(state))
 		conn.Close()
 	}
 }
@@ -82,4 +114,13 @@ func serve(ln net.Listener, count *atomic.Int64, childPID int) {
 func fail(err error) {
 	fmt.Fprintln(os.Stderr, "stateful:", err)
 	os.Exit(1)
+}
+
+// stateFile is the file the workload keeps in its writable layer; STATE_FILE
+// moves it for runs outside a container.
+func stateFile() string {
+	if f := os.Getenv("STATE_FILE"); f != "" {
+		return f
+	}
+	return "/state.txt"
 }

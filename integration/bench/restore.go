@@ -1,0 +1,178 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/testbed"
+)
+
+// restoreResult holds one run of the restore benchmark.
+type restoreResult struct {
+	cold, checkpoint, restore, plainRestore time.Duration
+	imageBytes                              int64
+	phases                                  string
+}
+
+// restoreBench compares, for one workload that spends warmup seconds building
+// stateMB of memory: its cold start through the shim, its restore through the
+// shim from the store, and a plain `criu restore` of the same workload run as
+// a host process. Time to first answer is measured from the host the same
+// way each time (nc on loopback in the workload's network namespace).
+func restoreBench(bed *testbed.Bed, dir string, stateMB, warmup int) (*restoreResult, error) {
+	env := []string{fmt.Sprintf("STATE_MB=%d", stateMB), fmt.Sprintf("WARMUP_SECONDS=%d", warmup)}
+	store := filepath.Join(dir, "store")
+	options := filepath.Join(dir, "handler.toml")
+	body := fmt.Sprintf("store = %q\ncontrol_dir = %q\n", store, testbed.StatefulControlDir)
+	if err := os.WriteFile(options, []byte(body), 0o600); err != nil {
+		return nil, err
+	}
+	var r restoreResult
+	var err error
+	if r.cold, err = runToAnswer(bed, "bench-cold", options, env); err != nil {
+		return nil, err
+	}
+	defer removeNetns("bench-cold")
+	start := time.Now()
+	if out, err := bed.Ctr("tasks", "checkpoint", "bench-cold"); err != nil {
+		return nil, fmt.Errorf("checkpoint: %v: %s", err, out)
+	}
+	r.checkpoint = time.Since(start)
+	stopContainer(bed, "bench-cold")
+	r.imageBytes = dirBytes(store)
+	if r.restore, err = runToAnswer(bed, "bench-restored", options, env); err != nil {
+		return nil, err
+	}
+	defer removeNetns("bench-restored")
+	status, _ := os.ReadFile("/run/containerd-shim-snapshot/bench-restored/snapshot-status")
+	r.phases = strings.TrimSpace(string(status))
+	if !strings.Contains(r.phases, `"restored"`) {
+		return nil, fmt.Errorf("second container was not restored: %s", r.phases)
+	}
+	stopContainer(bed, "bench-restored")
+	if r.plainRestore, err = plainCRIU(dir, env); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// runToAnswer starts the workload in its own network namespace (named after
+// the container; see removeNetns) and returns the time until it first answers.
+func runToAnswer(bed *testbed.Bed, id, options string, env []string) (time.Duration, error) {
+	netns, _, err := testbed.Netns(id)
+	if err != nil {
+		return 0, err
+	}
+	args := []string{"run", "-d", "--runtime", testbed.SnapshotRuntime, "--runtime-config-path", options, "--with-ns", "network:" + netns}
+	for _, e := range env {
+		args = append(args, "--env", e)
+	}
+	start := time.Now()
+	if out, err := bed.Ctr(append(args, testbed.StatefulRef, id)...); err != nil {
+		return 0, fmt.Errorf("%s: %v: %s", id, err, out)
+	}
+	return waitAnswer(start, "nsenter", "--net="+netns, "busybox", "nc", "127.0.0.1", "8080")
+}
+
+// removeNetns removes a workload's network namespace once its container is
+// gone (runc needs the path for as long as the container exists).
+func removeNetns(id string) { exec.Command("ip", "netns", "delete", id).Run() }
+
+func stopContainer(bed *testbed.Bed, id string) {
+	bed.Ctr("tasks", "kill", "-s", "SIGKILL", id)
+	for i := 0; i < 100; i++ {
+		if _, err := bed.Ctr("tasks", "delete", id); err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	bed.Ctr("containers", "delete", id)
+}
+
+// waitAnswer polls until the probe command prints a workload answer.
+func waitAnswer(start time.Time, probe ...string) (time.Duration, error) {
+	deadline := start.Add(5 * time.Minute)
+	for time.Now().Before(deadline) {
+		out, _ := exec.Command(probe[0], probe[1:]...).Output()
+		if strings.HasPrefix(string(out), "count=") {
+			return time.Since(start), nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return 0, fmt.Errorf("no answer from %v within 5 minutes", probe)
+}
+
+// plainCRIU runs the same workload as a plain host process, dumps it with
+// `criu dump`, and times `criu restore` to its first answer: the floor the
+// shim's restore is compared with.
+func plainCRIU(dir string, env []string) (time.Duration, error) {
+	images := filepath.Join(dir, "plain-images")
+	if err := os.MkdirAll(images, 0o700); err != nil {
+		return 0, err
+	}
+	cmd := exec.Command(filepath.Join(dir, "build", "stateful"))
+	cmd.Env = append(os.Environ(), append(env, "STATE_FILE="+filepath.Join(dir, "plain-state.txt"), "GODEBUG=multipathtcp=0")...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	pid := cmd.Process.Pid
+	defer syscall.Kill(-pid, syscall.SIGKILL)
+	if _, err := waitAnswer(time.Now(), "busybox", "nc", "127.0.0.1", "8080"); err != nil {
+		return 0, err
+	}
+	if out, err := exec.Command("criu", "dump", "-t", fmt.Sprint(pid), "-D", images).CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("criu dump: %v: %s", err, out)
+	}
+	// The dumped process must be reaped before its PID can be restored.
+	<-exited
+	// Right after a dump the old PIDs can still be taken for a moment
+	// (FACTS.md: "Can't fork for PID: File exists"); retry, timing the
+	// attempt that succeeds.
+	var start time.Time
+	for attempt := 1; ; attempt++ {
+		start = time.Now()
+		out, err := exec.Command("criu", "restore", "-d", "-D", images).CombinedOutput()
+		if err == nil {
+			break
+		}
+		if attempt == 10 || !strings.Contains(string(out), "File exists") {
+			return 0, fmt.Errorf("criu restore: %v: %s", err, out)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	return waitAnswer(start, "busybox", "nc", "127.0.0.1", "8080")
+}
+
+func dirBytes(dir string) int64 {
+	var n int64
+	filepath.Walk(dir, func(_ string, info os.FileInfo, err error) error {
+		if err == nil && info.Mode().IsRegular() {
+			n += info.Size()
+		}
+		return nil
+	})
+	return n
+}
+
+func reportRestore(r *restoreResult, stateMB, warmup int) {
+	host, _ := os.Hostname()
+	fmt.Printf("bench (restore): stateful workload, %d MiB state, %d s warm-up; host %s, %s\n",
+		stateMB, warmup, host, time.Now().UTC().Format(time.RFC3339))
+	fmt.Printf("  checkpoint image in store: %.2f GiB (checkpoint took %s)\n", float64(r.imageBytes)/(1<<30), r.checkpoint.Round(time.Millisecond))
+	fmt.Printf("  %-44s %10s\n", "cold start to first answer (shim)", r.cold.Round(time.Millisecond))
+	fmt.Printf("  %-44s %10s\n", "restore to first answer (shim, from store)", r.restore.Round(time.Millisecond))
+	fmt.Printf("  %-44s %10s\n", "plain `criu restore` to first answer", r.plainRestore.Round(time.Millisecond))
+	speedup := float64(r.cold) / float64(r.restore)
+	overhead := float64(r.restore)/float64(r.plainRestore) - 1
+	fmt.Printf("  restore is %.1fx faster than cold start (goal >= 10x)\n", speedup)
+	fmt.Printf("  shim overhead over plain criu restore: %+.0f%% (goal <= 10%%)\n", overhead*100)
+	fmt.Printf("  restore phases: %s\n", strings.Join(strings.Fields(r.phases), " "))
+}

@@ -1,0 +1,109 @@
+package storage
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+)
+
+// VerifyCached verifies a checkpoint once per node and remembers the result,
+// so that hashing every byte stays off the hot path of later restores.
+//
+// The remembered result is keyed by the checkpoint's directory and the
+// digest of its manifest, and holds each file's identity on disk (device,
+// inode, size, mtime in nanoseconds). A later call trusts the checkpoint only
+// if every file still has the same identity: a write, truncation or
+// replacement changes one of them and sends the call back to a full Verify.
+// ctime is left out on purpose: the writer hard-links CRIU's images from the
+// directory containerd gave the Checkpoint RPC, and containerd's removal of
+// that directory changes the link count, hence the ctime, of every image. A
+// rewrite that also resets the mtime goes unnoticed; only root can write a
+// store's files (0600 in 0700 directories) and root could as well rewrite
+// this cache, which is why cacheDir is node-local and root-only.
+func (c *Checkpoint) VerifyCached(cacheDir string, progress func(done, total int64)) (cached bool, err error) {
+	if c.Manifest == nil {
+		return false, c.Verify(progress)
+	}
+	entry, err := c.cacheEntry(cacheDir)
+	if err != nil {
+		return false, err
+	}
+	want, err := c.fileStamps()
+	if err == nil {
+		if got, err := os.ReadFile(entry); err == nil && string(got) == string(want) {
+			return true, nil
+		}
+	}
+	if err := c.Verify(progress); err != nil {
+		os.Remove(entry)
+		return false, err
+	}
+	return false, c.RememberVerified(cacheDir)
+}
+
+// RememberVerified records a checkpoint as verified without hashing it
+// again. Only its writer may call it, right after Publish: Publish computed
+// the digests from these very files.
+func (c *Checkpoint) RememberVerified(cacheDir string) error {
+	entry, err := c.cacheEntry(cacheDir)
+	if err != nil {
+		return err
+	}
+	stamps, err := c.fileStamps()
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(cacheDir, 0o700); err != nil {
+		return err
+	}
+	tmp := entry + ".tmp"
+	if err := os.WriteFile(tmp, stamps, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, entry)
+}
+
+// cacheEntry names the remembered result for this directory and manifest.
+func (c *Checkpoint) cacheEntry(cacheDir string) (string, error) {
+	manifest, err := os.ReadFile(filepath.Join(c.Dir, manifestName))
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	h.Write([]byte(c.Dir))
+	h.Write([]byte{0})
+	h.Write(manifest)
+	return filepath.Join(cacheDir, hex.EncodeToString(h.Sum(nil))+".verified"), nil
+}
+
+// stamp is what a file looks like on disk, without reading its content.
+type stamp struct {
+	Path              string
+	Ino, Size         uint64
+	Mtime, Dev int64
+}
+
+func (c *Checkpoint) fileStamps() ([]byte, error) {
+	stamps := make([]stamp, 0, len(c.Manifest.Files)+1)
+	for _, name := range append([]string{manifestName}, c.filePaths()...) {
+		var st syscall.Stat_t
+		if err := syscall.Lstat(filepath.Join(c.Dir, filepath.FromSlash(name)), &st); err != nil {
+			return nil, fmt.Errorf("stat %s: %w", name, err)
+		}
+		stamps = append(stamps, stamp{Path: name, Ino: st.Ino, Size: uint64(st.Size), Dev: int64(st.Dev),
+			Mtime: st.Mtim.Nano()})
+	}
+	return json.Marshal(stamps)
+}
+
+func (c *Checkpoint) filePaths() []string {
+	paths := make([]string, len(c.Manifest.Files))
+	for i, f := range c.Manifest.Files {
+		paths[i] = f.Path
+	}
+	return paths
+}
