@@ -82,8 +82,8 @@ func (c *Checkpoint) cacheEntry(cacheDir string) (string, error) {
 
 // stamp is what a file looks like on disk, without reading its content.
 type stamp struct {
-	Path              string
-	Ino, Size         uint64
+	Path       string
+	Ino, Size  uint64
 	Mtime, Dev int64
 }
 

@@ -2,9 +2,9 @@ package storage
 
 import (
 	"os"
-	"time"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 func TestVerifyCached(t *testing.T) {
