@@ -4,10 +4,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
-	"time"
 )
 
 // storesDir holds the stores of the CRI handlers below.
@@ -47,12 +45,7 @@ func criQuery(t *testing.T, id string) (workloadState, error) {
 	if err != nil {
 		return workloadState{}, err
 	}
-	m := stateLine.FindStringSubmatch(out)
-	if m == nil {
-		return workloadState{}, fmt.Errorf("unexpected answer %q", out)
-	}
-	n, _ := strconv.Atoi(m[1])
-	return workloadState{Count: n, File: m[2], Child: m[3]}, nil
+	return parseAnswer(out)
 }
 
 // TestCRIOnReadyThenRestore is the RuntimeClass story without an operator:
@@ -112,5 +105,3 @@ func checkpointsIfAny(store string) []string {
 	}
 	return names
 }
-
-var _ = time.Second
