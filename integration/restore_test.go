@@ -312,39 +312,3 @@ func TestCheckpointExit(t *testing.T) {
 		t.Fatalf("restored %+v does not continue from %+v", got, before)
 	}
 }
-
-// TestCRIUKilledMidCheckpoint: CRIU killed with SIGKILL while it dumps
-// leaves no visible checkpoint and the container running.
-func TestCRIUKilledMidCheckpoint(t *testing.T) {
-	opts, store := handlerOptions(t, "")
-	const id = "ckpt-criu-killed"
-	runStateful(t, id, opts, "STATE_MB=512")
-	before := waitWarm(t, id, 5)
-	done := make(chan error, 1)
-	go func() {
-		_, err := bed.Ctr("tasks", "checkpoint", id)
-		done <- err
-	}()
-	killed := false
-	deadline := time.Now().Add(20 * time.Second)
-	for !killed && time.Now().Before(deadline) {
-		if err := exec.Command("pgrep", "-x", "criu").Run(); err == nil {
-			exec.Command("pkill", "-9", "-x", "criu").Run()
-			killed = true
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	err := <-done
-	if !killed {
-		t.Skip("the dump finished before CRIU could be killed")
-	}
-	if err == nil {
-		t.Fatalf("checkpoint succeeded although CRIU was killed")
-	}
-	if cks := checkpoints(t, store); len(cks) != 0 {
-		t.Fatalf("a checkpoint is visible after CRIU was killed: %v", cks[0].Name)
-	}
-	if got := waitWarm(t, id, before.Count+1); got.Child != "alive" {
-		t.Fatalf("container not serving after the killed checkpoint: %+v", got)
-	}
-}
