@@ -45,8 +45,12 @@ func TestMain(m *testing.M) {
 
 func runWithBed(m *testing.M, dir string) int {
 	defer os.RemoveAll(dir)
-	var err error
-	bed, err = testbed.Prepare(dir, "", criHandlerOptions(filepath.Join(dir, "stores")))
+	lib, err := buildFakeCUDA(filepath.Join(dir, "fakecuda"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "integration: fake libcuda:", err)
+		return 1
+	}
+	bed, err = testbed.Prepare(dir, "", criHandlerOptions(filepath.Join(dir, "stores")), "SNAPSHOT_LIBCUDA="+lib)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "integration: preparing the test bed:", err)
 		return 1

@@ -197,6 +197,10 @@ func (s *Service) restore(ctx context.Context, c *container, r *taskAPI.StartReq
 	}); err != nil {
 		return nil, err
 	}
+	if err := plan.timed("cuda_restore", func() error { return s.gpuRestore(ctx, c) }); err != nil {
+		s.killRestored(ctx, c)
+		return nil, err
+	}
 	c.restored = true
 	hostname, _ := os.Hostname()
 	if c.spec.Hostname != "" {
@@ -210,6 +214,14 @@ func (s *Service) restore(ctx context.Context, c *container, r *taskAPI.StartReq
 	writeControlFile(c.controlDir, StatusFile, snapshotStatus{Decision: "restored", Checkpoint: plan.checkpoint.Name, At: time.Now(), Phases: plan.phases})
 	log.G(ctx).WithField("id", c.id).WithField("phases", plan.phases).Info("snapshot: restored")
 	return resp, nil
+}
+
+// killRestored stops a container that CRIU restored but whose GPU state could
+// not be brought back, and waits until it is gone, so that the cold start can
+// replace it.
+func (s *Service) killRestored(ctx context.Context, c *container) {
+	s.TTRPCTaskService.Kill(ctx, &taskAPI.KillRequest{ID: c.id, Signal: 9, All: true})
+	s.TTRPCTaskService.Wait(ctx, &taskAPI.WaitRequest{ID: c.id})
 }
 
 // coldStart replaces a container whose restore failed by a fresh one: the

@@ -2,6 +2,7 @@ package shim
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 
@@ -147,18 +148,31 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 }
 
 // Checkpoint checkpoints the container into the directory containerd gives
-// and, when the handler names a store, publishes it there.
+// and, when the handler names a store, publishes it there. CUDA processes
+// are locked and their GPU state moved to host memory first; unless the
+// container exits with the checkpoint, the GPU state is put back afterwards,
+// also when anything failed, so the workload keeps serving.
 func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskRequest) (*ptypes.Empty, error) {
-	resp, err := s.TTRPCTaskService.Checkpoint(ctx, r)
-	if err != nil {
-		return nil, err
-	}
 	c := s.container(r.ID)
-	if c == nil || c.options.Store == "" {
-		return resp, nil
+	if c == nil {
+		return s.TTRPCTaskService.Checkpoint(ctx, r)
 	}
-	if err := s.publish(ctx, c, r.Path); err != nil {
-		log.G(ctx).WithError(err).WithField("id", r.ID).Error("checkpoint not published to the store")
+	rollback, gpus, err := s.gpuCheckpoint(ctx, c)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	resp, err := s.TTRPCTaskService.Checkpoint(ctx, r)
+	if err == nil && c.options.Store != "" {
+		if err = s.publish(ctx, c, r.Path, gpus); err != nil {
+			log.G(ctx).WithError(err).WithField("id", r.ID).Error("checkpoint not published to the store")
+		}
+	}
+	if err != nil || !exitsAfterCheckpoint(r) {
+		if rbErr := rollback(); rbErr != nil {
+			err = errors.Join(err, fmt.Errorf("putting the GPU state back: %w", rbErr))
+		}
+	}
+	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	return resp, nil

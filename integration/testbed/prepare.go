@@ -29,9 +29,9 @@ type Program struct {
 
 // Prepare builds the shim and the pause program into dir/build, starts a bed
 // in dir/bed with the given options for the `snapshot` handler and any more
-// handlers (name to options), and imports the busybox and
+// handlers (name to options) and containerd environment, and imports the busybox and
 // pause images. It is what tests, benchmarks and the demo share.
-func Prepare(dir, shimOptions string, handlers map[string]string) (*Bed, error) {
+func Prepare(dir, shimOptions string, handlers map[string]string, env ...string) (*Bed, error) {
 	build := filepath.Join(dir, "build")
 	programs := []Program{
 		{Name: ShimBinary, Package: "./cmd/containerd-shim-snapshot-v2", CGO: true},
@@ -41,7 +41,7 @@ func Prepare(dir, shimOptions string, handlers map[string]string) (*Bed, error) 
 	if err := Build(build, programs...); err != nil {
 		return nil, err
 	}
-	bed, err := Start(Config{Dir: filepath.Join(dir, "bed"), ShimPath: filepath.Join(build, ShimBinary), ShimOptions: shimOptions, Handlers: handlers})
+	bed, err := Start(Config{Dir: filepath.Join(dir, "bed"), ShimPath: filepath.Join(build, ShimBinary), ShimOptions: shimOptions, Handlers: handlers, Env: env})
 	if err != nil {
 		return nil, err
 	}

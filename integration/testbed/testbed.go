@@ -32,6 +32,8 @@ type Config struct {
 	ShimPath string
 	// ShimOptions is the TOML body of the snapshot handler's options file.
 	ShimOptions string
+	// Env is more environment for containerd and so for the shims it starts.
+	Env []string
 	// Handlers are more snapshot runtime handlers: name to options TOML.
 	Handlers map[string]string
 	// Namespace is the containerd namespace for ctr commands.
@@ -175,7 +177,7 @@ func (b *Bed) startDaemon() error {
 	defer logf.Close()
 	cmd := exec.Command("containerd", "--config", filepath.Join(b.Dir, "config.toml"), "--log-level", "debug")
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = append(os.Environ(), "PATH="+filepath.Join(b.Dir, "bin")+":"+os.Getenv("PATH"))
+	cmd.Env = append(append(os.Environ(), b.Env...), "PATH="+filepath.Join(b.Dir, "bin")+":"+os.Getenv("PATH"))
 	// Pdeathsig: a killed test run must not leave its containerd behind.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {

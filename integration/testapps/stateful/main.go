@@ -22,6 +22,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -37,6 +38,12 @@ func main() {
 		fail(err)
 	}
 	child := exec.Command(os.Args[0], "child")
+	// Only the main process plays a CUDA process for the fake driver.
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "FAKE_CUDA_TOKEN=") {
+			child.Env = append(child.Env, e)
+		}
+	}
 	if err := child.Start(); err != nil {
 		fail(err)
 	}
