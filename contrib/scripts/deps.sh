@@ -113,10 +113,10 @@ build_runc() {
 
 verify() {
   log "versions:"
-  criu --version | head -1
+  criu --version | sed -n 1p
   "$PREFIX/bin/containerd" --version
   "$PREFIX/bin/ctr" --version
-  runc --version | head -1
+  runc --version | sed -n 1p
   crictl --version
   ls /usr/lib/cni/bridge /usr/lib/cni/loopback /usr/lib/cni/host-local >/dev/null
   criu check || { log "criu check failed"; exit 1; }
