@@ -201,6 +201,25 @@ func TestRestoreFromStore(t *testing.T) {
 		}
 	})
 
+	t.Run("truncated manifest is refused under restore = required", func(t *testing.T) {
+		ck := checkpoints(t, store)[0]
+		manifest := filepath.Join(ck.Dir, "manifest.json")
+		saved, err := os.ReadFile(manifest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.WriteFile(manifest, saved, 0o600)
+		os.WriteFile(manifest, saved[:len(saved)/2], 0o600)
+		required := filepath.Join(t.TempDir(), "required.toml")
+		os.WriteFile(required, []byte(fmt.Sprintf("store = %q\ncontrol_dir = %q\nrestore = \"required\"\ncheckpoint = %q\n", store, controlDir, ck.Name)), 0o600)
+		out, err := bed.Ctr("run", "-d", "--runtime", testbed.SnapshotRuntime, "--runtime-config-path", required,
+			"--with-ns", "network:"+podNetns(t, "ckpt-truncated"), statefulRef, "ckpt-truncated")
+		t.Cleanup(func() { bed.Ctr("containers", "delete", "ckpt-truncated") })
+		if err == nil || !strings.Contains(err.Error(), "manifest.json") {
+			t.Fatalf("want an error naming the manifest, got %v: %s", err, out)
+		}
+	})
+
 	t.Run("flipped byte in a pages image falls back to cold start", func(t *testing.T) {
 		ck := checkpoints(t, store)[0]
 		pages, _ := filepath.Glob(filepath.Join(ck.Dir, "checkpoint", "pages-*.img"))
