@@ -331,3 +331,34 @@ func TestCheckpointExit(t *testing.T) {
 		t.Fatalf("restored %+v does not continue from %+v", got, before)
 	}
 }
+
+// TestCRIUKilledMidCheckpoint: CRIU killed with SIGKILL while it dumps
+// leaves no visible checkpoint and the container running.
+func TestCRIUKilledMidCheckpoint(t *testing.T) {
+	opts, store := handlerOptions(t, "")
+	const id = "ckpt-criu-killed"
+	runStateful(t, id, opts, "STATE_MB=768")
+	before := waitWarm(t, id, 5)
+	trigger := filepath.Join(bed.Dir, testbed.CRIUKillFile)
+	if err := os.WriteFile(trigger, []byte("0.3"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := bed.Ctr("tasks", "checkpoint", id)
+	os.Remove(trigger)
+	if err == nil {
+		t.Skip("the dump finished within 0.3 s, before CRIU was killed")
+	}
+	t.Logf("checkpoint failed as expected: %v", err)
+	if cks := checkpoints(t, store); len(cks) != 0 {
+		t.Fatalf("a checkpoint is visible after CRIU was killed: %s", cks[0].Name)
+	}
+	if entries, _ := os.ReadDir(store); len(entries) != 0 {
+		t.Fatalf("store holds leftovers: %v", entries)
+	}
+	if got := waitWarm(t, id, before.Count+1); got.Child != "alive" {
+		t.Fatalf("container not serving after the killed checkpoint: %+v", got)
+	}
+	if s := taskStatus(id); s != "RUNNING" {
+		t.Fatalf("task status %s after the killed checkpoint", s)
+	}
+}

@@ -157,11 +157,15 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 	if c == nil {
 		return s.TTRPCTaskService.Checkpoint(ctx, r)
 	}
+	wasPaused := s.paused(ctx, r.ID)
 	rollback, gpus, err := s.gpuCheckpoint(ctx, c)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	resp, err := s.TTRPCTaskService.Checkpoint(ctx, r)
+	if err != nil {
+		s.recoverFailedCheckpoint(ctx, c, wasPaused)
+	}
 	if err == nil && c.options.Store != "" {
 		if err = s.publish(ctx, c, r.Path, gpus); err != nil {
 			log.G(ctx).WithError(err).WithField("id", r.ID).Error("checkpoint not published to the store")

@@ -91,6 +91,9 @@ func (b *Bed) writeConfig() error {
 	if err := os.WriteFile(filepath.Join(b.Dir, "crictl.yaml"), []byte("runtime-endpoint: unix://"+b.Socket+"\n"), 0o600); err != nil {
 		return err
 	}
+	if err := os.WriteFile(filepath.Join(b.Dir, "bin", "criu"), []byte(criuWrapper(b.Dir)), 0o755); err != nil {
+		return err
+	}
 	if err := os.WriteFile(b.OptionsPath, []byte(b.ShimOptions), 0o600); err != nil {
 		return err
 	}
@@ -264,4 +267,24 @@ func run(cmd *exec.Cmd) (string, error) {
 		<-done
 		return out.String(), fmt.Errorf("%s: timed out", strings.Join(cmd.Args, " "))
 	}
+}
+
+// CRIUKillFile, when it exists in the bed's directory, holds a delay in
+// seconds: every CRIU started through containerd's PATH is then killed with
+// SIGKILL that long after it starts (fault injection for tests).
+const CRIUKillFile = "kill-criu-after"
+
+// criuWrapper is the `criu` containerd's shims find first on their PATH: it
+// runs the real CRIU, in the same process, unless CRIUKillFile asks for a
+// SIGKILL after a delay.
+func criuWrapper(dir string) string {
+	return fmt.Sprintf(`#!/bin/sh
+f=%q
+if [ -f "$f" ]; then
+  delay=$(cat "$f")
+  (sleep "$delay"; kill -9 $$ 2>/dev/null) &
+fi
+PATH=$(echo "$PATH" | sed "s|%s:||")
+exec criu "$@"
+`, filepath.Join(dir, CRIUKillFile), filepath.Join(dir, "bin"))
 }
