@@ -57,7 +57,9 @@ type Options struct {
 	LockTimeout Duration `toml:"lock_timeout"`
 	// CheckpointTimeout bounds a whole checkpoint.
 	CheckpointTimeout Duration `toml:"checkpoint_timeout"`
-	// RestoreTimeout bounds a whole restore before falling back.
+	// RestoreTimeout is meant to bound a whole restore before falling back.
+	// It is read and validated but not enforced yet: cancelling runc restore
+	// mid-way needs the CRIU clean-up that the reliability work brings.
 	RestoreTimeout Duration `toml:"restore_timeout"`
 
 	// Source names where these options came from, for error messages.
