@@ -362,3 +362,45 @@ func TestCRIUKilledMidCheckpoint(t *testing.T) {
 		t.Fatalf("task status %s after the killed checkpoint", s)
 	}
 }
+
+// TestConcurrentCheckpointsOfOneIdentity: two containers of one identity
+// checkpointed at the same moment into one store leave only complete,
+// verifiable checkpoints (one per generation) and no staging leftovers.
+func TestConcurrentCheckpointsOfOneIdentity(t *testing.T) {
+	opts, store := handlerOptions(t, "")
+	ids := []string{"ckpt-twin-a", "ckpt-twin-b"}
+	for _, id := range ids {
+		runStateful(t, id, opts)
+	}
+	for _, id := range ids {
+		waitWarm(t, id, 5)
+	}
+	errs := make(chan error, len(ids))
+	for _, id := range ids {
+		go func() {
+			_, err := bed.Ctr("tasks", "checkpoint", id)
+			errs <- err
+		}()
+	}
+	for range ids {
+		if err := <-errs; err != nil {
+			t.Fatalf("checkpoint: %v", err)
+		}
+	}
+	cks := checkpoints(t, store)
+	if len(cks) == 0 || len(cks) > 2 {
+		t.Fatalf("%d checkpoints after two concurrent checkpoints", len(cks))
+	}
+	for _, ck := range cks {
+		if err := ck.Verify(nil); err != nil {
+			t.Fatalf("checkpoint %s: %v", ck.Name, err)
+		}
+	}
+	entries, _ := os.ReadDir(store)
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") {
+			t.Fatalf("staging leftover %s", e.Name())
+		}
+	}
+	t.Logf("%d checkpoint(s) published: %d concurrent writer(s) lost the race for generation 1", len(cks), 2-len(cks))
+}
