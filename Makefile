@@ -5,7 +5,7 @@ BIN       ?= bin
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build deps test test-unit test-integration bench bench-cold demo clean
+.PHONY: all build deps test test-unit test-integration bench bench-cold gpu-bundle test-gpu demo clean
 
 all: build
 
@@ -33,6 +33,14 @@ bench:
 ## bench-cold: 30 interleaved `ctr run --rm` through runc and this shim
 bench-cold:
 	$(GO) run ./integration/bench -mode cold -runs 30
+
+## gpu-bundle: pack the binaries integration/gpu/run.sh carries to the GPU machine
+gpu-bundle:
+	contrib/scripts/gpu-bundle.sh
+
+## test-gpu: the GPU end to end; run it ON the GPU machine, after make gpu-bundle here
+test-gpu:
+	integration/gpu/run.sh
 
 ## demo: start a private containerd with the shim and run a container through it
 demo: deps

@@ -3,6 +3,7 @@ package shim
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os/exec"
 	"path/filepath"
@@ -62,4 +63,32 @@ func (s *Service) refreeze(ctx context.Context, c *container) {
 		return
 	}
 	log.G(ctx).WithField("id", c.id).Info(fmt.Sprintf("snapshot: refroze %s after a failed checkpoint so its client can resume it", c.id))
+}
+
+// runcFreezer pauses or resumes the container's cgroup with runc directly,
+// behind the runc shim's back, so that its recorded state (the one the
+// client will resume from) does not change.
+func runcFreezer(ctx context.Context, c *container, verb string) error {
+	if out, err := exec.CommandContext(ctx, "runc", "--root", runcRoot(c), verb, c.id).CombinedOutput(); err != nil {
+		return fmt.Errorf("runc %s %s: %v: %s", verb, c.id, err, out)
+	}
+	return nil
+}
+
+// thawedFor runs f with a frozen container thawed: the CUDA driver's lock
+// and restore wait for the process's own threads, so on a frozen process
+// they hang. containerd's clients freeze a container before they ask for
+// its checkpoint; the container is frozen again before f's result returns.
+func thawedFor(ctx context.Context, c *container, frozenNow bool, f func() error) error {
+	if !frozenNow {
+		return f()
+	}
+	if err := runcFreezer(ctx, c, "resume"); err != nil {
+		return err
+	}
+	ferr := f()
+	if err := runcFreezer(ctx, c, "pause"); err != nil {
+		return errors.Join(ferr, err)
+	}
+	return ferr
 }

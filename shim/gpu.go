@@ -14,6 +14,12 @@ import (
 	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
 )
 
+// gpuDriverPresent reports whether this node has a CUDA driver to talk to.
+func gpuDriverPresent() bool {
+	_, err := cudackpt.Load("")
+	return err == nil
+}
+
 // noGPU is the rollback of a container without CUDA processes.
 func noGPU() error { return nil }
 

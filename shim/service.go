@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/gpusnap/containerd-shim-snapshot-v2/shim/options"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
 )
 
 var _ shim.TTRPCService = (*Service)(nil)
@@ -158,7 +159,14 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 		return s.TTRPCTaskService.Checkpoint(ctx, r)
 	}
 	wasPaused := s.paused(ctx, r.ID)
-	rollback, gpus, err := s.gpuCheckpoint(ctx, c)
+	var (
+		rollback = noGPU
+		gpus     []storage.GPU
+	)
+	err := thawedFor(ctx, c, wasPaused && gpuDriverPresent(), func() (err error) {
+		rollback, gpus, err = s.gpuCheckpoint(ctx, c)
+		return err
+	})
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
@@ -172,7 +180,7 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 		}
 	}
 	if err != nil || !exitsAfterCheckpoint(r) {
-		if rbErr := rollback(); rbErr != nil {
+		if rbErr := thawedFor(ctx, c, wasPaused && gpuDriverPresent(), rollback); rbErr != nil {
 			err = errors.Join(err, fmt.Errorf("putting the GPU state back: %w", rbErr))
 		}
 	}
