@@ -58,11 +58,11 @@ func (s *Service) recoverFailedCheckpoint(ctx context.Context, c *container, was
 // ("container not paused") and the container stays PAUSED for containerd
 // forever. Freezing it again lets that Resume succeed.
 func (s *Service) refreeze(ctx context.Context, c *container) {
-	if out, err := exec.CommandContext(ctx, "runc", "--root", runcRoot(c), "pause", c.id).CombinedOutput(); err != nil {
-		log.G(ctx).WithError(err).WithField("id", c.id).Warnf("snapshot: refreezing after a failed checkpoint: %s", out)
+	if err := runcFreezer(ctx, c, "pause"); err != nil {
+		log.G(ctx).WithError(err).WithField("id", c.id).Warn("snapshot: refreezing after a failed checkpoint")
 		return
 	}
-	log.G(ctx).WithField("id", c.id).Info(fmt.Sprintf("snapshot: refroze %s after a failed checkpoint so its client can resume it", c.id))
+	log.G(ctx).WithField("id", c.id).Info("snapshot: refroze the container after a failed checkpoint so its client can resume it")
 }
 
 // runcFreezer pauses or resumes the container's cgroup with runc directly,

@@ -159,11 +159,13 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 		return s.TTRPCTaskService.Checkpoint(ctx, r)
 	}
 	wasPaused := s.paused(ctx, r.ID)
+	// The CUDA steps need the container's processes running.
+	thawForGPU := wasPaused && gpuDriverPresent()
 	var (
 		rollback = noGPU
 		gpus     []storage.GPU
 	)
-	err := thawedFor(ctx, c, wasPaused && gpuDriverPresent(), func() (err error) {
+	err := thawedFor(ctx, c, thawForGPU, func() (err error) {
 		rollback, gpus, err = s.gpuCheckpoint(ctx, c)
 		return err
 	})
@@ -180,7 +182,7 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 		}
 	}
 	if err != nil || !exitsAfterCheckpoint(r) {
-		if rbErr := thawedFor(ctx, c, wasPaused && gpuDriverPresent(), rollback); rbErr != nil {
+		if rbErr := thawedFor(ctx, c, thawForGPU, rollback); rbErr != nil {
 			err = errors.Join(err, fmt.Errorf("putting the GPU state back: %w", rbErr))
 		}
 	}
