@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -37,16 +38,31 @@ func fakeRecord(t *testing.T, token string) map[string]string {
 	return rec
 }
 
-// fakeCalls lists the fake's calls for token, in order ("lock", ...).
-func fakeCalls(token string) []string {
+// fakeCalls lists, in order, the fake's calls for token ("lock", ...) and
+// the CRIU runs ("criu", logged by the bed's criu wrapper) since the last
+// resetCalls; repeated CRIU runs (runc's version probe, then the dump) count
+// once.
+func fakeCalls(token string) string {
 	data, _ := os.ReadFile(filepath.Join(fakeCUDAState, "calls.log"))
 	var ops []string
 	for _, line := range strings.Split(string(data), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[1] == token {
-			ops = append(ops, f[0])
+		f := strings.Fields(line)
+		if len(f) < 2 || (f[1] != token && f[0] != "criu") {
+			continue
 		}
+		if len(ops) > 0 && f[0] == "criu" && ops[len(ops)-1] == "criu" {
+			continue
+		}
+		ops = append(ops, f[0])
 	}
-	return ops
+	return strings.Join(ops, " ")
+}
+
+// resetCalls forgets the calls logged so far (the tests run one at a time).
+func resetCalls(t *testing.T) {
+	if err := os.Truncate(filepath.Join(fakeCUDAState, "calls.log"), 0); err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
 }
 
 func expectRecord(t *testing.T, token string, want map[string]string) {
@@ -60,17 +76,19 @@ func expectRecord(t *testing.T, token string, want map[string]string) {
 }
 
 // TestGPUCheckpointLeaveRunning: the shim locks and checkpoints the CUDA
-// state before CRIU dumps, then restores and unlocks it in place.
+// state before CRIU dumps (a real driver's process cannot be dumped while it
+// holds the GPU), then restores and unlocks it in place.
 func TestGPUCheckpointLeaveRunning(t *testing.T) {
 	opts, store := handlerOptions(t, "")
 	const id, token = "gpu-leave-running", "tok-leave-running"
 	runStateful(t, id, opts, "FAKE_CUDA_TOKEN="+token)
 	before := waitWarm(t, id, 5)
+	resetCalls(t)
 	if out, err := bed.Ctr("tasks", "checkpoint", id); err != nil {
 		t.Fatalf("checkpoint: %v: %s", err, out)
 	}
-	if got := strings.Join(fakeCalls(token), " "); got != "lock checkpoint restore unlock" {
-		t.Fatalf("driver calls %q, want lock checkpoint restore unlock", got)
+	if got, want := fakeCalls(token), "lock checkpoint criu restore unlock"; got != want {
+		t.Fatalf("driver and CRIU calls %q, want %q", got, want)
 	}
 	expectRecord(t, token, map[string]string{"state": "RUNNING"})
 	if len(checkpoints(t, store)) != 1 {
@@ -82,10 +100,11 @@ func TestGPUCheckpointLeaveRunning(t *testing.T) {
 // TestGPURestoreFromStore: a container stopped by its checkpoint is restored
 // into a new container, and the shim brings its GPU state back after CRIU.
 func TestGPURestoreFromStore(t *testing.T) {
-	opts, _ := handlerOptions(t, "")
+	opts, store := handlerOptions(t, "")
 	const token = "tok-restore"
 	runStateful(t, "gpu-source", opts, "FAKE_CUDA_TOKEN="+token)
 	before := waitWarm(t, "gpu-source", 20)
+	resetCalls(t)
 	if out, err := bed.Ctr("tasks", "checkpoint", "--exit", "gpu-source"); err != nil {
 		t.Fatalf("checkpoint --exit: %v: %s", err, out)
 	}
@@ -97,9 +116,58 @@ func TestGPURestoreFromStore(t *testing.T) {
 		t.Fatalf("restored %+v does not continue from %+v", got, before)
 	}
 	expectRecord(t, token, map[string]string{"state": "RUNNING", "restore": "1", "unlock": "1"})
+	// CRIU dumps after the checkpoint and restores before the driver does.
+	if got, want := fakeCalls(token), "lock checkpoint criu restore unlock"; got != want {
+		t.Fatalf("driver and CRIU calls %q, want %q", got, want)
+	}
 	st := statusOf(t, "gpu-restored")
 	if phases, _ := st["phases_seconds"].(map[string]any); st["decision"] != "restored" || phases["cuda_restore"] == nil {
 		t.Fatalf("status %v", st)
+	}
+
+	t.Run("a checkpoint taken on a GPU this node lacks cold-starts", func(t *testing.T) {
+		claimGPU(t, store)
+		resetCalls(t)
+		runStateful(t, "gpu-mismatch", opts, "FAKE_CUDA_TOKEN="+token)
+		got := waitWarm(t, "gpu-mismatch", 0)
+		st := statusOf(t, "gpu-mismatch")
+		reason, _ := st["reason"].(string)
+		if st["decision"] != "cold-start" || !strings.Contains(reason, "gpu_count: checkpoint has 1, node has 0") {
+			t.Fatalf("status %v", st)
+		}
+		if got.Count >= before.Count {
+			t.Fatalf("cold-started workload counts from %d, as if restored", got.Count)
+		}
+		if calls := fakeCalls(token); calls != "" {
+			t.Fatalf("a refused checkpoint reached CRIU or the driver: %q", calls)
+		}
+	})
+}
+
+// claimGPU rewrites the manifest of the store's only checkpoint as if it
+// had been taken on one H100 (this node has no NVML, hence no GPUs).
+func claimGPU(t *testing.T, store string) {
+	t.Helper()
+	cks := checkpoints(t, store)
+	if len(cks) != 1 {
+		t.Fatalf("want one checkpoint, have %d", len(cks))
+	}
+	path := filepath.Join(cks[0].Dir, "manifest.json")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(data, &m); err != nil {
+		t.Fatal(err)
+	}
+	m["gpus"] = []map[string]any{{"uuid": "GPU-6d2f3c1a-0b4e-4f59-9a7c-2e8d1f0a3b5c", "product": "NVIDIA H100 80GB HBM3", "memory_bytes": 85520809984}}
+	m["driver_version"] = "580.159.04"
+	if data, err = json.Marshal(m); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -112,11 +180,15 @@ func TestGPUCheckpointFailureRollsBack(t *testing.T) {
 	os.WriteFile(filepath.Join(fakeCUDAState, token+".fail-checkpoint"), []byte("2"), 0o644)
 	runStateful(t, id, opts, "FAKE_CUDA_TOKEN="+token)
 	before := waitWarm(t, id, 5)
+	resetCalls(t)
 	_, err := bed.Ctr("tasks", "checkpoint", id)
 	if err == nil || !strings.Contains(err.Error(), "CUDA_ERROR_OUT_OF_MEMORY") {
 		t.Fatalf("want the driver's error named, got %v", err)
 	}
 	expectRecord(t, token, map[string]string{"state": "RUNNING", "lock": "1", "unlock": "1"})
+	if got, want := fakeCalls(token), "lock checkpoint unlock"; got != want {
+		t.Fatalf("driver and CRIU calls %q, want %q (no CRIU dump)", got, want)
+	}
 	if n := len(checkpoints(t, store)); n != 0 {
 		t.Fatalf("%d checkpoints published after a failed GPU checkpoint", n)
 	}

@@ -50,7 +50,8 @@ func runWithBed(m *testing.M, dir string) int {
 		fmt.Fprintln(os.Stderr, "integration: fake libcuda:", err)
 		return 1
 	}
-	bed, err = testbed.Prepare(dir, "", criHandlerOptions(filepath.Join(dir, "stores")), "SNAPSHOT_LIBCUDA="+lib)
+	bed, err = testbed.Prepare(dir, "", criHandlerOptions(filepath.Join(dir, "stores")), "SNAPSHOT_LIBCUDA="+lib,
+		"CRIU_CALL_LOG="+filepath.Join(fakeCUDAState, "calls.log"))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "integration: preparing the test bed:", err)
 		return 1

@@ -22,7 +22,7 @@ import (
 // Checkpoint RPC) into the handler's store with the rootfs diff, the spec and
 // a manifest, and publishes it atomically. The container is still frozen by
 // containerd's client while this runs, so the rootfs diff matches the dump.
-func (s *Service) publish(ctx context.Context, c *container, imageDir string, gpus []storage.GPU) error {
+func (s *Service) publish(ctx context.Context, c *container, imageDir string, gpus storage.GPUNode) error {
 	store, err := storage.Open(c.options.Store)
 	if err != nil {
 		return err
@@ -58,7 +58,7 @@ func (s *Service) publish(ctx context.Context, c *container, imageDir string, gp
 		return err
 	}
 	key, fields := identity(c)
-	m := &storage.Manifest{Key: key, Identity: fields, Node: node, Phases: phases, GPUs: gpus,
+	m := &storage.Manifest{Key: key, Identity: fields, Node: node, Phases: phases, GPUs: gpus.GPUs, DriverVersion: gpus.DriverVersion,
 		Source: storage.Source{ContainerID: c.id, Namespace: c.namespace, Hostname: c.spec.Hostname}}
 	ck, err := st.Publish(m)
 	if errors.Is(err, storage.ErrExists) {

@@ -28,14 +28,14 @@ func noGPU() error { return nil }
 // CRIU can dump them. The returned rollback puts the state back on the GPU
 // and unlocks (leave-running, or any later failure). A node without a CUDA
 // driver has nothing to do.
-func (s *Service) gpuCheckpoint(ctx context.Context, c *container) (rollback func() error, gpus []storage.GPU, err error) {
+func (s *Service) gpuCheckpoint(ctx context.Context, c *container) (rollback func() error, gpus storage.GPUNode, err error) {
 	drv, pids, err := s.cudaProcesses(ctx, c)
 	if err != nil || len(pids) == 0 {
-		return noGPU, nil, err
+		return noGPU, gpus, err
 	}
 	rollback, err = cudackpt.CheckpointAll(ctx, drv, pids, c.options.LockTimeout.Duration)
 	if err != nil {
-		return noGPU, nil, fmt.Errorf("checkpointing the GPU state: %w", err)
+		return noGPU, gpus, fmt.Errorf("checkpointing the GPU state: %w", err)
 	}
 	log.G(ctx).WithField("id", c.id).WithField("pids", pids).Info("snapshot: GPU state checkpointed")
 	return rollback, containerGPUs(c), nil
@@ -49,7 +49,7 @@ func (s *Service) gpuRestore(ctx context.Context, c *container) error {
 	if err != nil || len(pids) == 0 {
 		return err
 	}
-	pairs, err := gpuPairs(c.plan.checkpoint.Manifest.GPUs, containerGPUs(c))
+	pairs, err := gpuPairs(c.plan.checkpoint.Manifest.GPUs, containerGPUs(c).GPUs)
 	if err != nil {
 		return err
 	}
@@ -79,21 +79,21 @@ func (s *Service) cudaProcesses(ctx context.Context, c *container) (*cudackpt.Dr
 }
 
 // containerGPUs are the GPUs the container was given, as NVML describes
-// them; none where NVML is absent.
-func containerGPUs(c *container) []storage.GPU {
-	inventory, _, err := cudackpt.Inventory()
+// them, and the node's driver version; empty where NVML is absent.
+func containerGPUs(c *container) storage.GPUNode {
+	inventory, driver, err := cudackpt.Inventory()
 	if err != nil {
-		return nil
+		return storage.GPUNode{}
 	}
+	node := storage.GPUNode{DriverVersion: driver.Version}
 	visible, err := cudackpt.VisibleDevices(c.spec, inventory)
 	if err != nil {
-		return nil
+		return node
 	}
-	gpus := make([]storage.GPU, len(visible))
-	for i, g := range visible {
-		gpus[i] = storage.GPU{UUID: g.UUID.String(), Product: g.Name, MemoryBytes: g.MemoryBytes}
+	for _, g := range visible {
+		node.GPUs = append(node.GPUs, storage.GPU{UUID: g.UUID.String(), Product: g.Name, MemoryBytes: g.MemoryBytes})
 	}
-	return gpus
+	return node
 }
 
 // gpuPairs maps checkpointed GPUs to the container's, in order; with either

@@ -107,6 +107,9 @@ func findCheckpoint(c *container) (*storage.Checkpoint, error) {
 	if err := ck.Manifest.Node.Compatible(node); err != nil {
 		return nil, fmt.Errorf("checkpoint %s does not suit this node: %w", ck.Name, err)
 	}
+	if err := ck.Manifest.GPUCompatible(containerGPUs(c)); err != nil {
+		return nil, fmt.Errorf("checkpoint %s does not suit this container's GPUs: %w", ck.Name, err)
+	}
 	return ck, nil
 }
 

@@ -163,7 +163,7 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 	thawForGPU := wasPaused && gpuDriverPresent()
 	var (
 		rollback = noGPU
-		gpus     []storage.GPU
+		gpus     storage.GPUNode
 	)
 	err := thawedFor(ctx, c, thawForGPU, func() (err error) {
 		rollback, gpus, err = s.gpuCheckpoint(ctx, c)

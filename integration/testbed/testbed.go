@@ -276,9 +276,15 @@ const CRIUKillFile = "kill-criu-after"
 
 // criuWrapper is the `criu` containerd's shims find first on their PATH: it
 // runs the real CRIU, in the same process, unless CRIUKillFile asks for a
-// SIGKILL after a delay.
+// SIGKILL after a delay. With CRIU_CALL_LOG set in containerd's environment
+// it appends "criu * <pid> 0" to that file for every RPC-mode CRIU (runc's
+// dumps and restores), so tests can check when CRIU ran relative to other
+// calls logged there in the same format (the fake CUDA driver's).
 func criuWrapper(dir string) string {
 	return fmt.Sprintf(`#!/bin/sh
+if [ -n "$CRIU_CALL_LOG" ] && [ "$1" = swrk ]; then
+  echo "criu * $$ 0" >> "$CRIU_CALL_LOG"
+fi
 f=%q
 if [ -f "$f" ]; then
   delay=$(cat "$f")
