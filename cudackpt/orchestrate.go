@@ -87,16 +87,28 @@ func CheckpointAll(ctx context.Context, api API, pids []int, lockTimeout time.Du
 // nobody. Cancelling ctx stops before the restore starts; the driver calls
 // themselves cannot be interrupted.
 func RestoreAll(ctx context.Context, api API, pids []int, pairs []GPUPair) error {
+	if err := RestoreEach(ctx, api, pids, pairs); err != nil {
+		return err
+	}
+	return UnlockAll(api, pids)
+}
+
+// RestoreEach is the first half of RestoreAll: it restores the GPU state of
+// every pid concurrently and leaves them locked. Callers that time the two
+// halves separately call UnlockAll once it succeeds.
+func RestoreEach(ctx context.Context, api API, pids []int, pairs []GPUPair) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if _, err := each(pids, func(pid int) error {
+	_, err := each(pids, func(pid int) error {
 		return stepError("restore", pid, api.Restore(pid, pairs))
-	}); err != nil {
-		return err
-	}
-	return unlockAll(api, pids)
+	})
+	return err
 }
+
+// UnlockAll lets restored pids run again (concurrently) and joins the
+// errors of those that could not be unlocked.
+func UnlockAll(api API, pids []int) error { return unlockAll(api, pids) }
 
 // restoreAll restores (without remapping) and unlocks pids, as rollback.
 func restoreAll(api API, pids []int, pairs []GPUPair) error {

@@ -29,8 +29,8 @@ const (
 	// must be the one the new container asked to run.
 	FieldArgs = "args"
 	// FieldEnv is the process environment as a sorted JSON list of NAME=value,
-	// minus HOSTNAME (CRI sets it to the pod name, which differs in every new
-	// pod) and minus IdentityOptions.IgnoreEnv. A restored process keeps the
+	// minus HOSTNAME and NVIDIA_VISIBLE_DEVICES (see builtinIgnoreEnv) and
+	// minus IdentityOptions.IgnoreEnv. A restored process keeps the
 	// environment it was checkpointed with, so it must be the one asked for.
 	FieldEnv = "env"
 	// FieldCwd is the process working directory.
@@ -64,8 +64,11 @@ const (
 )
 
 // builtinIgnoreEnv is dropped from every identity: CRI sets HOSTNAME to the
-// pod's hostname, and a restore targets a new pod by definition.
-var builtinIgnoreEnv = []string{"HOSTNAME"}
+// pod's hostname, and a restore targets a new pod by definition;
+// NVIDIA_VISIBLE_DEVICES names the GPUs the device plugin assigned to this
+// pod (indices or UUIDs), which differ from pod to pod, while the gpus field
+// already compares what matters (count and product).
+var builtinIgnoreEnv = []string{"HOSTNAME", "NVIDIA_VISIBLE_DEVICES"}
 
 // defaultMounts are destinations that containerd's default spec, ctr and CRI
 // add to every container; they are the same for any two containers and

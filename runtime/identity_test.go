@@ -22,6 +22,7 @@ func podSpec(podName, podUID string) *specs.Spec {
 				"MODEL=llama-8b",
 				"POD_NAME=" + podName,
 				"POD_IP=10.0.0." + podUID[:1],
+				"NVIDIA_VISIBLE_DEVICES=GPU-" + podUID,
 			},
 			Cwd:  "/app",
 			User: specs.User{UID: 1000, GID: 1000, AdditionalGids: []uint32{44, 4}},

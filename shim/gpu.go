@@ -38,22 +38,30 @@ func (s *Service) gpuCheckpoint(ctx context.Context, c *container) (rollback fun
 		return noGPU, gpus, fmt.Errorf("checkpointing the GPU state: %w", err)
 	}
 	log.G(ctx).WithField("id", c.id).WithField("pids", pids).Info("snapshot: GPU state checkpointed")
-	return rollback, containerGPUs(c), nil
+	return rollback, c.gpuNode(), nil
 }
 
 // gpuRestore puts the GPU state of a CRIU-restored container back, onto the
 // GPUs this container was given (source UUIDs from the manifest mapped in
-// order), restoring all processes in parallel, then unlocking them.
+// order), restoring all processes in parallel, then unlocking them; the two
+// steps are timed as the phases cuda_restore and cuda_unlock.
 func (s *Service) gpuRestore(ctx context.Context, c *container) error {
-	drv, pids, err := s.cudaProcesses(ctx, c)
+	var drv *cudackpt.Driver
+	var pids []int
+	err := c.plan.timed("cuda_restore", func() (err error) {
+		if drv, pids, err = s.cudaProcesses(ctx, c); err != nil || len(pids) == 0 {
+			return err
+		}
+		pairs, err := gpuPairs(c.plan.checkpoint.Manifest.GPUs, c.gpuNode().GPUs)
+		if err != nil {
+			return err
+		}
+		return cudackpt.RestoreEach(ctx, drv, pids, pairs)
+	})
 	if err != nil || len(pids) == 0 {
 		return err
 	}
-	pairs, err := gpuPairs(c.plan.checkpoint.Manifest.GPUs, containerGPUs(c).GPUs)
-	if err != nil {
-		return err
-	}
-	return cudackpt.RestoreAll(ctx, drv, pids, pairs)
+	return c.plan.timed("cuda_unlock", func() error { return cudackpt.UnlockAll(drv, pids) })
 }
 
 // cudaProcesses lists the container's processes whose CUDA state the driver

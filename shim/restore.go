@@ -107,7 +107,7 @@ func findCheckpoint(c *container) (*storage.Checkpoint, error) {
 	if err := ck.Manifest.Node.Compatible(node); err != nil {
 		return nil, fmt.Errorf("checkpoint %s does not suit this node: %w", ck.Name, err)
 	}
-	if err := ck.Manifest.GPUCompatible(containerGPUs(c)); err != nil {
+	if err := ck.Manifest.GPUCompatible(c.gpuNode()); err != nil {
 		return nil, fmt.Errorf("checkpoint %s does not suit this container's GPUs: %w", ck.Name, err)
 	}
 	return ck, nil
@@ -140,7 +140,11 @@ func identity(c *container) (string, map[string]string) {
 	if c.options.ControlDir != "" {
 		ignoreMounts = append(ignoreMounts, c.options.ControlDir)
 	}
-	return runtime.Identity(c.spec, runtime.IdentityOptions{IgnoreEnv: c.options.IgnoreEnv, IgnoreMounts: ignoreMounts})
+	var gpu runtime.GPUIdentity
+	if gpus := c.gpuNode().GPUs; len(gpus) > 0 {
+		gpu = runtime.GPUIdentity{Product: gpus[0].Product, Count: len(gpus)}
+	}
+	return runtime.Identity(c.spec, runtime.IdentityOptions{IgnoreEnv: c.options.IgnoreEnv, IgnoreMounts: ignoreMounts, GPU: gpu})
 }
 
 func nodeFingerprint(o options.Options) (storage.Fingerprint, error) {
@@ -200,7 +204,7 @@ func (s *Service) restore(ctx context.Context, c *container, r *taskAPI.StartReq
 	}); err != nil {
 		return nil, err
 	}
-	if err := plan.timed("cuda_restore", func() error { return s.gpuRestore(ctx, c) }); err != nil {
+	if err := s.gpuRestore(ctx, c); err != nil {
 		s.killRestored(ctx, c)
 		return nil, err
 	}

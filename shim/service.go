@@ -54,6 +54,16 @@ type container struct {
 	// restored is set once a restore succeeded.
 	restored  bool
 	stopWatch func()
+	// gpus caches containerGPUs: NVML is asked once per container.
+	gpus     storage.GPUNode
+	gpusOnce sync.Once
+}
+
+// gpuNode is the container's GPUs and the node's driver version, read from
+// NVML on first use; empty on nodes without NVML.
+func (c *container) gpuNode() storage.GPUNode {
+	c.gpusOnce.Do(func() { c.gpus = containerGPUs(c) })
+	return c.gpus
 }
 
 // NewService wraps the runc shim's task service.
