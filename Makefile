@@ -5,7 +5,7 @@ BIN       ?= bin
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build deps test test-unit test-integration bench bench-cold gpu-bundle test-gpu demo clean
+.PHONY: all build deps test test-unit test-integration bench bench-cold gpu-bundle test-gpu bench-gpu demo clean
 
 all: build
 
@@ -41,6 +41,10 @@ gpu-bundle:
 ## test-gpu: the GPU end to end; run it ON the GPU machine, after make gpu-bundle here
 test-gpu:
 	integration/gpu/run.sh
+
+## bench-gpu: restore against cold start, plain CRIU and the floor; ON the GPU machine
+bench-gpu:
+	integration/gpu/bench.sh
 
 ## demo: start a private containerd with the shim and run a container through it
 demo: deps

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -392,7 +393,7 @@ func TestConcurrentCheckpointsOfOneIdentity(t *testing.T) {
 		t.Fatalf("%d checkpoints after two concurrent checkpoints", len(cks))
 	}
 	for _, ck := range cks {
-		if err := ck.Verify(nil); err != nil {
+		if err := ck.Verify(context.Background(), nil); err != nil {
 			t.Fatalf("checkpoint %s: %v", ck.Name, err)
 		}
 	}
@@ -403,4 +404,37 @@ func TestConcurrentCheckpointsOfOneIdentity(t *testing.T) {
 		}
 	}
 	t.Logf("%d checkpoint(s) published: %d concurrent writer(s) lost the race for generation 1", len(cks), 2-len(cks))
+}
+
+// TestRestoreTimeout: a restore that outlives restore_timeout (CRIU held
+// back by a slow "disk") is killed, cleaned up and replaced by a cold start
+// whose status names the setting.
+func TestRestoreTimeout(t *testing.T) {
+	opts, store := handlerOptions(t, "")
+	before := checkpointWarm(t, "timeout-source", opts, store)
+	slow := filepath.Join(t.TempDir(), "slow.toml")
+	os.WriteFile(slow, []byte(fmt.Sprintf("store = %q\ncontrol_dir = %q\nrestore_timeout = \"2s\"\n", store, controlDir)), 0o600)
+
+	delay := filepath.Join(bed.Dir, testbed.CRIUDelayFile)
+	if err := os.WriteFile(delay, []byte("6"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	runStateful(t, "timeout-restored", slow)
+	os.Remove(delay)
+	took := time.Since(start)
+	got := waitWarm(t, "timeout-restored", 0)
+	st := statusOf(t, "timeout-restored")
+	if reason, _ := st["reason"].(string); st["decision"] != "cold-start" || !strings.Contains(reason, "restore_timeout of 2s exceeded") {
+		t.Fatalf("status %v", st)
+	}
+	if got.Count >= before.Count || got.Child != "alive" {
+		t.Fatalf("cold start %+v looks restored (checkpoint at %+v) or lost its child", got, before)
+	}
+	if took > 5*time.Second {
+		t.Fatalf("ctr run took %s: the restore was not cut at 2 s", took)
+	}
+	if out, _ := bed.Ctr("tasks", "ps", "timeout-restored"); strings.Count(out, "\n") != 3 {
+		t.Fatalf("want the cold start's two processes only, ctr tasks ps says:\n%s", out)
+	}
 }

@@ -30,6 +30,10 @@ const verifiedDir = "/var/lib/containerd-shim-snapshot/verified"
 type restorePlan struct {
 	checkpoint *storage.Checkpoint
 	phases     map[string]float64
+	// left is what remains of restore_timeout after the phases at Create;
+	// the phases at Start get that much, so the wait between Create and
+	// Start (containerd's, kubelet's) does not count.
+	left time.Duration
 }
 
 // imagePath is the CRIU image directory handed to runc restore.
@@ -56,6 +60,9 @@ func (s *Service) planRestore(ctx context.Context, c *container) (*restorePlan, 
 		return nil, nil
 	}
 	plan := &restorePlan{phases: map[string]float64{}}
+	start := time.Now()
+	vctx, cancel := context.WithTimeout(ctx, o.RestoreTimeout.Duration)
+	defer cancel()
 	var ck *storage.Checkpoint
 	err := plan.timed("lookup", func() (err error) {
 		ck, err = findCheckpoint(c)
@@ -63,8 +70,8 @@ func (s *Service) planRestore(ctx context.Context, c *container) (*restorePlan, 
 	})
 	if err == nil {
 		err = plan.timed("verify", func() error {
-			if _, err := ck.VerifyCached(verifiedDir, nil); err != nil {
-				return fmt.Errorf("checkpoint %s failed verification: %w", ck.Name, err)
+			if _, err := ck.VerifyCached(vctx, verifiedDir, nil); err != nil {
+				return fmt.Errorf("checkpoint %s failed verification: %w", ck.Name, timeoutReason(vctx, o, err))
 			}
 			return nil
 		})
@@ -73,6 +80,7 @@ func (s *Service) planRestore(ctx context.Context, c *container) (*restorePlan, 
 		return nil, declineRestore(ctx, c, err)
 	}
 	plan.checkpoint = ck
+	plan.left = o.RestoreTimeout.Duration - time.Since(start)
 	log.G(ctx).WithField("id", c.id).WithField("checkpoint", ck.Name).Info("snapshot: restoring from checkpoint")
 	return plan, nil
 }
@@ -179,18 +187,30 @@ func declineRestore(ctx context.Context, c *container, reason error) error {
 // startRestored restores a planned container; when that fails it cleans up
 // and cold-starts the same container (restore = auto) or fails.
 func (s *Service) startRestored(ctx context.Context, c *container, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
-	resp, err := s.restore(ctx, c, r)
+	rctx, cancel := context.WithTimeout(ctx, c.plan.left)
+	resp, err := s.restore(rctx, c, r)
+	cancel()
 	if err == nil {
 		return resp, nil
 	}
-	reason := fmt.Errorf("restore from checkpoint %s failed: %w", c.plan.checkpoint.Name, err)
+	reason := fmt.Errorf("restore from checkpoint %s failed: %w", c.plan.checkpoint.Name, timeoutReason(rctx, c.options, err))
 	if declined := declineRestore(ctx, c, reason); declined != nil {
 		return nil, declined
 	}
 	return s.coldStart(ctx, c, r)
 }
 
-// restore runs the restore phases in order, each timed.
+// timeoutReason says so when err came from restore_timeout running out, so
+// the reason names the setting instead of a killed runc.
+func timeoutReason(ctx context.Context, o options.Options, err error) error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("restore_timeout of %s exceeded: %w", o.RestoreTimeout.Duration, err)
+	}
+	return err
+}
+
+// restore runs the restore phases in order, each timed; ctx carries the
+// deadline from restore_timeout (runc, hence CRIU, is killed when it ends).
 func (s *Service) restore(ctx context.Context, c *container, r *taskAPI.StartRequest) (resp *taskAPI.StartResponse, err error) {
 	plan := c.plan
 	if err := plan.timed("rootfs_diff", func() error {

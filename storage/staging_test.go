@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -49,7 +50,7 @@ func checkRaceOutcome(t *testing.T, s *Store, results []*Checkpoint, errs []erro
 		t.Errorf("visible %v, winners %v", names(list), winners)
 	}
 	for _, c := range list {
-		if err := c.Verify(nil); err != nil {
+		if err := c.Verify(context.Background(), nil); err != nil {
 			t.Error(err)
 		}
 	}

@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -117,7 +118,7 @@ func TestPublishGetListLatest(t *testing.T) {
 			t.Errorf("file %s recorded as %+v", f.Path, f)
 		}
 	}
-	if err := got.Verify(nil); err != nil {
+	if err := got.Verify(context.Background(), nil); err != nil {
 		t.Error(err)
 	}
 

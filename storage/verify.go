@@ -2,6 +2,7 @@ package storage
 
 import (
 	"cmp"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -18,13 +19,19 @@ import (
 // unlisted, and nothing but regular files and directories (a symlink or
 // device could point a restore at host files). Every problem is reported,
 // each naming the file; the error wraps ErrCorrupt. progress, if not nil,
-// gets the bytes checked so far and the total.
-func (c *Checkpoint) Verify(progress func(done, total int64)) error {
+// gets the bytes checked so far and the total. Cancelling ctx stops the
+// hashing (a restore's deadline covers its first, full verification) and
+// returns ctx's error, not ErrCorrupt.
+func (c *Checkpoint) Verify(ctx context.Context, progress func(done, total int64)) error {
 	if c.Manifest == nil {
 		return fmt.Errorf("verify %s: %w", c.Name, cmp.Or(c.Err, ErrManifest))
 	}
 	problems := c.checkTree()
-	problems = append(problems, c.checkFiles(progress)...)
+	files, err := c.checkFiles(ctx, progress)
+	if err != nil {
+		return fmt.Errorf("verify %s: %w", c.Name, err)
+	}
+	problems = append(problems, files...)
 	if len(problems) > 0 {
 		return fmt.Errorf("verify %s: %w: %w", c.Name, ErrCorrupt, errors.Join(problems...))
 	}
@@ -71,26 +78,31 @@ func (c *Checkpoint) checkTree() (problems []error) {
 	return problems
 }
 
-func (c *Checkpoint) checkFiles(progress func(done, total int64)) (problems []error) {
+// checkFiles hashes every listed file; err is set only when ctx ended.
+func (c *Checkpoint) checkFiles(ctx context.Context, progress func(done, total int64)) (problems []error, err error) {
 	var done int64
 	total := c.Size()
-	add := func(n int64) {
+	add := func(n int64) error {
 		done += n
 		if progress != nil {
 			progress(done, total)
 		}
+		return ctx.Err()
 	}
 	for _, f := range c.Manifest.Files {
 		if err := checkFile(filepath.Join(c.Dir, filepath.FromSlash(f.Path)), f, add); err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
 			problems = append(problems, fmt.Errorf("%s: %w", f.Path, err))
 		}
 	}
-	return problems
+	return problems, nil
 }
 
 // checkFile compares one file with its manifest entry. It hashes only when
 // the size matches; skipped bytes still count as done for progress.
-func checkFile(p string, f File, add func(int64)) error {
+func checkFile(p string, f File, add func(int64) error) error {
 	fi, err := os.Lstat(p)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -112,14 +124,16 @@ func checkFile(p string, f File, add func(int64)) error {
 		}
 		return nil
 	}
-	add(f.Size)
+	if addErr := add(f.Size); addErr != nil {
+		return addErr
+	}
 	return err
 }
 
 // hashFile returns a file's size and hex sha256, reporting bytes read to
-// add. With seal, as Publish needs, it also sets the store's file mode and
-// flushes the file to stable storage.
-func hashFile(p string, seal bool, add func(int64)) (int64, string, error) {
+// add, which may stop it by returning an error. With seal, as Publish needs,
+// it also sets the store's file mode and flushes the file to stable storage.
+func hashFile(p string, seal bool, add func(int64) error) (int64, string, error) {
 	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
 		return 0, "", err
@@ -142,11 +156,14 @@ func hashFile(p string, seal bool, add func(int64)) (int64, string, error) {
 	return n, hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// countWriter turns written bytes into progress reports.
-type countWriter func(int64)
+// countWriter turns written bytes into progress reports; an error from the
+// report stops the copy.
+type countWriter func(int64) error
 
 func (c countWriter) Write(b []byte) (int, error) {
-	c(int64(len(b)))
+	if err := c(int64(len(b))); err != nil {
+		return 0, err
+	}
 	return len(b), nil
 }
 

@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -54,7 +55,7 @@ func TestVerify(t *testing.T) {
 			if err := tt.damage(c.Dir); err != nil {
 				t.Fatal(err)
 			}
-			err := c.Verify(nil)
+			err := c.Verify(context.Background(), nil)
 			if len(tt.want) == 0 {
 				if err != nil {
 					t.Errorf("Verify: %v", err)
@@ -89,7 +90,7 @@ func TestVerifyProgress(t *testing.T) {
 		t.Fatal(err)
 	}
 	var last, total int64
-	c.Verify(func(done, tot int64) {
+	c.Verify(context.Background(), func(done, tot int64) {
 		if done < last {
 			t.Errorf("progress went back from %d to %d", last, done)
 		}
@@ -101,8 +102,20 @@ func TestVerifyProgress(t *testing.T) {
 }
 
 func TestVerifyWithoutManifest(t *testing.T) {
-	err := (&Checkpoint{Name: "x", Err: ErrManifest}).Verify(nil)
+	err := (&Checkpoint{Name: "x", Err: ErrManifest}).Verify(context.Background(), nil)
 	if !errors.Is(err, ErrManifest) {
 		t.Errorf("Verify error = %v, want ErrManifest", err)
+	}
+}
+
+// TestVerifyCancelled: a cancelled verification is not a corrupt checkpoint.
+func TestVerifyCancelled(t *testing.T) {
+	s := openStore(t)
+	c := publish(t, s, &Manifest{Key: testKey("c")}, sampleFiles)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := c.Verify(ctx, nil)
+	if !errors.Is(err, context.Canceled) || errors.Is(err, ErrCorrupt) {
+		t.Fatalf("want context.Canceled and not ErrCorrupt, got %v", err)
 	}
 }

@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -24,9 +25,9 @@ import (
 // rewrite that also resets the mtime goes unnoticed; only root can write a
 // store's files (0600 in 0700 directories) and root could as well rewrite
 // this cache, which is why cacheDir is node-local and root-only.
-func (c *Checkpoint) VerifyCached(cacheDir string, progress func(done, total int64)) (cached bool, err error) {
+func (c *Checkpoint) VerifyCached(ctx context.Context, cacheDir string, progress func(done, total int64)) (cached bool, err error) {
 	if c.Manifest == nil {
-		return false, c.Verify(progress)
+		return false, c.Verify(ctx, progress)
 	}
 	entry, err := c.cacheEntry(cacheDir)
 	if err != nil {
@@ -38,8 +39,10 @@ func (c *Checkpoint) VerifyCached(cacheDir string, progress func(done, total int
 			return true, nil
 		}
 	}
-	if err := c.Verify(progress); err != nil {
-		os.Remove(entry)
+	if err := c.Verify(ctx, progress); err != nil {
+		if ctx.Err() == nil {
+			os.Remove(entry)
+		}
 		return false, err
 	}
 	return false, c.RememberVerified(cacheDir)

@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"testing"
@@ -27,10 +28,10 @@ func TestVerifyCached(t *testing.T) {
 	}
 	cache := filepath.Join(t.TempDir(), "verified")
 
-	if cached, err := ck.VerifyCached(cache, nil); err != nil || cached {
+	if cached, err := ck.VerifyCached(context.Background(), cache, nil); err != nil || cached {
 		t.Fatalf("first call: cached=%v err=%v, want a full verify", cached, err)
 	}
-	if cached, err := ck.VerifyCached(cache, nil); err != nil || !cached {
+	if cached, err := ck.VerifyCached(context.Background(), cache, nil); err != nil || !cached {
 		t.Fatalf("second call: cached=%v err=%v, want the remembered result", cached, err)
 	}
 
@@ -42,7 +43,7 @@ func TestVerifyCached(t *testing.T) {
 	f.WriteAt([]byte("X"), 3)
 	f.Close()
 	os.Chtimes(path, info.ModTime().Add(time.Millisecond), info.ModTime().Add(time.Millisecond))
-	cached, err := ck.VerifyCached(cache, nil)
+	cached, err := ck.VerifyCached(context.Background(), cache, nil)
 	if err == nil || cached {
 		t.Fatalf("after tampering: cached=%v err=%v, want a verification failure", cached, err)
 	}
@@ -64,7 +65,7 @@ func TestRememberVerified(t *testing.T) {
 	if err := ck.RememberVerified(cache); err != nil {
 		t.Fatal(err)
 	}
-	if cached, err := ck.VerifyCached(cache, nil); err != nil || !cached {
+	if cached, err := ck.VerifyCached(context.Background(), cache, nil); err != nil || !cached {
 		t.Fatalf("cached=%v err=%v, want the writer's remembered result", cached, err)
 	}
 }
@@ -86,7 +87,7 @@ func TestVerifyCachedSurvivesLinkCount(t *testing.T) {
 	cache := filepath.Join(t.TempDir(), "verified")
 	ck.RememberVerified(cache)
 	os.Remove(other)
-	if cached, err := ck.VerifyCached(cache, nil); err != nil || !cached {
+	if cached, err := ck.VerifyCached(context.Background(), cache, nil); err != nil || !cached {
 		t.Fatalf("cached=%v err=%v after the other link went away", cached, err)
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"io"
@@ -96,7 +97,7 @@ func verifyOne(c *storage.Checkpoint, bar *progressBar) verifyResult {
 	if bar != nil {
 		progress = func(done, total int64) { bar.update(c.Name, done, total) }
 	}
-	err := c.Verify(progress)
+	err := c.Verify(context.Background(), progress)
 	if bar != nil {
 		bar.clear()
 	}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # gpu-bundle.sh packs what the GPU end to end (integration/gpu/run.sh)
-# carries to the GPU machine, which has no package registry: containerd,
+# and bench.sh carry to the GPU machine, which has no package registry: containerd,
 # ctr, the runc shim, runc, CRIU, this shim, and the shared libraries CRIU
 # and runc link besides libc. Output: .carry/bundle.tar.xz (under the
 # device tool's 64 MiB limit: about 32 MiB).
@@ -12,7 +12,11 @@ mkdir -p "$tmp/bin" "$tmp/lib" .carry
 for b in /usr/local/bin/containerd /usr/local/bin/ctr /usr/local/bin/containerd-shim-runc-v2 "$(command -v runc)" "$(command -v criu)"; do
   cp "$b" "$tmp/bin/"
 done
-CGO_CFLAGS="-O2 -g -Wno-deprecated-declarations" go build -trimpath -ldflags "-s -w" -o "$tmp/bin/containerd-shim-snapshot-v2" ./cmd/containerd-shim-snapshot-v2
+export CGO_CFLAGS="-O2 -g -Wno-deprecated-declarations"
+go build -trimpath -ldflags "-s -w" -o "$tmp/bin/containerd-shim-snapshot-v2" ./cmd/containerd-shim-snapshot-v2
+# make bench-gpu's baseline and floor tools.
+go build -trimpath -ldflags "-s -w" -o "$tmp/bin/cudactl" ./integration/gpu/cudactl
+go build -trimpath -ldflags "-s -w" -o "$tmp/bin/floor" ./integration/floor/cmd/floor
 for lib in $(ldd "$(command -v criu)" "$(command -v runc)" | awk '/=>/ {print $3}' | sort -u | grep -v '/libc\.so'); do
   cp -L "$lib" "$tmp/lib/"
 done

@@ -274,6 +274,11 @@ func run(cmd *exec.Cmd) (string, error) {
 // SIGKILL that long after it starts (fault injection for tests).
 const CRIUKillFile = "kill-criu-after"
 
+// CRIUDelayFile, when it exists in the bed's directory, holds a delay in
+// seconds that every RPC-mode CRIU (runc's dumps and restores) sleeps
+// before it starts: a slow disk, for tests of timeouts.
+const CRIUDelayFile = "delay-criu"
+
 // criuWrapper is the `criu` containerd's shims find first on their PATH: it
 // runs the real CRIU, in the same process, unless CRIUKillFile asks for a
 // SIGKILL after a delay. With CRIU_CALL_LOG set in containerd's environment
@@ -285,6 +290,10 @@ func criuWrapper(dir string) string {
 if [ -n "$CRIU_CALL_LOG" ] && [ "$1" = swrk ]; then
   echo "criu * $$ 0" >> "$CRIU_CALL_LOG"
 fi
+d=%q
+if [ -f "$d" ] && [ "$1" = swrk ]; then
+  sleep "$(cat "$d")"
+fi
 f=%q
 if [ -f "$f" ]; then
   delay=$(cat "$f")
@@ -292,5 +301,5 @@ if [ -f "$f" ]; then
 fi
 PATH=$(echo "$PATH" | sed "s|%s:||")
 exec criu "$@"
-`, filepath.Join(dir, CRIUKillFile), filepath.Join(dir, "bin"))
+`, filepath.Join(dir, CRIUDelayFile), filepath.Join(dir, CRIUKillFile), filepath.Join(dir, "bin"))
 }

@@ -57,9 +57,11 @@ type Options struct {
 	LockTimeout Duration `toml:"lock_timeout"`
 	// CheckpointTimeout bounds a whole checkpoint.
 	CheckpointTimeout Duration `toml:"checkpoint_timeout"`
-	// RestoreTimeout is meant to bound a whole restore before falling back.
-	// It is read and validated but not enforced yet: cancelling runc restore
-	// mid-way needs the CRIU clean-up that the reliability work brings.
+	// RestoreTimeout bounds a whole restore attempt: verification at Create
+	// plus the rootfs diff, CRIU and CUDA restore at Start (the wait between
+	// Create and Start does not count). When it runs out, runc and CRIU are
+	// killed, the half-restored container is removed and the fallback of
+	// `restore` applies.
 	RestoreTimeout Duration `toml:"restore_timeout"`
 
 	// Source names where these options came from, for error messages.

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# make bench-gpu, run on the GPU machine from the repository root after
+# `make gpu-bundle` here. For the PyTorch example with WEIGHTS_GIB of weights
+# (default 8), in one run:
+#   - cold start to first answer;
+#   - checkpoint through the shim (ctr t checkpoint --exit) and image sizes;
+#   - restore through the shim to first answer, with the page cache dropped
+#     (checkpoint on the store's disk) and with the checkpoint in the page
+#     cache (a warm node-local copy), each with the shim's phase timings;
+#   - the baseline: plain CRIU + driver checkpoint API on a host process
+#     (cudactl + criu dump/restore), cold and warm cache;
+#   - the floor: read bandwidth of the store's disk (O_DIRECT, 1 and 8
+#     streams) and of the page cache, memory copy, and host-to-device copy
+#     (pinned and pageable), measured here and now.
+# Writes $OUT/bench-gpu.json (raw results) and prints a table.
+set -u
+OUT=${OUT:-/tmp/gpu-out}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/bench.log") 2>&1
+WEIGHTS_GIB=${WEIGHTS_GIB:-8}
+. integration/gpu/lib.sh
+R=$OUT/bench-gpu.json
+declare -A T
+record() { T[$1]=$2; echo "  $1 = $2"; }
+
+step "clean up an earlier run on this machine"; cleanup_earlier
+step "unpack carried binaries"; unpack_bundle || exit 1
+step "start containerd"; start_containerd
+cat /sys/kernel/mm/transparent_hugepage/enabled
+
+step "cold start (page cache dropped)"
+drop_caches
+t0=$(now); run_worker bench-src 0 || exit 1
+A1=$(first_answer) || { echo "no answer from the cold worker"; exit 1; }
+t1=$(now); record cold_s $(dt $t0 $t1); echo "  answer $A1"
+
+step "checkpoint through the shim (--exit)"
+t0=$(now); timeout 400 ctr t checkpoint --exit bench-src || exit 1; t1=$(now)
+record checkpoint_s $(dt $t0 $t1)
+remove_worker bench-src
+CK=$(ls -d $W/store/*/)
+record image_bytes $(ckpt_bytes)
+record pages_bytes $(du -cb $CK/checkpoint/pages-*.img | tail -1 | cut -f1)
+python3 -c "import json;print(json.load(open('$CK/manifest.json')).get('phases'))"
+
+# shim_restore NAME: restore through the shim, record time and phases.
+shim_restore() {
+  local id=bench-$1 t0 t1 a
+  t0=$(now); run_worker $id 0 || return 1
+  a=$(first_answer); t1=$(now)
+  restored $id && [ "$a" = "$A1" ] || { echo "FAIL: $id not restored or wrong answer: $a"; status_of $id; return 1; }
+  record ${1}_s $(dt $t0 $t1)
+  status_of $id >$OUT/status-$1.json
+  python3 - "$OUT/status-$1.json" "$1" <<'PY'
+import json, sys
+for k, v in json.load(open(sys.argv[1])).get("phases_seconds", {}).items():
+    print("  %s_phase_%s = %.3f" % (sys.argv[2], k, v))
+PY
+  remove_worker $id
+}
+step "restore through the shim, page cache dropped"; drop_caches; shim_restore shim_restore_cold
+step "restore through the shim, checkpoint in the page cache"; cat $CK/checkpoint/* >/dev/null; shim_restore shim_restore_warm
+
+step "baseline: plain CRIU + driver API on a host process"
+P=$W/plain; mkdir -p $P/images
+(cd $P && PORT=8001 WEIGHTS_GIB=$WEIGHTS_GIB PYTHONUNBUFFERED=1 LD_LIBRARY_PATH=/usr/local/nvidia/lib64 \
+  setsid /opt/torch/.venv/bin/python3 $REPO/contrib/examples/pytorch-server/server.py </dev/null >$P/server.log 2>&1 &)
+B1=$(first_answer 8001) || { echo "plain worker gave no answer"; cat $P/server.log; exit 1; }
+PID=$(pgrep -f "contrib/examples/pytorch-server/server.py" | head -1)
+t0=$(now); SNAPSHOT_LIBCUDA=/usr/local/nvidia/lib64/libcuda.so.1 cudactl checkpoint $PID && criu dump -t $PID -D $P/images -o dump.log || { tail $P/images/dump.log; exit 1; }
+t1=$(now); record plain_checkpoint_s $(dt $t0 $t1)
+plain_restore() {
+  local t0 t1 a pid
+  t0=$(now)
+  criu restore -d -D $P/images -o restore.log || { tail $P/images/restore.log; return 1; }
+  pid=$(pgrep -f "contrib/examples/pytorch-server/server.py" | head -1)
+  SNAPSHOT_LIBCUDA=/usr/local/nvidia/lib64/libcuda.so.1 cudactl restore $pid || return 1
+  a=$(first_answer 8001); t1=$(now)
+  [ "$a" = "$B1" ] || echo "plain restore answered $a, before $B1"
+  record $1 $(dt $t0 $t1)
+  kill -9 $pid; sleep 1
+}
+drop_caches; plain_restore plain_restore_cold_s
+cat $P/images/* >/dev/null; plain_restore plain_restore_warm_s
+
+step "floor"
+floor -json -path $CK/checkpoint -streams 8 >$OUT/floor.json && python3 -c "
+import json; f=json.load(open('$OUT/floor.json'))
+for r in f['results']: print('  %-16s %8.2f GB/s  %s' % (r['name'], r['gbps'], r.get('note','')))"
+python3 - <<'PY' >$OUT/h2d.json
+import json, time, torch
+n = 2 << 30
+out = {}
+for name, pin in (("h2d_pageable", False), ("h2d_pinned", True)):
+    src = torch.empty(n, dtype=torch.uint8, pin_memory=pin); src.fill_(1)
+    dst = torch.empty(n, dtype=torch.uint8, device="cuda")
+    dst.copy_(src); torch.cuda.synchronize()
+    t = time.time(); dst.copy_(src); torch.cuda.synchronize()
+    out[name] = n / (time.time() - t) / 1e9
+print(json.dumps(out))
+PY
+cat $OUT/h2d.json
+
+step "results"
+{
+  echo "{"
+  echo "\"date\": \"$(date -u +%FT%TZ)\", \"weights_gib\": $WEIGHTS_GIB,"
+  echo "\"gpu\": \"$(nvidia-smi --query-gpu=name --format=csv,noheader -i 0)\", \"driver\": \"$(nvidia-smi --query-gpu=driver_version --format=csv,noheader -i 0)\","
+  echo "\"kernel\": \"$(uname -r)\", \"thp\": \"$(cat /sys/kernel/mm/transparent_hugepage/enabled)\","
+  for k in "${!T[@]}"; do echo "\"$k\": ${T[$k]},"; done
+  echo "\"shim_phases_cold\": $(cat $OUT/status-shim_restore_cold.json 2>/dev/null || echo null),"
+  echo "\"shim_phases_warm\": $(cat $OUT/status-shim_restore_warm.json 2>/dev/null || echo null),"
+  echo "\"floor\": $(cat $OUT/floor.json 2>/dev/null || echo null),"
+  echo "\"h2d\": $(cat $OUT/h2d.json 2>/dev/null || echo null)"
+  echo "}"
+} >$R
+python3 -m json.tool $R >/dev/null && echo "wrote $R"
+collect_logs
+stop_containerd
