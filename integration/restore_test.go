@@ -259,21 +259,35 @@ func flipByte(t *testing.T, path string) func() {
 }
 
 // TestCtrContainerCheckpointRestore: containerd's own checkpoint image path,
-// `ctr c checkpoint --task --rw --image` then `ctr c restore --live --rw`,
-// works through this shim (an explicit CreateTaskRequest.Checkpoint).
+// `ctr c checkpoint --task [--rw] --image` then `ctr c restore --live [--rw]`
+// works through this shim (an explicit CreateTaskRequest.Checkpoint). Without
+// --rw, ctr keeps no writable layer: the container's file comes back from the
+// rootfs diff the shim put into the task checkpoint itself.
 func TestCtrContainerCheckpointRestore(t *testing.T) {
-	const id, ref = "ctr-image-cr", "docker.io/library/checkpoint-ctr-image-cr:1"
+	for _, rw := range []bool{true, false} {
+		t.Run(fmt.Sprintf("rw=%v", rw), func(t *testing.T) { ctrCheckpointRestore(t, rw) })
+	}
+}
+
+func ctrCheckpointRestore(t *testing.T, rw bool) {
+	id := fmt.Sprintf("ctr-image-cr-%v", rw)
+	ref := "docker.io/library/checkpoint-" + id + ":1"
+	flags := []string{}
+	if rw {
+		flags = []string{"--rw"}
+	}
 	opts := filepath.Join(t.TempDir(), "empty.toml")
 	os.WriteFile(opts, nil, 0o600)
 	runStateful(t, id, opts)
 	before := waitWarm(t, id, 30)
-	if out, err := bed.Ctr("containers", "checkpoint", "--task", "--rw", "--image", id, ref); err != nil {
+	if out, err := bed.Ctr(append(append([]string{"containers", "checkpoint", "--task"}, flags...), "--image", id, ref)...); err != nil {
 		t.Fatalf("ctr c checkpoint: %v: %s", err, out)
 	}
 	t.Cleanup(func() { bed.Ctr("images", "rm", ref) })
 	bed.Ctr("tasks", "kill", "-s", "SIGKILL", id)
 	waitTaskStatus(t, id, "STOPPED")
-	for _, args := range [][]string{{"tasks", "delete", id}, {"containers", "delete", id}, {"containers", "restore", "--live", "--rw", id, ref}} {
+	restore := append(append([]string{"containers", "restore", "--live"}, flags...), id, ref)
+	for _, args := range [][]string{{"tasks", "delete", id}, {"containers", "delete", id}, restore} {
 		if out, err := bed.Ctr(args...); err != nil {
 			t.Fatalf("ctr %v: %v: %s", args, err, out)
 		}

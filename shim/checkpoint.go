@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
@@ -18,11 +20,37 @@ import (
 	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
 )
 
-// publish copies a finished CRIU dump (the directory containerd gave the
-// Checkpoint RPC) into the handler's store with the rootfs diff, the spec and
-// a manifest, and publishes it atomically. The container is still frozen by
-// containerd's client while this runs, so the rootfs diff matches the dump.
-func (s *Service) publish(ctx context.Context, c *container, imageDir string, gpus storage.GPUNode) error {
+// specDumpFile is the container's OCI spec in a checkpoint, named as in the
+// Kubernetes checkpoint archive layout.
+const specDumpFile = "spec.dump"
+
+// restoreFiles are what a restore needs besides CRIU's images. They are
+// written next to the images, top level, into the directory containerd gives
+// the Checkpoint RPC (so the checkpoint containerd archives from it is
+// complete), and kept at the top of a store's checkpoint, beside the
+// checkpoint/ directory of images, as containerd's RestoreFromPath expects.
+var restoreFiles = []string{runtime.RootfsDiffFile, runtime.DeletedFilesFile, runtime.OpaqueDirsFile, specDumpFile}
+
+// addRestoreFiles writes the rootfs diff and the spec into dir, timing the
+// diff. The container is still frozen (or stopped) while this runs, so the
+// diff matches CRIU's dump.
+func addRestoreFiles(c *container, dir string, phases map[string]float64) error {
+	if upper, ok := upperDir(c.rootfs); ok {
+		start := time.Now()
+		err := runtime.CaptureRootfsDiff(upper, dir)
+		phases["rootfs_diff"] = time.Since(start).Seconds()
+		if err != nil {
+			return fmt.Errorf("capturing the writable layer: %w", err)
+		}
+	}
+	return copyFile(filepath.Join(c.bundle, "config.json"), filepath.Join(dir, specDumpFile))
+}
+
+// publish puts a finished checkpoint (the directory containerd gave the
+// Checkpoint RPC, completed by addRestoreFiles) into the handler's store with
+// a manifest, and publishes it atomically. Files are hard-linked when the
+// store shares the file system, so no bytes move.
+func (s *Service) publish(ctx context.Context, c *container, dir string, gpus storage.GPUNode, phases map[string]float64) error {
 	store, err := storage.Open(c.options.Store)
 	if err != nil {
 		return err
@@ -32,26 +60,14 @@ func (s *Service) publish(ctx context.Context, c *container, imageDir string, gp
 		return err
 	}
 	defer st.Abort()
-	phases := map[string]float64{}
-	timed := func(name string, f func() error) error {
-		start := time.Now()
-		err := f()
-		phases[name] = time.Since(start).Seconds()
-		if err != nil {
-			return fmt.Errorf("checkpoint %s: %w", name, err)
-		}
-		return nil
+	start := time.Now()
+	err = linkOrCopyDir(dir, filepath.Join(st.Dir(), "checkpoint"), restoreFiles)
+	if err == nil {
+		err = linkRestoreFiles(dir, st.Dir())
 	}
-	if err := timed("copy_images", func() error { return linkOrCopyDir(imageDir, filepath.Join(st.Dir(), "checkpoint")) }); err != nil {
-		return err
-	}
-	if upper, ok := upperDir(c.rootfs); ok {
-		if err := timed("rootfs_diff", func() error { return runtime.CaptureRootfsDiff(upper, st.Dir()) }); err != nil {
-			return err
-		}
-	}
-	if err := copyFile(filepath.Join(c.bundle, "config.json"), filepath.Join(st.Dir(), "spec.dump")); err != nil {
-		return err
+	phases["copy_images"] = time.Since(start).Seconds()
+	if err != nil {
+		return fmt.Errorf("checkpoint %s: %w", "copy_images", err)
 	}
 	node, err := nodeFingerprint(c.options)
 	if err != nil {
@@ -76,9 +92,23 @@ func (s *Service) publish(ctx context.Context, c *container, imageDir string, gp
 	return nil
 }
 
-// linkOrCopyDir puts every regular file of src into dst: hard links when
-// both are on one file system (no bytes move), copies otherwise.
-func linkOrCopyDir(src, dst string) error {
+// linkRestoreFiles puts the restore files present in src at the top of dst.
+func linkRestoreFiles(src, dst string) error {
+	for _, name := range restoreFiles {
+		from := filepath.Join(src, name)
+		if _, err := os.Lstat(from); errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err := linkOrCopy(from, filepath.Join(dst, name)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// linkOrCopyDir puts every regular file of src, except those named in skip,
+// into dst.
+func linkOrCopyDir(src, dst string, skip []string) error {
 	if err := os.MkdirAll(dst, 0o700); err != nil {
 		return err
 	}
@@ -87,18 +117,23 @@ func linkOrCopyDir(src, dst string) error {
 		return err
 	}
 	for _, e := range entries {
-		if !e.Type().IsRegular() {
+		if !e.Type().IsRegular() || slices.Contains(skip, e.Name()) {
 			continue
 		}
-		from, to := filepath.Join(src, e.Name()), filepath.Join(dst, e.Name())
-		if err := os.Link(from, to); err == nil {
-			continue
-		}
-		if err := copyFile(from, to); err != nil {
+		if err := linkOrCopy(filepath.Join(src, e.Name()), filepath.Join(dst, e.Name())); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// linkOrCopy hard-links from to to when both are on one file system (no
+// bytes move) and copies otherwise.
+func linkOrCopy(from, to string) error {
+	if err := os.Link(from, to); err == nil {
+		return nil
+	}
+	return copyFile(from, to)
 }
 
 func copyFile(src, dst string) error {
@@ -161,8 +196,22 @@ func (s *Service) autoCheckpoint(ctx context.Context, c *container) {
 	defer os.RemoveAll(dir)
 	ctx, cancel := context.WithTimeout(ctx, c.options.CheckpointTimeout.Duration)
 	defer cancel()
-	if _, err := s.Checkpoint(ctx, &taskAPI.CheckpointTaskRequest{ID: c.id, Path: dir}); err != nil {
+	if err := s.pausedCheckpoint(ctx, c, dir); err != nil {
 		logger.WithError(err).Error("snapshot: auto checkpoint failed; the container keeps running")
 		writeControlFile(c.controlDir, StatusFile, snapshotStatus{Decision: "checkpoint-failed", Reason: err.Error(), At: time.Now()})
 	}
+}
+
+// pausedCheckpoint checkpoints a running container, leaving it running, the
+// way containerd's client does: paused around the Checkpoint RPC, so that the
+// writable layer captured after CRIU's dump still matches the dump.
+func (s *Service) pausedCheckpoint(ctx context.Context, c *container, dir string) error {
+	if _, err := s.TTRPCTaskService.Pause(ctx, &taskAPI.PauseRequest{ID: c.id}); err != nil {
+		return fmt.Errorf("pausing for the checkpoint: %w", err)
+	}
+	_, err := s.Checkpoint(ctx, &taskAPI.CheckpointTaskRequest{ID: c.id, Path: dir})
+	if _, rerr := s.TTRPCTaskService.Resume(ctx, &taskAPI.ResumeRequest{ID: c.id}); rerr != nil {
+		err = errors.Join(err, fmt.Errorf("resuming after the checkpoint: %w", rerr))
+	}
+	return err
 }

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/runtime"
+	"path/filepath"
 	"sync"
+	"time"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
@@ -147,9 +150,12 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		resp *taskAPI.StartResponse
 		err  error
 	)
-	if c.plan != nil {
+	switch {
+	case c.plan != nil:
 		resp, err = s.startRestored(ctx, c, r)
-	} else {
+	case c.create.Checkpoint != "":
+		resp, err = s.startExplicitCheckpoint(ctx, c, r)
+	default:
 		resp, err = s.TTRPCTaskService.Start(ctx, r)
 	}
 	if err == nil {
@@ -174,20 +180,28 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 	var (
 		rollback = noGPU
 		gpus     storage.GPUNode
+		phases   = map[string]float64{}
+		start    = time.Now()
 	)
 	err := thawedFor(ctx, c, thawForGPU, func() (err error) {
 		rollback, gpus, err = s.gpuCheckpoint(ctx, c)
 		return err
 	})
+	phases["cuda_checkpoint"] = time.Since(start).Seconds()
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
+	start = time.Now()
 	resp, err := s.TTRPCTaskService.Checkpoint(ctx, r)
+	phases["criu_dump"] = time.Since(start).Seconds()
 	if err != nil {
 		s.recoverFailedCheckpoint(ctx, c, wasPaused)
 	}
+	if err == nil {
+		err = addRestoreFiles(c, r.Path, phases)
+	}
 	if err == nil && c.options.Store != "" {
-		if err = s.publish(ctx, c, r.Path, gpus); err != nil {
+		if err = s.publish(ctx, c, r.Path, gpus, phases); err != nil {
 			log.G(ctx).WithError(err).WithField("id", r.ID).Error("checkpoint not published to the store")
 		}
 	}
@@ -216,6 +230,18 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		removeControlDir(ctx, r.ID)
 	}
 	return resp, err
+}
+
+// startExplicitCheckpoint restores a checkpoint the client named
+// (ctr c restore --live): the writable layer comes back from the rootfs diff
+// that this shim's Checkpoint put next to CRIU's images, when the checkpoint
+// has one (a client that restored the layer itself gets the same files
+// again), then runc restores the processes.
+func (s *Service) startExplicitCheckpoint(ctx context.Context, c *container, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
+	if err := runtime.ApplyRootfsDiff(c.create.Checkpoint, filepath.Join(c.bundle, "rootfs")); err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("applying the checkpoint's writable layer: %w", err))
+	}
+	return s.TTRPCTaskService.Start(ctx, r)
 }
 
 func (s *Service) container(id string) *container {
