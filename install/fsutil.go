@@ -128,6 +128,19 @@ func (c Config) removeDirs(dirs []string) {
 	}
 }
 
+// checkHostRoot refuses a host root that is not there: a DaemonSet that
+// forgot the host mount must fail, not install into its own container.
+func (c Config) checkHostRoot() error {
+	st, err := os.Stat(c.HostRoot)
+	if err == nil && !st.IsDir() {
+		err = errors.New("not a directory")
+	}
+	if err != nil {
+		return fmt.Errorf("--host-root %s: %w", c.HostRoot, err)
+	}
+	return nil
+}
+
 // checkHostSymlinks refuses node paths that cross an absolute symlink when
 // HostRoot is not "/": such a link would resolve inside the installer's
 // container instead of on the host, and the write would land there.
