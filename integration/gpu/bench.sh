@@ -35,7 +35,7 @@ A1=$(first_answer) || { echo "no answer from the cold worker"; exit 1; }
 t1=$(now); record cold_s $(dt $t0 $t1); echo "  answer $A1"
 
 step "checkpoint through the shim (--exit)"
-t0=$(now); timeout 400 ctr t checkpoint --exit bench-src || exit 1; t1=$(now)
+t0=$(now); timeout 400 $CTR t checkpoint --exit bench-src || exit 1; t1=$(now)
 record checkpoint_s $(dt $t0 $t1)
 remove_worker bench-src
 CK=$(ls -d $W/store/*/)

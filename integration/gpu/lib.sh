@@ -49,6 +49,8 @@ CFG
   (cd $W/rootfs && mkdir -p usr etc opt proc sys dev tmp run root var app && for l in bin lib lib64 sbin; do [ -L /$l ] && ln -sfn "$(readlink /$l)" $l; done)
 }
 ctr() { command ctr --address $W/containerd.sock --namespace gpu "$@"; }
+# CTR is ctr for commands run under timeout(1), which cannot call functions.
+CTR="ctr --address $W/containerd.sock --namespace gpu"
 
 # run_worker ID GPU [ENV=value...]: the PyTorch example in a container given
 # GPU index GPU (its device node and NVIDIA_VISIBLE_DEVICES).

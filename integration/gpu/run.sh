@@ -28,7 +28,7 @@ A1=$(first_answer) || { echo "no answer from the cold worker"; ctr t ls; exit 1;
 t1=$(now); echo "cold start to first answer: $(dt $t0 $t1) s: $A1"
 
 step "checkpoint through the shim (--exit)"
-t0=$(now); timeout 300 ctr t checkpoint --exit gpu-src; rc=$?; t1=$(now)
+t0=$(now); timeout 300 $CTR t checkpoint --exit gpu-src; rc=$?; t1=$(now)
 echo "checkpoint rc=$rc in $(dt $t0 $t1) s"; du -sh $W/store
 remove_worker gpu-src
 M=$(cat $W/store/*/manifest.json 2>/dev/null)

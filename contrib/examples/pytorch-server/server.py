@@ -73,4 +73,4 @@ if control:
     with open(os.path.join(control, "ready-for-checkpoint"), "w") as f:
         f.write("warm after %.1fs\n" % WARM)
 print("warm after %.1fs, %d layers" % (WARM, len(weights)), flush=True)
-HTTPServer(("127.0.0.1", int(os.environ.get("PORT", "8000"))), Handler).serve_forever()
+HTTPServer((os.environ.get("HOST", "0.0.0.0"), int(os.environ.get("PORT", "8000"))), Handler).serve_forever()
