@@ -584,3 +584,20 @@ func TestContainerdReadsDropin(t *testing.T) {
 		}
 	}
 }
+
+// TestBoolOption: restore_huge_pages is written as a TOML boolean, and a
+// value that is not one is refused with the key named.
+func TestBoolOption(t *testing.T) {
+	h, err := ParseHandler("name=snapshot,store=/var/lib/gpusnap/store,restore_huge_pages=false")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := Config{OptionsDir: "/etc/containerd-shim-snapshot"}.renderOptions(h)
+	if err != nil || !strings.Contains(string(data), "restore_huge_pages = false\n") {
+		t.Fatalf("rendered %q, %v", data, err)
+	}
+	h, _ = ParseHandler("name=snapshot,store=/var/lib/gpusnap/store,restore_huge_pages=maybe")
+	if _, err := (Config{OptionsDir: "/etc/containerd-shim-snapshot"}).renderOptions(h); err == nil || !strings.Contains(err.Error(), "restore_huge_pages") {
+		t.Fatalf("want an error naming restore_huge_pages, got %v", err)
+	}
+}

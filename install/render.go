@@ -8,8 +8,12 @@ import (
 	"github.com/gpusnap/containerd-shim-snapshot-v2/shim/options"
 )
 
-// listKeys are the options keys whose TOML value is an array of strings.
-var listKeys = map[string]bool{"ignore_env": true}
+// listKeys are the options keys whose TOML value is an array of strings;
+// boolKeys those whose value is a TOML boolean (written bare: true/false).
+var (
+	listKeys = map[string]bool{"ignore_env": true}
+	boolKeys = map[string]bool{"restore_huge_pages": true}
+)
 
 // optionsPath is where a handler's options file lives on the node.
 func (c Config) optionsPath(name string) string {
@@ -43,6 +47,9 @@ func (c Config) renderOptions(h Handler) ([]byte, error) {
 // tomlValue renders an option value; keys the shim does not know are
 // rendered as strings and then refused by options.Parse by name.
 func tomlValue(o Option) string {
+	if boolKeys[o.Key] && (o.Value == "true" || o.Value == "false") {
+		return o.Value
+	}
 	if !listKeys[o.Key] {
 		return tomlString(o.Value)
 	}

@@ -209,10 +209,25 @@ func timeoutReason(ctx context.Context, o options.Options, err error) error {
 	return err
 }
 
+// criuHugePagesEnv is read by the project's CRIU patch (contrib/criu): runc
+// hands the shim's environment on to CRIU. One shim serves one pod, whose
+// containers share the handler, so a process-wide setting is per handler.
+const criuHugePagesEnv = "CRIU_RESTORE_HUGEPAGES"
+
+// adviseHugePages tells the next CRIU restore whether to use huge pages.
+func adviseHugePages(o options.Options) {
+	v := "0"
+	if o.RestoreHugePages {
+		v = "1"
+	}
+	os.Setenv(criuHugePagesEnv, v)
+}
+
 // restore runs the restore phases in order, each timed; ctx carries the
 // deadline from restore_timeout (runc, hence CRIU, is killed when it ends).
 func (s *Service) restore(ctx context.Context, c *container, r *taskAPI.StartRequest) (resp *taskAPI.StartResponse, err error) {
 	plan := c.plan
+	adviseHugePages(c.options)
 	if err := plan.timed("rootfs_diff", func() error {
 		return runtime.ApplyRootfsDiff(plan.checkpoint.Dir, filepath.Join(c.bundle, "rootfs"))
 	}); err != nil {

@@ -7,6 +7,7 @@
 # so a second run only re-checks versions. Package hosts are never named here:
 # the Debian archive URI is read from this machine's own apt sources.
 set -euo pipefail
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
 
 CACHE=${SNAPSHOT_CACHE:-/var/cache/containerd-shim-snapshot}
 PREFIX=${PREFIX:-/usr/local}
@@ -28,7 +29,7 @@ log() { printf '[deps] %s\n' "$*" >&2; }
 DEB_PACKAGES=(build-essential pkg-config libprotobuf-c-dev libprotobuf-dev protobuf-c-compiler
   protobuf-compiler python3-protobuf libnl-3-dev libnet1-dev libcap-dev
   libbsd-dev libgnutls28-dev libnftables-dev uuid-dev libseccomp-dev iptables
-  containernetworking-plugins busybox-static iproute2 procps xz-utils
+  containernetworking-plugins busybox-static iproute2 procps xz-utils patch
   dpkg-dev util-linux e2fsprogs)
 
 install_debs() {
@@ -67,14 +68,24 @@ fetch_criu_source() {
   echo "$CRIU_SHA256  $dir/$tarball" | sha256sum -c --quiet - || { log "criu: checksum mismatch for $tarball"; rm -f "$dir/$tarball"; exit 1; }
 }
 
+# build_criu builds CRIU with the project's patches (contrib/criu/*.patch,
+# applied in name order); the cached binary is named after their digest, so
+# a changed patch rebuilds.
 build_criu() {
-  local out=$CACHE/bin/criu-$CRIU_VERSION
+  local patches=("$REPO"/contrib/criu/*.patch)
+  local tag
+  tag=$(cat "${patches[@]}" | sha256sum | cut -c1-12)
+  local out=$CACHE/bin/criu-$CRIU_VERSION-$tag
   if [[ ! -x $out ]]; then
     fetch_criu_source
     local b=$CACHE/criu-build
     rm -rf "$b" && mkdir -p "$b"
     tar -C "$b" -xf "$CACHE/criu-src/criu_${CRIU_VERSION}.orig.tar.xz"
     local src=("$b"/criu-*)
+    for p in "${patches[@]}"; do
+      log "criu: applying $(basename "$p")"
+      patch -d "${src[0]}" -p1 --quiet <"$p" || { log "criu: $p does not apply"; exit 1; }
+    done
     log "criu: building (about a minute)"
     make -C "${src[0]}" -j"$(nproc)" criu >"$b/build.log" 2>&1 || { tail -30 "$b/build.log"; exit 1; }
     install -m 0755 "${src[0]}/criu/criu" "$out"

@@ -5,18 +5,21 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/floor"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/testbed"
 )
 
 // restoreResult holds one run of the restore benchmark.
 type restoreResult struct {
-	cold, checkpoint, restore, plainRestore time.Duration
-	imageBytes                              int64
-	phases                                  string
+	cold, checkpoint, restore, restore4k, plainRestore time.Duration
+	imageBytes                                         int64
+	phases                                             string
+	floor                                              []floor.Result
 }
 
 // restoreBench compares, for one workload that spends warmup seconds building
@@ -55,10 +58,39 @@ func restoreBench(bed *testbed.Bed, dir string, stateMB, warmup int) (*restoreRe
 		return nil, fmt.Errorf("second container was not restored: %s", r.phases)
 	}
 	stopContainer(bed, "bench-restored")
+	// The same restore with 4 KiB pages (restore_huge_pages = false).
+	options4k := filepath.Join(dir, "handler-4k.toml")
+	if err := os.WriteFile(options4k, []byte(body+"restore_huge_pages = false\n"), 0o600); err != nil {
+		return nil, err
+	}
+	if r.restore4k, err = runToAnswer(bed, "bench-restored-4k", options4k, env); err != nil {
+		return nil, err
+	}
+	defer removeNetns("bench-restored-4k")
+	stopContainer(bed, "bench-restored-4k")
 	if r.plainRestore, err = plainCRIU(dir, env); err != nil {
 		return nil, err
 	}
+	r.floor = measureFloor(store)
 	return &r, nil
+}
+
+// measureFloor measures, on this machine and now, what bounds a restore of
+// the store's checkpoint: reading it from disk and from the page cache, and
+// faulting in fresh memory for it. Failures are kept as notes.
+func measureFloor(store string) []floor.Result {
+	var out []floor.Result
+	add := func(r floor.Result, err error) {
+		if err != nil {
+			r.Note = "error: " + err.Error()
+		}
+		out = append(out, r)
+	}
+	add(floor.DiskRead(store, 1))
+	add(floor.CacheRead(store, runtime.NumCPU()))
+	add(floor.FaultIn(1<<30, 1))
+	add(floor.FaultInHuge(1<<30, 1))
+	return out
 }
 
 // runToAnswer starts the workload in its own network namespace (named after
@@ -169,10 +201,15 @@ func reportRestore(r *restoreResult, stateMB, warmup int) {
 	fmt.Printf("  checkpoint image in store: %.2f GiB (checkpoint took %s)\n", float64(r.imageBytes)/(1<<30), r.checkpoint.Round(time.Millisecond))
 	fmt.Printf("  %-44s %10s\n", "cold start to first answer (shim)", r.cold.Round(time.Millisecond))
 	fmt.Printf("  %-44s %10s\n", "restore to first answer (shim, from store)", r.restore.Round(time.Millisecond))
+	fmt.Printf("  %-44s %10s\n", "  the same with restore_huge_pages = false", r.restore4k.Round(time.Millisecond))
 	fmt.Printf("  %-44s %10s\n", "plain `criu restore` to first answer", r.plainRestore.Round(time.Millisecond))
 	speedup := float64(r.cold) / float64(r.restore)
 	overhead := float64(r.restore)/float64(r.plainRestore) - 1
 	fmt.Printf("  restore is %.1fx faster than cold start (goal >= 10x)\n", speedup)
 	fmt.Printf("  shim overhead over plain criu restore: %+.0f%% (goal <= 10%%)\n", overhead*100)
 	fmt.Printf("  restore phases: %s\n", strings.Join(strings.Fields(r.phases), " "))
+	fmt.Println("  floor, measured now on this machine:")
+	for _, f := range r.floor {
+		fmt.Printf("    %-14s %7.2f GB/s  image/bandwidth = %6.3f s  %s\n", f.Name, f.GBps(), float64(r.imageBytes)/(f.GBps()*1e9), f.Note)
+	}
 }

@@ -3,10 +3,12 @@
 # `make gpu-bundle` here. For the PyTorch example with WEIGHTS_GIB of weights
 # (default 8), in one run:
 #   - cold start to first answer;
-#   - checkpoint through the shim (ctr t checkpoint --exit) and image sizes;
+#   - the checkpoint the shim takes when the workload says it is warm
+#     (auto_checkpoint = on-ready, leave running) and image sizes;
 #   - restore through the shim to first answer, with the page cache dropped
 #     (checkpoint on the store's disk) and with the checkpoint in the page
-#     cache (a warm node-local copy), each with the shim's phase timings;
+#     cache (a warm node-local copy), each with the shim's phase timings,
+#     with restore_huge_pages on (default) and off;
 #   - the baseline: plain CRIU + driver checkpoint API on a host process
 #     (cudactl + criu dump/restore), cold and warm cache;
 #   - the floor: read bandwidth of the store's disk (O_DIRECT, 1 and 8
@@ -28,25 +30,32 @@ step "unpack carried binaries"; unpack_bundle || exit 1
 step "start containerd"; start_containerd
 cat /sys/kernel/mm/transparent_hugepage/enabled
 
-step "cold start (page cache dropped)"
+# The workload says when it is warm (ready-for-checkpoint in its control
+# directory) and the shim checkpoints it then, leaving it running: the
+# production path, and no archive through containerd's content store.
+printf 'store = "%s"\ncontrol_dir = "/run/gpusnap"\nauto_checkpoint = "on-ready"\n' $W/store >$W/handler.toml
+printf 'store = "%s"\ncontrol_dir = "/run/gpusnap"\nrestore_huge_pages = false\n' $W/store >$W/handler-4k.toml
+ENV=(CONTROL_DIR=/run/gpusnap)
+
+step "cold start (page cache dropped), checkpoint on ready"
 drop_caches
-t0=$(now); run_worker bench-src 0 || exit 1
+t0=$(now); run_worker bench-src 0 "${ENV[@]}" || exit 1
 A1=$(first_answer) || { echo "no answer from the cold worker"; exit 1; }
 t1=$(now); record cold_s $(dt $t0 $t1); echo "  answer $A1"
-
-step "checkpoint through the shim (--exit)"
-t0=$(now); timeout 400 $CTR t checkpoint --exit bench-src || exit 1; t1=$(now)
-record checkpoint_s $(dt $t0 $t1)
+for i in $(seq 600); do ls $W/store/*/manifest.json >/dev/null 2>&1 && break; sleep 0.5; done
+t2=$(now); record checkpoint_after_answer_s $(dt $t1 $t2)
+status_of bench-src; echo
+[ "$(first_answer)" = "$A1" ] && echo "  source still answers the same after its checkpoint" || echo "FAIL: source answers differently after its checkpoint"
 remove_worker bench-src
 CK=$(ls -d $W/store/*/)
 record image_bytes $(ckpt_bytes)
 record pages_bytes $(du -cb $CK/checkpoint/pages-*.img | tail -1 | cut -f1)
-python3 -c "import json;print(json.load(open('$CK/manifest.json')).get('phases'))"
+python3 -c "import json;print('  checkpoint phases', json.load(open('$CK/manifest.json')).get('phases'))"
 
 # shim_restore NAME: restore through the shim, record time and phases.
 shim_restore() {
   local id=bench-$1 t0 t1 a
-  t0=$(now); run_worker $id 0 || return 1
+  t0=$(now); run_worker $id 0 "${ENV[@]}" || return 1
   a=$(first_answer); t1=$(now)
   restored $id && [ "$a" = "$A1" ] || { echo "FAIL: $id not restored or wrong answer: $a"; status_of $id; return 1; }
   record ${1}_s $(dt $t0 $t1)
@@ -56,10 +65,13 @@ import json, sys
 for k, v in json.load(open(sys.argv[1])).get("phases_seconds", {}).items():
     print("  %s_phase_%s = %.3f" % (sys.argv[2], k, v))
 PY
+  grep AnonHugePages /proc/$(pgrep -f /app/server.py | head -1)/smaps_rollup
   remove_worker $id
 }
 step "restore through the shim, page cache dropped"; drop_caches; shim_restore shim_restore_cold
 step "restore through the shim, checkpoint in the page cache"; cat $CK/checkpoint/* >/dev/null; shim_restore shim_restore_warm
+step "the same with restore_huge_pages = false"; HANDLER=$W/handler-4k.toml shim_restore shim_restore_warm_4k
+step "again with huge pages (order effects)"; shim_restore shim_restore_warm_again
 
 step "baseline: plain CRIU + driver API on a host process"
 P=$W/plain; mkdir -p $P/images
@@ -108,8 +120,9 @@ step "results"
   echo "\"gpu\": \"$(nvidia-smi --query-gpu=name --format=csv,noheader -i 0)\", \"driver\": \"$(nvidia-smi --query-gpu=driver_version --format=csv,noheader -i 0)\","
   echo "\"kernel\": \"$(uname -r)\", \"thp\": \"$(cat /sys/kernel/mm/transparent_hugepage/enabled)\","
   for k in "${!T[@]}"; do echo "\"$k\": ${T[$k]},"; done
-  echo "\"shim_phases_cold\": $(cat $OUT/status-shim_restore_cold.json 2>/dev/null || echo null),"
-  echo "\"shim_phases_warm\": $(cat $OUT/status-shim_restore_warm.json 2>/dev/null || echo null),"
+  for n in cold warm warm_4k warm_again; do
+    echo "\"status_shim_restore_$n\": $(cat $OUT/status-shim_restore_$n.json 2>/dev/null | grep . || echo null),"
+  done
   echo "\"floor\": $(cat $OUT/floor.json 2>/dev/null || echo null),"
   echo "\"h2d\": $(cat $OUT/h2d.json 2>/dev/null || echo null)"
   echo "}"

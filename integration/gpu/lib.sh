@@ -53,12 +53,13 @@ ctr() { command ctr --address $W/containerd.sock --namespace gpu "$@"; }
 CTR="ctr --address $W/containerd.sock --namespace gpu"
 
 # run_worker ID GPU [ENV=value...]: the PyTorch example in a container given
-# GPU index GPU (its device node and NVIDIA_VISIBLE_DEVICES).
+# GPU index GPU (its device node and NVIDIA_VISIBLE_DEVICES), with the
+# handler options in $HANDLER (default $W/handler.toml).
 run_worker() {
   local id=$1 gpu=$2; shift 2
   local extra=()
   for e in "$@"; do extra+=(--env "$e"); done
-  ctr run -d --runtime io.containerd.snapshot.v2 --runtime-config-path $W/handler.toml --net-host \
+  ctr run -d --runtime io.containerd.snapshot.v2 --runtime-config-path ${HANDLER:-$W/handler.toml} --net-host \
     --mount type=bind,src=/usr,dst=/usr,options=bind:ro --mount type=bind,src=/etc,dst=/etc,options=bind:ro \
     --mount type=bind,src=/opt,dst=/opt,options=bind:ro --mount type=bind,src=/var,dst=/var,options=bind:ro \
     --mount type=bind,src=/usr/local/nvidia,dst=/usr/local/nvidia,options=bind:ro \

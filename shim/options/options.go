@@ -63,6 +63,12 @@ type Options struct {
 	// killed, the half-restored container is removed and the fallback of
 	// `restore` applies.
 	RestoreTimeout Duration `toml:"restore_timeout"`
+	// RestoreHugePages asks CRIU to fill the restored process's large
+	// anonymous areas with transparent huge pages (the project's CRIU patch,
+	// contrib/criu): page faults bound the restore once the image is in
+	// memory, and 2 MiB faults are much cheaper per byte. The areas keep the
+	// MADV_HUGEPAGE mark afterwards. A CRIU without the patch ignores it.
+	RestoreHugePages bool `toml:"restore_huge_pages"`
 
 	// Source names where these options came from, for error messages.
 	Source string `toml:"-"`
@@ -97,6 +103,7 @@ func Default() Options {
 		LockTimeout:       Duration{30 * time.Second},
 		CheckpointTimeout: Duration{10 * time.Minute},
 		RestoreTimeout:    Duration{5 * time.Minute},
+		RestoreHugePages:  true,
 		Source:            "defaults",
 	}
 }
@@ -172,5 +179,5 @@ func oneOf(key, value string, allowed ...string) error {
 
 func knownKeys() []string {
 	return []string{"store", "checkpoint", "restore", "auto_checkpoint", "control_dir",
-		"criu_path", "ignore_env", "lock_timeout", "checkpoint_timeout", "restore_timeout"}
+		"criu_path", "ignore_env", "lock_timeout", "checkpoint_timeout", "restore_timeout", "restore_huge_pages"}
 }
