@@ -452,3 +452,24 @@ func TestRestoreTimeout(t *testing.T) {
 		t.Fatalf("want the cold start's two processes only, ctr tasks ps says:\n%s", out)
 	}
 }
+
+// TestCheckpointWithOpenConnection: a workload holding a connected TCP
+// socket is checkpointed without --tcp-established (CRIU is told to leave
+// such connections out) and restored into a new container, where that
+// connection is gone but everything else continues.
+func TestCheckpointWithOpenConnection(t *testing.T) {
+	opts, store := handlerOptions(t, "")
+	runStateful(t, "held-source", opts, "HOLD_CONNECTION=1")
+	before := waitWarm(t, "held-source", 30)
+	if out, err := bed.Ctr("tasks", "checkpoint", "held-source"); err != nil {
+		t.Fatalf("checkpoint of a workload with a connected socket: %v: %s", err, out)
+	}
+	if cks := checkpoints(t, store); len(cks) != 1 {
+		t.Fatalf("%d checkpoints published", len(cks))
+	}
+	runStateful(t, "held-restored", opts, "HOLD_CONNECTION=1")
+	got := waitWarm(t, "held-restored", 0)
+	if st := statusOf(t, "held-restored"); st["decision"] != "restored" || got.Count < before.Count {
+		t.Fatalf("not restored: status %v, answer %+v, before %+v", st, got, before)
+	}
+}

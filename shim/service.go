@@ -127,10 +127,17 @@ func newContainer(ctx context.Context, r *taskAPI.CreateTaskRequest, opts option
 	}
 	c := &container{id: r.ID, namespace: ns, bundle: r.Bundle, options: opts, spec: spec, rootfs: r.Rootfs,
 		create: proto.Clone(r).(*taskAPI.CreateTaskRequest)}
+	changed, err := addCRIUConfig(spec, r.Bundle)
+	if err != nil {
+		return nil, err
+	}
 	if opts.ControlDir != "" {
 		if c.controlDir, err = addControlDir(spec, r.ID, opts.ControlDir); err != nil {
 			return nil, err
 		}
+		changed = true
+	}
+	if changed {
 		if err := writeSpec(r.Bundle, spec); err != nil {
 			removeControlDir(ctx, r.ID)
 			return nil, err
@@ -173,6 +180,9 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 	c := s.container(r.ID)
 	if c == nil {
 		return s.TTRPCTaskService.Checkpoint(ctx, r)
+	}
+	if err := prepareCRIUConfigForDump(c, r); err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("writing the CRIU configuration: %w", err))
 	}
 	wasPaused := s.paused(ctx, r.ID)
 	// The CUDA steps need the container's processes running.

@@ -42,9 +42,17 @@ drop_caches
 t0=$(now); run_worker bench-src 0 "${ENV[@]}" || exit 1
 A1=$(first_answer) || { echo "no answer from the cold worker"; exit 1; }
 t1=$(now); record cold_s $(dt $t0 $t1); echo "  answer $A1"
-for i in $(seq 600); do ls $W/store/*/manifest.json >/dev/null 2>&1 && break; sleep 0.5; done
+for i in $(seq 600); do
+  ls $W/store/*/manifest.json >/dev/null 2>&1 && break
+  grep -q checkpoint-failed /run/containerd-shim-snapshot/bench-src/snapshot-status 2>/dev/null && break
+  sleep 0.5
+done
 t2=$(now); record checkpoint_after_answer_s $(dt $t1 $t2)
 status_of bench-src; echo
+if ! ls $W/store/*/manifest.json >/dev/null 2>&1; then
+  echo "FAIL: no checkpoint"; tail -40 $W/state/io.containerd.runtime.v2.task/gpu/bench-src/criu-dump.log
+  collect_logs; exit 1
+fi
 [ "$(first_answer)" = "$A1" ] && echo "  source still answers the same after its checkpoint" || echo "FAIL: source answers differently after its checkpoint"
 remove_worker bench-src
 CK=$(ls -d $W/store/*/)

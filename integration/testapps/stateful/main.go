@@ -9,6 +9,11 @@
 // With CONTROL_DIR set, it writes ready-for-checkpoint there once the counter
 // reaches READY_AT (default 20), the workload side of the shim's contract.
 //
+// With HOLD_CONNECTION=1 it also connects to itself once and keeps that
+// connection open (its far end closed after the answer), as servers keep
+// client and probe connections: CRIU must then be told what to do with
+// connected TCP sockets.
+//
 // For benchmarks, STATE_MB and WARMUP_SECONDS make it behave like a server
 // with a slow cold start: before it listens it fills STATE_MB MiB of memory
 // with computed data and keeps working until WARMUP_SECONDS have passed.
@@ -55,6 +60,13 @@ func main() {
 	var count atomic.Int64
 	go countForever(&count)
 	go serve(ln, &count, child.Process.Pid, state)
+	if os.Getenv("HOLD_CONNECTION") == "1" {
+		held, err := net.Dial("tcp", "127.0.0.1:8080")
+		if err != nil {
+			fail(err)
+		}
+		defer held.Close()
+	}
 	readyAt, _ := strconv.Atoi(os.Getenv("READY_AT"))
 	if readyAt == 0 {
 		readyAt = 20

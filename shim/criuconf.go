@@ -1,0 +1,86 @@
+package shim
+
+import (
+	"bytes"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	runcoptions "github.com/containerd/containerd/api/types/runc/options"
+	"github.com/containerd/typeurl/v2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// CRIU configuration per container. runc hands CRIU the file named by the
+// spec annotation org.criu.config, else /etc/criu/runc.conf; settings in
+// that file override runc's own. The shim points every container at a file
+// of its own in the bundle, made of the node's runc.conf plus tcp-close:
+// a checkpoint is restored into a new pod with other addresses, where the
+// workload's established TCP connections (probes, clients) cannot live on,
+// so CRIU leaves them out of the dump and the restored process sees them
+// closed. A client that asks for tcp-established gets its connections
+// dumped instead. A spec that already names a CRIU configuration keeps it.
+const (
+	criuConfigAnnotation = "org.criu.config"
+	nodeCRIUConfig       = "/etc/criu/runc.conf"
+	criuConfigName       = "criu.conf"
+)
+
+// addCRIUConfig points the spec at the container's own CRIU configuration
+// and writes it for restores; it reports whether the spec changed.
+func addCRIUConfig(spec *specs.Spec, bundle string) (bool, error) {
+	if _, set := spec.Annotations[criuConfigAnnotation]; set {
+		return false, nil
+	}
+	path := filepath.Join(bundle, criuConfigName)
+	if err := writeCRIUConfig(path, true); err != nil {
+		return false, err
+	}
+	if spec.Annotations == nil {
+		spec.Annotations = map[string]string{}
+	}
+	spec.Annotations[criuConfigAnnotation] = path
+	return true, nil
+}
+
+// prepareCRIUConfigForDump rewrites the container's CRIU configuration for
+// the dump r asks for: connections closed unless it wants them dumped.
+func prepareCRIUConfigForDump(c *container, r *taskAPI.CheckpointTaskRequest) error {
+	if c.spec.Annotations[criuConfigAnnotation] != filepath.Join(c.bundle, criuConfigName) {
+		return nil
+	}
+	return writeCRIUConfig(filepath.Join(c.bundle, criuConfigName), !wantsTCPEstablished(r))
+}
+
+// writeCRIUConfig writes the node's runc.conf, plus tcp-close if asked.
+func writeCRIUConfig(path string, tcpClose bool) error {
+	base, err := os.ReadFile(nodeCRIUConfig)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	var b bytes.Buffer
+	b.Write(base)
+	if len(base) > 0 && base[len(base)-1] != '\n' {
+		b.WriteByte('\n')
+	}
+	if tcpClose {
+		b.WriteString("tcp-close\n")
+	}
+	return os.WriteFile(path, b.Bytes(), 0o600)
+}
+
+// wantsTCPEstablished reports whether the checkpoint request asks CRIU to
+// dump established TCP connections (ctr t checkpoint --tcp-established...).
+func wantsTCPEstablished(r *taskAPI.CheckpointTaskRequest) bool {
+	if r.Options == nil {
+		return false
+	}
+	v, err := typeurl.UnmarshalAny(r.Options)
+	if err != nil {
+		return false
+	}
+	opts, ok := v.(*runcoptions.CheckpointOptions)
+	return ok && opts.OpenTcp
+}
