@@ -21,7 +21,10 @@ import (
 // workload's established TCP connections (probes, clients) cannot live on,
 // so CRIU leaves them out of the dump and the restored process sees them
 // closed. A client that asks for tcp-established gets its connections
-// dumped instead. A spec that already names a CRIU configuration keeps it.
+// dumped instead. skip-in-flight is always set: a connection still in a
+// listening socket's queue (a probe arriving during the dump) would fail the
+// dump otherwise; dropped, its client simply retries. A spec that already
+// names a CRIU configuration keeps it.
 const (
 	criuConfigAnnotation = "org.criu.config"
 	nodeCRIUConfig       = "/etc/criu/runc.conf"
@@ -54,7 +57,8 @@ func prepareCRIUConfigForDump(c *container, r *taskAPI.CheckpointTaskRequest) er
 	return writeCRIUConfig(filepath.Join(c.bundle, criuConfigName), !wantsTCPEstablished(r))
 }
 
-// writeCRIUConfig writes the node's runc.conf, plus tcp-close if asked.
+// writeCRIUConfig writes the node's runc.conf plus skip-in-flight, and
+// tcp-close if asked.
 func writeCRIUConfig(path string, tcpClose bool) error {
 	base, err := os.ReadFile(nodeCRIUConfig)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -65,6 +69,7 @@ func writeCRIUConfig(path string, tcpClose bool) error {
 	if len(base) > 0 && base[len(base)-1] != '\n' {
 		b.WriteByte('\n')
 	}
+	b.WriteString("skip-in-flight\n")
 	if tcpClose {
 		b.WriteString("tcp-close\n")
 	}

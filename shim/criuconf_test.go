@@ -1,0 +1,54 @@
+package shim
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	runcoptions "github.com/containerd/containerd/api/types/runc/options"
+	"github.com/containerd/typeurl/v2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+func TestCRIUConfig(t *testing.T) {
+	bundle := t.TempDir()
+	spec := &specs.Spec{}
+	changed, err := addCRIUConfig(spec, bundle)
+	path := filepath.Join(bundle, criuConfigName)
+	if err != nil || !changed || spec.Annotations[criuConfigAnnotation] != path {
+		t.Fatalf("changed %v, err %v, annotations %v", changed, err, spec.Annotations)
+	}
+	read := func() string {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(data)
+	}
+	// The node's runc.conf, if any, comes first; this test only sees ours.
+	if got := read(); !endsWith(got, "skip-in-flight\ntcp-close\n") {
+		t.Fatalf("restore configuration %q", got)
+	}
+	c := &container{bundle: bundle, spec: spec}
+	opts, err := typeurl.MarshalAny(&runcoptions.CheckpointOptions{OpenTcp: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := prepareCRIUConfigForDump(c, &taskAPI.CheckpointTaskRequest{Options: typeurl.MarshalProto(opts)}); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(); !endsWith(got, "skip-in-flight\n") {
+		t.Fatalf("tcp-established dump configuration %q", got)
+	}
+	if err := prepareCRIUConfigForDump(c, &taskAPI.CheckpointTaskRequest{}); err != nil || !endsWith(read(), "tcp-close\n") {
+		t.Fatalf("plain dump configuration %q, %v", read(), err)
+	}
+
+	own := &specs.Spec{Annotations: map[string]string{criuConfigAnnotation: "/etc/mine.conf"}}
+	if changed, err := addCRIUConfig(own, t.TempDir()); changed || err != nil || own.Annotations[criuConfigAnnotation] != "/etc/mine.conf" {
+		t.Fatalf("a spec's own CRIU configuration was replaced: %v %v %v", changed, err, own.Annotations)
+	}
+}
+
+func endsWith(s, suffix string) bool { return len(s) >= len(suffix) && s[len(s)-len(suffix):] == suffix }
