@@ -5,7 +5,7 @@ BIN       ?= bin
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build deps test test-unit test-integration bench bench-cold gpu-bundle test-gpu bench-gpu demo clean
+.PHONY: all build deps test test-unit test-integration bench benchmarks bench-cold gpu-bundle test-gpu bench-gpu demo clean
 
 all: build
 
@@ -28,7 +28,13 @@ test-integration:
 
 ## bench: CPU restore against cold start and plain criu restore (2 GiB state, 20 s warm-up)
 bench:
-	$(GO) run ./integration/bench -mode restore -state-mb 2048 -warmup 20
+	$(GO) run ./integration/bench -mode restore -state-mb 2048 -warmup 20 \
+		-out bench/results/$$(date -u +%Y-%m-%d)-$$(hostname)-cpu-restore.json
+	$(MAKE) benchmarks
+
+## benchmarks: regenerate BENCHMARKS.md and its plot from bench/results/*.json
+benchmarks:
+	$(GO) run ./integration/bench/report -results bench/results -out BENCHMARKS.md -plot docs/restore-vs-size.svg
 
 ## bench-cold: 30 interleaved `ctr run --rm` through runc and this shim
 bench-cold:
@@ -43,6 +49,7 @@ test-gpu:
 	integration/gpu/run.sh
 
 ## bench-gpu: restore against cold start, plain CRIU and the floor; ON the GPU machine
+## (copy its $$OUT/bench-gpu.json into bench/results/, then make benchmarks)
 bench-gpu:
 	integration/gpu/bench.sh
 

@@ -25,6 +25,7 @@ func main() {
 	runs := flag.Int("runs", 30, "runs per runtime (cold)")
 	stateMB := flag.Int("state-mb", 2048, "workload state in MiB (restore)")
 	warmup := flag.Int("warmup", 20, "workload warm-up seconds (restore)")
+	out := flag.String("out", "", "also write the restore results as JSON to this file (restore)")
 	flag.Parse()
 	if *mode != "cold" && *mode != "restore" {
 		fail(fmt.Errorf("unknown mode %q", *mode))
@@ -55,6 +56,11 @@ func main() {
 		report(times, *runs)
 	} else {
 		reportRestore(restore, *stateMB, *warmup)
+		if *out != "" {
+			if err := writeRestoreJSON(*out, restore, *stateMB, *warmup); err != nil {
+				fail(err)
+			}
+		}
 	}
 }
 

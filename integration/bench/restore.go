@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -212,4 +213,30 @@ func reportRestore(r *restoreResult, stateMB, warmup int) {
 	for _, f := range r.floor {
 		fmt.Printf("    %-14s %7.2f GB/s  image/bandwidth = %6.3f s  %s\n", f.Name, f.GBps(), float64(r.imageBytes)/(f.GBps()*1e9), f.Note)
 	}
+}
+
+// writeRestoreJSON writes one run's raw results for the benchmark report
+// (integration/bench/report): seconds, bytes and the floor measured now.
+func writeRestoreJSON(path string, r *restoreResult, stateMB, warmup int) error {
+	host, _ := os.Hostname()
+	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	floors := map[string]float64{}
+	for _, f := range r.floor {
+		floors[f.Name+"_gbps"] = f.GBps()
+	}
+	doc := map[string]any{
+		"kind": "cpu-restore", "date": time.Now().UTC().Format(time.RFC3339), "host": host,
+		"kernel": strings.TrimSpace(string(kernel)), "cpus": runtime.NumCPU(),
+		"command":     fmt.Sprintf("go run ./integration/bench -mode restore -state-mb %d -warmup %d", stateMB, warmup),
+		"state_mib":   stateMB,
+		"image_bytes": r.imageBytes,
+		"cold_s":      r.cold.Seconds(), "checkpoint_s": r.checkpoint.Seconds(),
+		"shim_restore_warm_s": r.restore.Seconds(), "shim_restore_warm_4k_s": r.restore4k.Seconds(),
+		"plain_restore_warm_s": r.plainRestore.Seconds(), "floor": floors,
+	}
+	data, err := json.MarshalIndent(doc, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(data, '\n'), 0o644)
 }

@@ -124,10 +124,13 @@ cat $OUT/h2d.json
 step "results"
 {
   echo "{"
+  echo "\"kind\": \"gpu-restore\", \"command\": \"integration/gpu/bench.sh (make bench-gpu), WEIGHTS_GIB=$WEIGHTS_GIB\","
+  echo "\"machine\": \"$(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(nvidia-smi -L | wc -l) GPU(s)\","
   echo "\"date\": \"$(date -u +%FT%TZ)\", \"weights_gib\": $WEIGHTS_GIB,"
   echo "\"gpu\": \"$(nvidia-smi --query-gpu=name --format=csv,noheader -i 0)\", \"driver\": \"$(nvidia-smi --query-gpu=driver_version --format=csv,noheader -i 0)\","
   echo "\"kernel\": \"$(uname -r)\", \"thp\": \"$(cat /sys/kernel/mm/transparent_hugepage/enabled)\","
   for k in "${!T[@]}"; do echo "\"$k\": ${T[$k]},"; done
+  echo "\"checkpoint_phases\": $(python3 -c "import json;print(json.dumps(json.load(open('$CK/manifest.json')).get('phases')))"),"
   for n in cold warm warm_4k warm_again; do
     echo "\"status_shim_restore_$n\": $(cat $OUT/status-shim_restore_$n.json 2>/dev/null | grep . || echo null),"
   done

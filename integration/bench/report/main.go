@@ -1,0 +1,162 @@
+// Command report turns the raw benchmark results in bench/results/*.json
+// (written by `make bench` and `make bench-gpu`) into BENCHMARKS.md and a
+// plot of restore time against checkpoint size next to the floor
+// (docs/restore-vs-size.svg). Every figure it prints comes from a result
+// file, which names its machine, date and command.
+//
+//	go run ./integration/bench/report -results bench/results -out BENCHMARKS.md -plot docs/restore-vs-size.svg
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// result is one raw result file; fields absent from a kind stay zero.
+type result struct {
+	File          string
+	Kind          string             `json:"kind"`
+	Date          string             `json:"date"`
+	Command       string             `json:"command"`
+	Machine       string             `json:"machine"`
+	Host          string             `json:"host"`
+	Kernel        string             `json:"kernel"`
+	GPU           string             `json:"gpu"`
+	Driver        string             `json:"driver"`
+	THP           string             `json:"thp"`
+	WeightsGiB    float64            `json:"weights_gib"`
+	StateMiB      float64            `json:"state_mib"`
+	ImageBytes    float64            `json:"image_bytes"`
+	Cold          float64            `json:"cold_s"`
+	Checkpoint    float64            `json:"checkpoint_s"`
+	CkptPhases    map[string]float64 `json:"checkpoint_phases"`
+	ShimCold      float64            `json:"shim_restore_cold_s"`
+	ShimWarm      float64            `json:"shim_restore_warm_s"`
+	ShimWarmAgain float64            `json:"shim_restore_warm_again_s"`
+	ShimWarm4k    float64            `json:"shim_restore_warm_4k_s"`
+	PlainCold     float64            `json:"plain_restore_cold_s"`
+	PlainWarm     float64            `json:"plain_restore_warm_s"`
+	H2D           map[string]float64 `json:"h2d"`
+	FloorCPU      map[string]float64 `json:"-"`
+	FloorGPU      *struct {
+		Results []struct {
+			Name string  `json:"name"`
+			GBps float64 `json:"gbps"`
+		} `json:"results"`
+	} `json:"-"`
+	Status map[string]*struct {
+		Phases map[string]float64 `json:"phases_seconds"`
+	} `json:"-"`
+}
+
+func main() {
+	dir := flag.String("results", "bench/results", "directory of raw result files")
+	out := flag.String("out", "BENCHMARKS.md", "markdown file to write")
+	plot := flag.String("plot", "docs/restore-vs-size.svg", "SVG plot to write")
+	flag.Parse()
+	results, err := load(*dir)
+	if err != nil {
+		fail(err)
+	}
+	if err := os.WriteFile(*out, []byte(markdown(results, *plot, *out)), 0o644); err != nil {
+		fail(err)
+	}
+	if err := os.WriteFile(*plot, []byte(svg(results)), 0o644); err != nil {
+		fail(err)
+	}
+	fmt.Printf("wrote %s and %s from %d result(s)\n", *out, *plot, len(results))
+}
+
+// load reads every result file, newest first.
+func load(dir string) ([]*result, error) {
+	files, err := filepath.Glob(filepath.Join(dir, "*.json"))
+	if err != nil {
+		return nil, err
+	}
+	var out []*result
+	for _, f := range files {
+		r, err := loadOne(f)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", f, err)
+		}
+		out = append(out, r)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Date > out[j].Date })
+	return out, nil
+}
+
+func loadOne(file string) (*result, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	r := &result{File: file}
+	if err := json.Unmarshal(data, r); err != nil {
+		return nil, err
+	}
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return nil, err
+	}
+	r.Status = map[string]*struct {
+		Phases map[string]float64 `json:"phases_seconds"`
+	}{}
+	for k, v := range raw {
+		switch {
+		case k == "floor" && r.Kind == "cpu-restore":
+			json.Unmarshal(v, &r.FloorCPU)
+		case k == "floor":
+			json.Unmarshal(v, &r.FloorGPU)
+		case strings.HasPrefix(k, "status_"):
+			var st struct {
+				Phases map[string]float64 `json:"phases_seconds"`
+			}
+			if json.Unmarshal(v, &st) == nil && st.Phases != nil {
+				r.Status[strings.TrimPrefix(k, "status_")] = &st
+			}
+		}
+	}
+	return r, nil
+}
+
+// bandwidth returns a floor measurement in GB/s (decimal), 0 if absent.
+func (r *result) bandwidth(name string) float64 {
+	if r.FloorCPU != nil {
+		return r.FloorCPU[name+"_gbps"]
+	}
+	if r.FloorGPU != nil {
+		for _, f := range r.FloorGPU.Results {
+			if f.Name == name {
+				return f.GBps
+			}
+		}
+	}
+	return 0
+}
+
+// gpuBytes is the GPU state restored to the device: the example's weights
+// (the largest part by far; activations and CUDA graphs are not counted).
+func (r *result) gpuBytes() float64 { return r.WeightsGiB * (1 << 30) }
+
+// floor is the time a restore cannot beat: read the image at readGBps and
+// copy the GPU state to the device from pinned memory.
+func (r *result) floor(readGBps float64) float64 {
+	if readGBps == 0 {
+		return 0
+	}
+	t := r.ImageBytes / (readGBps * 1e9)
+	if h := r.H2D["h2d_pinned"]; h > 0 && r.gpuBytes() > 0 {
+		t += r.gpuBytes() / (h * 1e9)
+	}
+	return t
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "report:", err)
+	os.Exit(1)
+}
