@@ -50,8 +50,10 @@ func runWithBed(m *testing.M, dir string) int {
 		fmt.Fprintln(os.Stderr, "integration: fake libcuda:", err)
 		return 1
 	}
+	eventsDir = filepath.Join(dir, "events")
+	cliPath = filepath.Join(dir, "build", testbed.CLIBinary)
 	bed, err = testbed.Prepare(dir, "", criHandlerOptions(filepath.Join(dir, "stores")), "SNAPSHOT_LIBCUDA="+lib,
-		"CRIU_CALL_LOG="+filepath.Join(fakeCUDAState, "calls.log"))
+		"CRIU_CALL_LOG="+filepath.Join(fakeCUDAState, "calls.log"), "SNAPSHOT_EVENTS_DIR="+eventsDir)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "integration: preparing the test bed:", err)
 		return 1

@@ -236,6 +236,22 @@ func TestRestoreFromStore(t *testing.T) {
 			t.Fatalf("corrupt checkpoint: status %v, workload %+v", st, got)
 		}
 	})
+
+	t.Run("world-writable store is refused and left as it is", func(t *testing.T) {
+		if err := os.Chmod(store, 0o777); err != nil {
+			t.Fatal(err)
+		}
+		defer os.Chmod(store, 0o700)
+		runStateful(t, "ckpt-untrusted", opts)
+		got := waitWarm(t, "ckpt-untrusted", 0)
+		st := statusOf(t, "ckpt-untrusted")
+		if reason := fmt.Sprint(st["reason"]); st["decision"] != "cold-start" || !strings.Contains(reason, "writable by group or others") || !strings.Contains(reason, store) || got.Count >= before.Count {
+			t.Fatalf("untrusted store: status %v, workload %+v", st, got)
+		}
+		if fi, err := os.Stat(store); err != nil || fi.Mode().Perm() != 0o777 || len(checkpointsIfAny(store)) != 1 {
+			t.Fatalf("the shim changed the refused store: %v %v %v", fi.Mode(), err, checkpointsIfAny(store))
+		}
+	})
 }
 
 // flipByte inverts one byte in the middle of a file and returns the undo.
@@ -306,7 +322,7 @@ func ctrCheckpointRestore(t *testing.T, rw bool) {
 func TestCheckpointStoreFull(t *testing.T) {
 	store := filepath.Join(t.TempDir(), "store")
 	os.MkdirAll(store, 0o700)
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", store).CombinedOutput(); err != nil {
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", store).CombinedOutput(); err != nil {
 		t.Fatalf("mount tmpfs: %v: %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", store).Run() })

@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/log"
 
+	"github.com/gpusnap/containerd-shim-snapshot-v2/events"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/runtime"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/shim/options"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
@@ -88,6 +89,8 @@ func (s *Service) publish(ctx context.Context, c *container, dir string, gpus st
 		log.G(ctx).WithError(err).Warn("snapshot: remembering the new checkpoint as verified")
 	}
 	writeControlFile(c.controlDir, StatusFile, snapshotStatus{Decision: "checkpointed", Checkpoint: ck.Name, At: time.Now(), Phases: phases})
+	recordEvent(ctx, c, events.Event{Kind: events.KindCheckpoint, Outcome: events.OutcomeCheckpointed, Checkpoint: ck.Name,
+		Phases: phases, BytesWritten: ck.Size()})
 	log.G(ctx).WithField("id", c.id).WithField("checkpoint", ck.Name).Info("snapshot: checkpoint published")
 	return nil
 }

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/gpusnap/containerd-shim-snapshot-v2/criu"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/events"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/runtime"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/shim/options"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
@@ -77,7 +78,11 @@ func (s *Service) planRestore(ctx context.Context, c *container) (*restorePlan, 
 		})
 	}
 	if err != nil {
-		return nil, declineRestore(ctx, c, err)
+		name := ""
+		if ck != nil {
+			name = ck.Name
+		}
+		return nil, declineRestore(ctx, c, err, plan.phases, name)
 	}
 	plan.checkpoint = ck
 	plan.left = o.RestoreTimeout.Duration - time.Since(start)
@@ -174,12 +179,16 @@ type snapshotStatus struct {
 
 // declineRestore records why a container is not restored; under
 // restore = required that reason becomes the container's error.
-func declineRestore(ctx context.Context, c *container, reason error) error {
+func declineRestore(ctx context.Context, c *container, reason error, phases map[string]float64, checkpoint string) error {
 	log.G(ctx).WithField("id", c.id).WithField("reason", reason.Error()).Warn("snapshot: not restoring")
+	ev := events.Event{Kind: events.KindRestore, Outcome: events.OutcomeColdStart, Reason: reason.Error(), Checkpoint: checkpoint, Phases: phases}
 	if c.options.Restore == options.RestoreRequired {
+		ev.Outcome = events.OutcomeFailed
+		recordEvent(ctx, c, ev)
 		writeControlFile(c.controlDir, StatusFile, snapshotStatus{Decision: "failed", Reason: reason.Error(), At: time.Now()})
 		return fmt.Errorf("%w: restore = required and %v", errdefs.ErrFailedPrecondition, reason)
 	}
+	recordEvent(ctx, c, ev)
 	writeControlFile(c.controlDir, StatusFile, snapshotStatus{Decision: "cold-start", Reason: reason.Error(), At: time.Now()})
 	return nil
 }
@@ -194,7 +203,7 @@ func (s *Service) startRestored(ctx context.Context, c *container, r *taskAPI.St
 		return resp, nil
 	}
 	reason := fmt.Errorf("restore from checkpoint %s failed: %w", c.plan.checkpoint.Name, timeoutReason(rctx, c.options, err))
-	if declined := declineRestore(ctx, c, reason); declined != nil {
+	if declined := declineRestore(ctx, c, reason, c.plan.phases, c.plan.checkpoint.Name); declined != nil {
 		return nil, declined
 	}
 	return s.coldStart(ctx, c, r)
@@ -254,6 +263,8 @@ func (s *Service) restore(ctx context.Context, c *container, r *taskAPI.StartReq
 		log.G(ctx).WithError(err).Warn("snapshot: writing restore-complete")
 	}
 	writeControlFile(c.controlDir, StatusFile, snapshotStatus{Decision: "restored", Checkpoint: plan.checkpoint.Name, At: time.Now(), Phases: plan.phases})
+	recordEvent(ctx, c, events.Event{Kind: events.KindRestore, Outcome: events.OutcomeRestored, Checkpoint: plan.checkpoint.Name,
+		Phases: plan.phases, BytesRead: plan.checkpoint.Size()})
 	log.G(ctx).WithField("id", c.id).WithField("phases", plan.phases).Info("snapshot: restored")
 	return resp, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/events"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/runtime"
 	"path/filepath"
 	"sync"
@@ -181,8 +182,22 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 	if c == nil {
 		return s.TTRPCTaskService.Checkpoint(ctx, r)
 	}
+	phases := map[string]float64{}
+	resp, err := s.checkpoint(ctx, c, r, phases)
+	if err != nil {
+		if c.options.Store != "" {
+			recordEvent(ctx, c, events.Event{Kind: events.KindCheckpoint, Outcome: events.OutcomeCheckpointFailed, Reason: err.Error(), Phases: phases})
+		}
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return resp, nil
+}
+
+// checkpoint runs the checkpoint flow for one of this shim's containers,
+// recording each phase's duration in phases.
+func (s *Service) checkpoint(ctx context.Context, c *container, r *taskAPI.CheckpointTaskRequest, phases map[string]float64) (*ptypes.Empty, error) {
 	if err := prepareCRIUConfigForDump(c, r); err != nil {
-		return nil, errgrpc.ToGRPC(fmt.Errorf("writing the CRIU configuration: %w", err))
+		return nil, fmt.Errorf("writing the CRIU configuration: %w", err)
 	}
 	wasPaused := s.paused(ctx, r.ID)
 	// The CUDA steps need the container's processes running.
@@ -190,7 +205,6 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 	var (
 		rollback = noGPU
 		gpus     storage.GPUNode
-		phases   = map[string]float64{}
 		start    = time.Now()
 	)
 	err := thawedFor(ctx, c, thawForGPU, func() (err error) {
@@ -199,7 +213,7 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 	})
 	phases["cuda_checkpoint"] = time.Since(start).Seconds()
 	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
+		return nil, err
 	}
 	start = time.Now()
 	resp, err := s.TTRPCTaskService.Checkpoint(ctx, r)
@@ -220,10 +234,7 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 			err = errors.Join(err, fmt.Errorf("putting the GPU state back: %w", rbErr))
 		}
 	}
-	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
-	}
-	return resp, nil
+	return resp, err
 }
 
 // Delete deletes a process or the container, and forgets the container.

@@ -54,6 +54,9 @@ func Open(root string) (*Store, error) {
 	if err := os.MkdirAll(root, dirMode); err != nil {
 		return nil, fmt.Errorf("open store %s: %w", root, err)
 	}
+	if err := checkStoreRoot(root); err != nil {
+		return nil, fmt.Errorf("open store %s: %w", root, err)
+	}
 	return &Store{Root: filepath.Clean(root)}, nil
 }
 

@@ -26,7 +26,7 @@ func (c *Checkpoint) Verify(ctx context.Context, progress func(done, total int64
 	if c.Manifest == nil {
 		return fmt.Errorf("verify %s: %w", c.Name, cmp.Or(c.Err, ErrManifest))
 	}
-	problems := c.checkTree()
+	problems := append(c.untrusted(), c.checkTree()...)
 	files, err := c.checkFiles(ctx, progress)
 	if err != nil {
 		return fmt.Errorf("verify %s: %w", c.Name, err)

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -28,6 +29,9 @@ import (
 func (c *Checkpoint) VerifyCached(ctx context.Context, cacheDir string, progress func(done, total int64)) (cached bool, err error) {
 	if c.Manifest == nil {
 		return false, c.Verify(ctx, progress)
+	}
+	if problems := c.untrusted(); len(problems) > 0 {
+		return false, fmt.Errorf("verify %s: %w", c.Name, errors.Join(problems...))
 	}
 	entry, err := c.cacheEntry(cacheDir)
 	if err != nil {
@@ -88,6 +92,7 @@ type stamp struct {
 	Path       string
 	Ino, Size  uint64
 	Mtime, Dev int64
+	Mode, UID  uint32
 }
 
 func (c *Checkpoint) fileStamps() ([]byte, error) {
@@ -98,7 +103,7 @@ func (c *Checkpoint) fileStamps() ([]byte, error) {
 			return nil, fmt.Errorf("stat %s: %w", name, err)
 		}
 		stamps = append(stamps, stamp{Path: name, Ino: st.Ino, Size: uint64(st.Size), Dev: int64(st.Dev),
-			Mtime: st.Mtim.Nano()})
+			Mtime: st.Mtim.Nano(), Mode: st.Mode, UID: st.Uid})
 	}
 	return json.Marshal(stamps)
 }

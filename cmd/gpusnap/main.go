@@ -42,6 +42,12 @@ Commands:
   doctor [--containerd-config FILE]
                           check CRIU, kernel, cgroups, network lock tools, the
                           containerd handler, the store and the GPU driver
+  status [--since DURATION] [--events-dir DIR]
+                          the node's recent restores and checkpoints, newest
+                          first, with phase timings and fallback reasons
+  metrics [--listen ADDR] [--events-dir DIR]
+                          restore and checkpoint metrics in the Prometheus
+                          text format, printed once or served at /metrics
 
 Global flags (accepted before or after the command):
   --store DIR             the checkpoint store

@@ -22,6 +22,10 @@ const (
 
 // Program is a Go program built for the bed: a package path and the name of
 // the binary it becomes.
+// CLIBinary is the operator CLI that Prepare builds next to the shim, in
+// <dir>/build.
+const CLIBinary = "gpusnap"
+
 type Program struct {
 	Name, Package string
 	CGO           bool
@@ -37,6 +41,7 @@ func Prepare(dir, shimOptions string, handlers map[string]string, env ...string)
 		{Name: ShimBinary, Package: "./cmd/containerd-shim-snapshot-v2", CGO: true},
 		{Name: "pause", Package: "./integration/testapps/pause"},
 		{Name: "stateful", Package: "./integration/testapps/stateful"},
+		{Name: CLIBinary, Package: "./cmd/gpusnap", CGO: true},
 	}
 	if err := Build(build, programs...); err != nil {
 		return nil, err
