@@ -56,7 +56,7 @@ func mustWrite(t *testing.T, p, data string, mode fs.FileMode) {
 	}
 }
 
-func must(t *testing.T, err error) {
+func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
@@ -276,7 +276,7 @@ type entry struct {
 	data       string
 }
 
-func makeTar(t *testing.T, entries ...entry) []byte {
+func makeTar(t testing.TB, entries ...entry) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
