@@ -489,3 +489,51 @@ func TestCheckpointWithOpenConnection(t *testing.T) {
 		t.Fatalf("not restored: status %v, answer %+v, before %+v", st, got, before)
 	}
 }
+
+// TestShimKilledMidCheckpoint: the shim killed with SIGKILL while CRIU
+// dumps. containerd then cleans the task up itself (it runs the shim's
+// delete, which stops the container: a container without its shim cannot be
+// managed). What must hold: no checkpoint becomes visible, prune leaves the
+// store empty (a writer killed later, while staging, leaves a staging
+// directory: storage's TestKilledWriter), and the next container of the same
+// spec starts cleanly. The bed's teardown checks that no mount, cgroup or
+// process is left behind.
+func TestShimKilledMidCheckpoint(t *testing.T) {
+	opts, store := handlerOptions(t, "")
+	const id = "ckpt-shim-killed"
+	runStateful(t, id, opts)
+	waitWarm(t, id, 5)
+	delay := filepath.Join(bed.Dir, testbed.CRIUDelayFile)
+	if err := os.WriteFile(delay, []byte("2"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(delay)
+	done := make(chan error, 1)
+	go func() { _, err := bed.Ctr("tasks", "checkpoint", id); done <- err }()
+	time.Sleep(1 * time.Second)
+	out, err := exec.Command("pkill", "-KILL", "-f", "containerd-shim-snapshot-v2 .*-id "+id+"( |$)").CombinedOutput()
+	if err != nil {
+		t.Fatalf("no shim of %s to kill: %v: %s", id, err, out)
+	}
+	if err := <-done; err == nil {
+		t.Fatal("checkpoint succeeded although its shim was killed")
+	}
+	os.Remove(delay)
+	waitTaskStatus(t, id, "STOPPED")
+	time.Sleep(3 * time.Second) // let the orphaned runc/CRIU finish or fail
+	if cks := checkpointsIfAny(store); len(cks) != 0 {
+		t.Fatalf("visible checkpoints after the shim was killed: %v", cks)
+	}
+	if out, err := exec.Command(cliPath, "--store", store, "prune", "--keep", "1", "--stale", "0s").CombinedOutput(); err != nil {
+		t.Fatalf("gpusnap prune: %v: %s", err, out)
+	}
+	if entries, _ := os.ReadDir(store); len(entries) != 0 {
+		t.Fatalf("store holds leftovers after prune: %v", entries)
+	}
+	bed.Ctr("tasks", "delete", id)
+	bed.Ctr("containers", "delete", id)
+	runStateful(t, id+"-again", opts)
+	if got := waitWarm(t, id+"-again", 0); got.Child != "alive" {
+		t.Fatalf("next container of the spec: %+v", got)
+	}
+}
