@@ -8,8 +8,6 @@ import (
 	"path/filepath"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
-	runcoptions "github.com/containerd/containerd/api/types/runc/options"
-	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -79,13 +77,6 @@ func writeCRIUConfig(path string, tcpClose bool) error {
 // wantsTCPEstablished reports whether the checkpoint request asks CRIU to
 // dump established TCP connections (ctr t checkpoint --tcp-established...).
 func wantsTCPEstablished(r *taskAPI.CheckpointTaskRequest) bool {
-	if r.Options == nil {
-		return false
-	}
-	v, err := typeurl.UnmarshalAny(r.Options)
-	if err != nil {
-		return false
-	}
-	opts, ok := v.(*runcoptions.CheckpointOptions)
-	return ok && opts.OpenTcp
+	opts := checkpointOptions(r)
+	return opts != nil && opts.OpenTcp
 }

@@ -137,13 +137,20 @@ func uuids(gpus []storage.GPU) ([]cudackpt.UUID, error) {
 // stop the container (ctr t checkpoint --exit): then there is nothing to
 // put back on the GPU.
 func exitsAfterCheckpoint(r *taskAPI.CheckpointTaskRequest) bool {
+	opts := checkpointOptions(r)
+	return opts != nil && opts.Exit
+}
+
+// checkpointOptions are the runc checkpoint options of a request; nil when
+// it has none (CRI sends none) or they are of another kind.
+func checkpointOptions(r *taskAPI.CheckpointTaskRequest) *runcoptions.CheckpointOptions {
 	if r.Options == nil {
-		return false
+		return nil
 	}
 	v, err := typeurl.UnmarshalAny(r.Options)
 	if err != nil {
-		return false
+		return nil
 	}
-	opts, ok := v.(*runcoptions.CheckpointOptions)
-	return ok && opts.Exit
+	opts, _ := v.(*runcoptions.CheckpointOptions)
+	return opts
 }
