@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -21,6 +22,7 @@ type restoreResult struct {
 	imageBytes                                         int64
 	phases                                             string
 	floor                                              []floor.Result
+	parallel                                           map[int]time.Duration // n restored at once: time until all answer
 }
 
 // restoreBench compares, for one workload that spends warmup seconds building
@@ -72,8 +74,44 @@ func restoreBench(bed *testbed.Bed, dir string, stateMB, warmup int) (*restoreRe
 	if r.plainRestore, err = plainCRIU(dir, env); err != nil {
 		return nil, err
 	}
+	if r.parallel, err = parallelRestores(bed, options, env, []int{1, 2, 4}); err != nil {
+		return nil, err
+	}
 	r.floor = measureFloor(store)
 	return &r, nil
+}
+
+// parallelRestores restores n containers at once from the one checkpoint,
+// for each n, and returns the time until the last of them answered.
+func parallelRestores(bed *testbed.Bed, options string, env []string, ns []int) (map[int]time.Duration, error) {
+	out := map[int]time.Duration{}
+	for _, n := range ns {
+		start := time.Now()
+		errs := make(chan error, n)
+		for i := range n {
+			id := fmt.Sprintf("bench-par%d-%d", n, i)
+			go func() {
+				_, err := runToAnswer(bed, id, options, env)
+				errs <- err
+			}()
+		}
+		var firstErr error
+		for range n {
+			if err := <-errs; err != nil && firstErr == nil {
+				firstErr = err
+			}
+		}
+		out[n] = time.Since(start)
+		for i := range n {
+			id := fmt.Sprintf("bench-par%d-%d", n, i)
+			stopContainer(bed, id)
+			removeNetns(id)
+		}
+		if firstErr != nil {
+			return nil, firstErr
+		}
+	}
+	return out, nil
 }
 
 // measureFloor measures, on this machine and now, what bounds a restore of
@@ -209,6 +247,9 @@ func reportRestore(r *restoreResult, stateMB, warmup int) {
 	fmt.Printf("  restore is %.1fx faster than cold start (goal >= 10x)\n", speedup)
 	fmt.Printf("  shim overhead over plain criu restore: %+.0f%% (goal <= 10%%)\n", overhead*100)
 	fmt.Printf("  restore phases: %s\n", strings.Join(strings.Fields(r.phases), " "))
+	for _, n := range []int{1, 2, 4} {
+		fmt.Printf("  %-44s %10s\n", fmt.Sprintf("%d restored at once, until all answer", n), r.parallel[n].Round(time.Millisecond))
+	}
 	fmt.Println("  floor, measured now on this machine:")
 	for _, f := range r.floor {
 		fmt.Printf("    %-14s %7.2f GB/s  image/bandwidth = %6.3f s  %s\n", f.Name, f.GBps(), float64(r.imageBytes)/(f.GBps()*1e9), f.Note)
@@ -232,11 +273,19 @@ func writeRestoreJSON(path string, r *restoreResult, stateMB, warmup int) error 
 		"image_bytes": r.imageBytes,
 		"cold_s":      r.cold.Seconds(), "checkpoint_s": r.checkpoint.Seconds(),
 		"shim_restore_warm_s": r.restore.Seconds(), "shim_restore_warm_4k_s": r.restore4k.Seconds(),
-		"plain_restore_warm_s": r.plainRestore.Seconds(), "floor": floors,
+		"plain_restore_warm_s": r.plainRestore.Seconds(), "floor": floors, "parallel_restore_s": parallelSeconds(r.parallel),
 	}
 	data, err := json.MarshalIndent(doc, "", "  ")
 	if err != nil {
 		return err
 	}
 	return os.WriteFile(path, append(data, '\n'), 0o644)
+}
+
+func parallelSeconds(p map[int]time.Duration) map[string]float64 {
+	out := map[string]float64{}
+	for n, d := range p {
+		out[strconv.Itoa(n)] = d.Seconds()
+	}
+	return out
 }

@@ -42,6 +42,7 @@ type result struct {
 	PlainCold     float64            `json:"plain_restore_cold_s"`
 	PlainWarm     float64            `json:"plain_restore_warm_s"`
 	H2D           map[string]float64 `json:"h2d"`
+	Parallel      map[string]float64 `json:"parallel_restore_s"`
 	FloorCPU      map[string]float64 `json:"-"`
 	FloorGPU      *struct {
 		Results []struct {

@@ -72,6 +72,11 @@ func cpuTable(b *strings.Builder, r *result) {
 	}{{"shim restore (image in the page cache)", r.ShimWarm}, {"shim restore, `restore_huge_pages = false`", r.ShimWarm4k}, {"plain `criu restore`", r.PlainWarm}} {
 		fmt.Fprintf(b, "| %s | %.2f | %s | %s |\n", x.name, x.v, ratio(r.Cold, x.v), ratio(x.v, cacheFloor))
 	}
+	for _, n := range []string{"1", "2", "4"} {
+		if v, ok := r.Parallel[n]; ok {
+			fmt.Fprintf(b, "| %s restored at once from one checkpoint, until all answer | %.2f | | |\n", n, v)
+		}
+	}
 	fmt.Fprintf(b, "| floor from page cache (%.1f GB/s read) | %.2f | | |\n", r.bandwidth("cache_read"), cacheFloor)
 	fmt.Fprintf(b, "| floor from disk (%.2f GB/s read) | %.2f | | |\n\n", r.bandwidth("disk_read_1"), r.floor(r.bandwidth("disk_read_1")))
 }
