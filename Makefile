@@ -5,7 +5,7 @@ BIN       ?= bin
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build deps test test-unit test-integration bench benchmarks bench-cold gpu-bundle test-gpu bench-gpu demo clean
+.PHONY: all build deps deps-k8s test test-unit fuzz test-integration test-kube bench benchmarks bench-cold gpu-bundle test-gpu bench-gpu demo clean
 
 all: build
 
@@ -16,8 +16,20 @@ build:
 deps:
 	contrib/scripts/deps.sh
 
-## test: unit tests, then the integration suite against a private containerd (root)
-test: deps test-unit test-integration
+## deps-k8s: build kube-apiserver and kubelet v1.37.2, fetch etcd 3.5 (cached, idempotent)
+deps-k8s:
+	contrib/scripts/deps-k8s.sh
+
+## test: unit tests, fuzzing, the integration suite against a private containerd,
+## then the same shim under a real kubelet (root)
+test: deps test-unit fuzz test-integration test-kube
+
+## fuzz: each parser's fuzz target for FUZZTIME (manifests, handler options, rootfs diffs)
+FUZZTIME ?= 10s
+fuzz:
+	$(GO) test ./storage/ -run='^$$' -fuzz='^FuzzDecodeManifest$$' -fuzztime=$(FUZZTIME)
+	$(GO) test ./shim/options/ -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=$(FUZZTIME)
+	$(GO) test ./runtime/ -run='^$$' -fuzz='^FuzzApplyRootfsDiff$$' -fuzztime=$(FUZZTIME)
 
 test-unit:
 	$(GO) vet ./...
@@ -25,6 +37,10 @@ test-unit:
 
 test-integration:
 	$(GO) test -count=1 -timeout 30m -v ./integration/...
+
+## test-kube: a real single-node Kubernetes (etcd, kube-apiserver, kubelet) on a private containerd (root)
+test-kube: deps deps-k8s
+	SNAPSHOT_KUBE=1 $(GO) test ./integration/kube/ -count=1 -timeout 20m -v
 
 ## bench: CPU restore against cold start and plain criu restore (2 GiB state, 20 s warm-up)
 bench:
