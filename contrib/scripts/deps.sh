@@ -16,6 +16,7 @@ CRIU_SHA256=29ec0ee09e296479fe7048c80980e8ef1d0684d0b0204c2b101dfea19f6725b9
 CONTAINERD_VERSION=v2.4.2
 RUNC_VERSION=v1.5.2
 CRICTL_VERSION=v1.37.0
+HELM_VERSION=v3.22.0 # renders contrib/helm in the tests (offline: helm template)
 
 export PATH=/usr/local/go/bin:$PATH
 export GOFLAGS=-mod=mod
@@ -129,6 +130,7 @@ verify() {
   "$PREFIX/bin/ctr" --version
   runc --version | sed -n 1p
   crictl --version
+  helm version --short
   ls /usr/lib/cni/bridge /usr/lib/cni/loopback /usr/lib/cni/host-local >/dev/null
   criu check || { log "criu check failed"; exit 1; }
 }
@@ -139,6 +141,7 @@ go_tool containerd "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINE
 go_tool ctr "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION"
 go_tool containerd-shim-runc-v2 "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION"
 go_tool crictl "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION" "-X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION"
+go_tool helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 build_runc
 verify
 log "done"
