@@ -18,11 +18,11 @@ import (
 
 // restoreResult holds one run of the restore benchmark.
 type restoreResult struct {
-	cold, checkpoint, restore, restore4k, plainRestore time.Duration
-	imageBytes                                         int64
-	phases                                             string
-	floor                                              []floor.Result
-	parallel                                           map[int]time.Duration // n restored at once: time until all answer
+	cold, checkpoint, restore, restoreHuge, plainRestore time.Duration
+	imageBytes                                           int64
+	phases                                               string
+	floor                                                []floor.Result
+	parallel                                             map[int]time.Duration // n restored at once: time until all answer
 }
 
 // restoreBench compares, for one workload that spends warmup seconds building
@@ -61,16 +61,16 @@ func restoreBench(bed *testbed.Bed, dir string, stateMB, warmup int) (*restoreRe
 		return nil, fmt.Errorf("second container was not restored: %s", r.phases)
 	}
 	stopContainer(bed, "bench-restored")
-	// The same restore with 4 KiB pages (restore_huge_pages = false).
-	options4k := filepath.Join(dir, "handler-4k.toml")
-	if err := os.WriteFile(options4k, []byte(body+"restore_huge_pages = false\n"), 0o600); err != nil {
+	// The same restore with restore_huge_pages = true.
+	optionsHuge := filepath.Join(dir, "handler-huge.toml")
+	if err := os.WriteFile(optionsHuge, []byte(body+"restore_huge_pages = true\n"), 0o600); err != nil {
 		return nil, err
 	}
-	if r.restore4k, err = runToAnswer(bed, "bench-restored-4k", options4k, env); err != nil {
+	if r.restoreHuge, err = runToAnswer(bed, "bench-restored-huge", optionsHuge, env); err != nil {
 		return nil, err
 	}
-	defer removeNetns("bench-restored-4k")
-	stopContainer(bed, "bench-restored-4k")
+	defer removeNetns("bench-restored-huge")
+	stopContainer(bed, "bench-restored-huge")
 	if r.plainRestore, err = plainCRIU(dir, env); err != nil {
 		return nil, err
 	}
@@ -240,7 +240,7 @@ func reportRestore(r *restoreResult, stateMB, warmup int) {
 	fmt.Printf("  checkpoint image in store: %.2f GiB (checkpoint took %s)\n", float64(r.imageBytes)/(1<<30), r.checkpoint.Round(time.Millisecond))
 	fmt.Printf("  %-44s %10s\n", "cold start to first answer (shim)", r.cold.Round(time.Millisecond))
 	fmt.Printf("  %-44s %10s\n", "restore to first answer (shim, from store)", r.restore.Round(time.Millisecond))
-	fmt.Printf("  %-44s %10s\n", "  the same with restore_huge_pages = false", r.restore4k.Round(time.Millisecond))
+	fmt.Printf("  %-44s %10s\n", "  the same with restore_huge_pages = true", r.restoreHuge.Round(time.Millisecond))
 	fmt.Printf("  %-44s %10s\n", "plain `criu restore` to first answer", r.plainRestore.Round(time.Millisecond))
 	speedup := float64(r.cold) / float64(r.restore)
 	overhead := float64(r.restore)/float64(r.plainRestore) - 1
@@ -272,7 +272,7 @@ func writeRestoreJSON(path string, r *restoreResult, stateMB, warmup int) error 
 		"state_mib":   stateMB,
 		"image_bytes": r.imageBytes,
 		"cold_s":      r.cold.Seconds(), "checkpoint_s": r.checkpoint.Seconds(),
-		"shim_restore_warm_s": r.restore.Seconds(), "shim_restore_warm_4k_s": r.restore4k.Seconds(),
+		"shim_restore_warm_s": r.restore.Seconds(), "shim_restore_warm_huge_s": r.restoreHuge.Seconds(),
 		"plain_restore_warm_s": r.plainRestore.Seconds(), "floor": floors, "parallel_restore_s": parallelSeconds(r.parallel),
 	}
 	data, err := json.MarshalIndent(doc, "", "  ")

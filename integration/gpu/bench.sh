@@ -8,7 +8,7 @@
 #   - restore through the shim to first answer, with the page cache dropped
 #     (checkpoint on the store's disk) and with the checkpoint in the page
 #     cache (a warm node-local copy), each with the shim's phase timings,
-#     with restore_huge_pages on (default) and off;
+#     with restore_huge_pages off (default) and on;
 #   - the baseline: plain CRIU + driver checkpoint API on a host process
 #     (cudactl + criu dump/restore), cold and warm cache;
 #   - the floor: read bandwidth of the store's disk (O_DIRECT, 1 and 8
@@ -34,7 +34,7 @@ cat /sys/kernel/mm/transparent_hugepage/enabled
 # directory) and the shim checkpoints it then, leaving it running: the
 # production path, and no archive through containerd's content store.
 printf 'store = "%s"\ncontrol_dir = "/run/gpusnap"\nauto_checkpoint = "on-ready"\n' $W/store >$W/handler.toml
-printf 'store = "%s"\ncontrol_dir = "/run/gpusnap"\nrestore_huge_pages = false\n' $W/store >$W/handler-4k.toml
+printf 'store = "%s"\ncontrol_dir = "/run/gpusnap"\nrestore_huge_pages = true\n' $W/store >$W/handler-huge.toml
 ENV=(CONTROL_DIR=/run/gpusnap)
 
 step "cold start (page cache dropped), checkpoint on ready"
@@ -77,9 +77,10 @@ PY
   remove_worker $id
 }
 step "restore through the shim, page cache dropped"; drop_caches; shim_restore shim_restore_cold
+step "the same with restore_huge_pages = true"; drop_caches; HANDLER=$W/handler-huge.toml shim_restore shim_restore_cold_huge
 step "restore through the shim, checkpoint in the page cache"; cat $CK/checkpoint/* >/dev/null; shim_restore shim_restore_warm
-step "the same with restore_huge_pages = false"; HANDLER=$W/handler-4k.toml shim_restore shim_restore_warm_4k
-step "again with huge pages (order effects)"; shim_restore shim_restore_warm_again
+step "the same with restore_huge_pages = true"; HANDLER=$W/handler-huge.toml shim_restore shim_restore_warm_huge
+step "again with huge pages (order effects)"; HANDLER=$W/handler-huge.toml shim_restore shim_restore_warm_huge_again
 
 step "baseline: plain CRIU + driver API on a host process"
 P=$W/plain; mkdir -p $P/images
@@ -131,7 +132,7 @@ step "results"
   echo "\"kernel\": \"$(uname -r)\", \"thp\": \"$(cat /sys/kernel/mm/transparent_hugepage/enabled)\","
   for k in "${!T[@]}"; do echo "\"$k\": ${T[$k]},"; done
   echo "\"checkpoint_phases\": $(python3 -c "import json;print(json.dumps(json.load(open('$CK/manifest.json')).get('phases')))"),"
-  for n in cold warm warm_4k warm_again; do
+  for n in cold cold_huge warm warm_huge warm_huge_again; do
     echo "\"status_shim_restore_$n\": $(cat $OUT/status-shim_restore_$n.json 2>/dev/null | grep . || echo null),"
   done
   echo "\"floor\": $(cat $OUT/floor.json 2>/dev/null || echo null),"

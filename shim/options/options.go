@@ -66,8 +66,11 @@ type Options struct {
 	// RestoreHugePages asks CRIU to fill the restored process's large
 	// anonymous areas with transparent huge pages (the project's CRIU patch,
 	// contrib/criu): page faults bound the restore once the image is in
-	// memory, and 2 MiB faults are much cheaper per byte. The areas keep the
-	// MADV_HUGEPAGE mark afterwards. A CRIU without the patch ignores it.
+	// memory. Off by default because the gain depends on the machine: 1.5x
+	// faster on the H100 machine, 4x slower on the 2-core dev VM (see
+	// docs/performance.md); turn it on where `make bench` shows a gain. The
+	// areas keep the MADV_HUGEPAGE mark afterwards. A CRIU without the patch
+	// ignores it.
 	RestoreHugePages bool `toml:"restore_huge_pages"`
 
 	// Source names where these options came from, for error messages.
@@ -103,7 +106,6 @@ func Default() Options {
 		LockTimeout:       Duration{30 * time.Second},
 		CheckpointTimeout: Duration{10 * time.Minute},
 		RestoreTimeout:    Duration{5 * time.Minute},
-		RestoreHugePages:  true,
 		Source:            "defaults",
 	}
 }

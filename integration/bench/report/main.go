@@ -23,6 +23,7 @@ type result struct {
 	Kind          string             `json:"kind"`
 	Date          string             `json:"date"`
 	Command       string             `json:"command"`
+	Note          string             `json:"note"`
 	Machine       string             `json:"machine"`
 	Host          string             `json:"host"`
 	Kernel        string             `json:"kernel"`
@@ -36,9 +37,10 @@ type result struct {
 	Checkpoint    float64            `json:"checkpoint_s"`
 	CkptPhases    map[string]float64 `json:"checkpoint_phases"`
 	ShimCold      float64            `json:"shim_restore_cold_s"`
+	ShimColdHuge  float64            `json:"shim_restore_cold_huge_s"`
 	ShimWarm      float64            `json:"shim_restore_warm_s"`
-	ShimWarmAgain float64            `json:"shim_restore_warm_again_s"`
-	ShimWarm4k    float64            `json:"shim_restore_warm_4k_s"`
+	ShimWarmHuge  float64            `json:"shim_restore_warm_huge_s"`
+	ShimWarmHuge2 float64            `json:"shim_restore_warm_huge_again_s"`
 	PlainCold     float64            `json:"plain_restore_cold_s"`
 	PlainWarm     float64            `json:"plain_restore_warm_s"`
 	H2D           map[string]float64 `json:"h2d"`

@@ -35,6 +35,7 @@ func gpuTable(b *strings.Builder, r *result) {
 	fmt.Fprintf(b, "## GPU: PyTorch example, %g GiB of weights, %s\n\n", r.WeightsGiB, r.Date)
 	fmt.Fprintf(b, "%s, driver %s, kernel %s, THP `%s`; %s. Command: %s. Image %.2f GB.\n\n",
 		r.GPU, r.Driver, r.Kernel, r.THP, r.Machine, r.Command, r.ImageBytes/1e9)
+	note(b, r)
 	b.WriteString("| to first answer | seconds | vs cold start | vs floor |\n| --- | ---: | ---: | ---: |\n")
 	diskFloor, cacheFloor := r.floor(r.bandwidth("disk_read_1")), r.floor(r.bandwidth("cache_read"))
 	row := func(name string, v, floor float64) {
@@ -45,9 +46,10 @@ func gpuTable(b *strings.Builder, r *result) {
 	}
 	fmt.Fprintf(b, "| cold start (page cache dropped) | %.2f | 1.0x | |\n", r.Cold)
 	row("shim restore, page cache dropped (image on the VM disk)", r.ShimCold, diskFloor)
+	row("shim restore, page cache dropped, `restore_huge_pages = true`", r.ShimColdHuge, diskFloor)
 	row("shim restore, image in the page cache", r.ShimWarm, cacheFloor)
-	row("shim restore, image in the page cache (second run)", r.ShimWarmAgain, cacheFloor)
-	row("shim restore, page cache, `restore_huge_pages = false`", r.ShimWarm4k, cacheFloor)
+	row("shim restore, image in the page cache, `restore_huge_pages = true`", r.ShimWarmHuge, cacheFloor)
+	row("the same, second run", r.ShimWarmHuge2, cacheFloor)
 	row("plain CRIU + driver API, page cache dropped", r.PlainCold, diskFloor)
 	row("plain CRIU + driver API, image in the page cache", r.PlainWarm, cacheFloor)
 	fmt.Fprintf(b, "| floor from disk (%.2f GB/s read, %.1f GB/s pinned copy) | %.2f | | |\n", r.bandwidth("disk_read_1"), r.H2D["h2d_pinned"], diskFloor)
@@ -63,13 +65,14 @@ func gpuTable(b *strings.Builder, r *result) {
 func cpuTable(b *strings.Builder, r *result) {
 	fmt.Fprintf(b, "## CPU: stateful workload, %g MiB of state, %s\n\n", r.StateMiB, r.Date)
 	fmt.Fprintf(b, "Host %s, kernel %s. Command: `%s`. Image %.2f GB.\n\n", r.Host, r.Kernel, r.Command, r.ImageBytes/1e9)
+	note(b, r)
 	b.WriteString("| to first answer | seconds | vs cold start | vs floor |\n| --- | ---: | ---: | ---: |\n")
 	cacheFloor := r.floor(r.bandwidth("cache_read"))
 	fmt.Fprintf(b, "| cold start | %.2f | 1.0x | |\n", r.Cold)
 	for _, x := range []struct {
 		name string
 		v    float64
-	}{{"shim restore (image in the page cache)", r.ShimWarm}, {"shim restore, `restore_huge_pages = false`", r.ShimWarm4k}, {"plain `criu restore`", r.PlainWarm}} {
+	}{{"shim restore (image in the page cache)", r.ShimWarm}, {"shim restore, `restore_huge_pages = true`", r.ShimWarmHuge}, {"plain `criu restore`", r.PlainWarm}} {
 		fmt.Fprintf(b, "| %s | %.2f | %s | %s |\n", x.name, x.v, ratio(r.Cold, x.v), ratio(x.v, cacheFloor))
 	}
 	for _, n := range []string{"1", "2", "4"} {
@@ -79,6 +82,13 @@ func cpuTable(b *strings.Builder, r *result) {
 	}
 	fmt.Fprintf(b, "| floor from page cache (%.1f GB/s read) | %.2f | | |\n", r.bandwidth("cache_read"), cacheFloor)
 	fmt.Fprintf(b, "| floor from disk (%.2f GB/s read) | %.2f | | |\n\n", r.bandwidth("disk_read_1"), r.floor(r.bandwidth("disk_read_1")))
+}
+
+// note prints what the result file says about itself, if anything.
+func note(b *strings.Builder, r *result) {
+	if r.Note != "" {
+		fmt.Fprintf(b, "Note: %s\n\n", r.Note)
+	}
 }
 
 // phases lists the shim's restore phases of each run.
@@ -125,7 +135,7 @@ func svg(results []*result) string {
 	maxX, maxY := 1.0, 1.0
 	for _, r := range results {
 		x := r.ImageBytes / 1e9
-		for _, p := range []point{{x, r.ShimWarm, "#1f77b4"}, {x, r.PlainWarm, "#ff7f0e"},
+		for _, p := range []point{{x, r.ShimWarm, "#1f77b4"}, {x, r.ShimWarmHuge, "#9467bd"}, {x, r.PlainWarm, "#ff7f0e"},
 			{x, r.floor(r.bandwidth("cache_read")), "#2ca02c"}, {x, r.floor(r.bandwidth("disk_read_1")), "#7f7f7f"}} {
 			if p.y > 0 {
 				pts = append(pts, p)
@@ -149,7 +159,7 @@ func svg(results []*result) string {
 	for _, p := range pts {
 		fmt.Fprintf(&b, `<circle cx="%.1f" cy="%.1f" r="5" fill="%s"/>`+"\n", sx(p.x), sy(p.y), p.color)
 	}
-	for i, l := range []struct{ name, color string }{{"shim restore (page cache)", "#1f77b4"}, {"plain CRIU (page cache)", "#ff7f0e"}, {"floor (page cache)", "#2ca02c"}, {"floor (disk)", "#7f7f7f"}} {
+	for i, l := range []struct{ name, color string }{{"shim restore (page cache)", "#1f77b4"}, {"shim, huge pages (page cache)", "#9467bd"}, {"plain CRIU (page cache)", "#ff7f0e"}, {"floor (page cache)", "#2ca02c"}, {"floor (disk)", "#7f7f7f"}} {
 		fmt.Fprintf(&b, `<circle cx="%g" cy="%g" r="5" fill="%s"/><text x="%g" y="%g">%s</text>`+"\n", m+20, m+float64(i)*16, l.color, m+30, m+float64(i)*16+4, l.name)
 	}
 	b.WriteString("</svg>\n")
