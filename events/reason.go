@@ -17,13 +17,14 @@ const (
 	ReasonRestoreFailed      = "restore-failed"
 	ReasonStoreError         = "store-error"
 	ReasonUntrustedStore     = "untrusted-store"
+	ReasonOptedOut           = "opted-out"
 	ReasonOther              = "other"
 )
 
 // ReasonCodes are every code ReasonCode returns.
 var ReasonCodes = []string{
 	ReasonNoCheckpoint, ReasonIdentityMismatch, ReasonNodeMismatch, ReasonGPUMismatch,
-	ReasonVerificationFailed, ReasonRestoreTimeout, ReasonRestoreFailed, ReasonStoreError, ReasonUntrustedStore, ReasonOther,
+	ReasonVerificationFailed, ReasonRestoreTimeout, ReasonRestoreFailed, ReasonStoreError, ReasonUntrustedStore, ReasonOptedOut, ReasonOther,
 }
 
 // identityDiff is how the shim names a differing identity field:
@@ -39,6 +40,8 @@ var reasonRules = []struct {
 	code string
 	test func(string) bool
 }{
+	// shim: skipRestore, the container's gpusnap.io/restore = never.
+	{ReasonOptedOut, containsAny("opted out of restore")},
 	// shim: timeoutReason, in verify or in the restore at Start.
 	{ReasonRestoreTimeout, containsAny("restore_timeout of")},
 	// shim: startRestored, "restore from checkpoint <name> failed: <phase>: ...".

@@ -245,9 +245,10 @@ func TestFreshInstall(t *testing.T) {
 func checkDropin(t *testing.T, body string, want map[string]string) {
 	t.Helper()
 	type runtime struct {
-		RuntimeType string            `toml:"runtime_type"`
-		RuntimePath string            `toml:"runtime_path"`
-		Options     map[string]string `toml:"options"`
+		RuntimeType    string            `toml:"runtime_type"`
+		RuntimePath    string            `toml:"runtime_path"`
+		PodAnnotations []string          `toml:"pod_annotations"`
+		Options        map[string]string `toml:"options"`
 	}
 	var d struct {
 		Version int `toml:"version"`
@@ -270,7 +271,8 @@ func checkDropin(t *testing.T, body string, want map[string]string) {
 	}
 	for name, cfgPath := range want {
 		rt := rts[name]
-		if rt.RuntimeType != RuntimeType || rt.RuntimePath != "/usr/local/bin/"+ShimBinary || rt.Options["ConfigPath"] != cfgPath {
+		if rt.RuntimeType != RuntimeType || rt.RuntimePath != "/usr/local/bin/"+ShimBinary || rt.Options["ConfigPath"] != cfgPath ||
+			len(rt.PodAnnotations) != 1 || rt.PodAnnotations[0] != "gpusnap.io/*" {
 			t.Errorf("runtime %s: %+v", name, rt)
 		}
 	}

@@ -100,6 +100,8 @@ func (c Config) renderDropin() []byte {
 	for _, h := range c.Handlers {
 		t := runtimeTable(h.Name)
 		fmt.Fprintf(&b, "\n[%s]\n  runtime_type = %s\n", t, tomlString(RuntimeType))
+		// The pod's only say: opting out of restore (shim.OptOutAnnotation).
+		b.WriteString("  pod_annotations = [\"gpusnap.io/*\"]\n")
 		if c.Shim != "" {
 			fmt.Fprintf(&b, "  runtime_path = %s\n", tomlString(filepath.Join(c.BinDir, ShimBinary)))
 		}

@@ -237,6 +237,27 @@ func TestRestoreFromStore(t *testing.T) {
 		}
 	})
 
+	t.Run("the container's opt-out wins over restore = required", func(t *testing.T) {
+		required := filepath.Join(t.TempDir(), "required.toml")
+		os.WriteFile(required, []byte(fmt.Sprintf("store = %q\ncontrol_dir = %q\nrestore = \"required\"\n", store, controlDir)), 0o600)
+		out, err := bed.Ctr("run", "-d", "--runtime", testbed.SnapshotRuntime, "--runtime-config-path", required,
+			"--with-ns", "network:"+podNetns(t, "ckpt-opted-out"), "--annotation", "gpusnap.io/restore=never", statefulRef, "ckpt-opted-out")
+		t.Cleanup(func() {
+			bed.Ctr("tasks", "kill", "-s", "SIGKILL", "ckpt-opted-out")
+			waitTaskStatus(t, "ckpt-opted-out", "STOPPED")
+			bed.Ctr("tasks", "delete", "ckpt-opted-out")
+			bed.Ctr("containers", "delete", "ckpt-opted-out")
+		})
+		if err != nil {
+			t.Fatalf("ctr run: %v: %s", err, out)
+		}
+		got := waitWarm(t, "ckpt-opted-out", 0)
+		st := statusOf(t, "ckpt-opted-out")
+		if st["decision"] != "cold-start" || !strings.Contains(fmt.Sprint(st["reason"]), "opted out") || got.Count >= before.Count {
+			t.Fatalf("opted-out container: status %v, workload %+v", st, got)
+		}
+	})
+
 	t.Run("world-writable store is refused and left as it is", func(t *testing.T) {
 		if err := os.Chmod(store, 0o777); err != nil {
 			t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/gpusnap/containerd-shim-snapshot-v2/criu"
@@ -60,6 +61,10 @@ func (s *Service) planRestore(ctx context.Context, c *container) (*restorePlan, 
 	if o.Store == "" || o.Restore == options.RestoreNever {
 		return nil, nil
 	}
+	if optedOut(c.spec) {
+		skipRestore(ctx, c)
+		return nil, nil
+	}
 	plan := &restorePlan{phases: map[string]float64{}}
 	start := time.Now()
 	vctx, cancel := context.WithTimeout(ctx, o.RestoreTimeout.Duration)
@@ -88,6 +93,23 @@ func (s *Service) planRestore(ctx context.Context, c *container) (*restorePlan, 
 	plan.left = o.RestoreTimeout.Duration - time.Since(start)
 	log.G(ctx).WithField("id", c.id).WithField("checkpoint", ck.Name).Info("snapshot: restoring from checkpoint")
 	return plan, nil
+}
+
+// OptOutAnnotation lets a pod (or any client) refuse a restore for its
+// container: "never" makes it cold-start even under restore = required.
+// It is the only say a pod has: stores, paths and checkpoint names come from
+// the handler alone. CRI passes pod annotations to the runtime only when the
+// handler lists them (pod_annotations = ["gpusnap.io/*"]).
+const OptOutAnnotation = "gpusnap.io/restore"
+
+func optedOut(spec *specs.Spec) bool { return spec.Annotations[OptOutAnnotation] == "never" }
+
+// skipRestore records a cold start the container asked for.
+func skipRestore(ctx context.Context, c *container) {
+	reason := "the container opted out of restore (annotation " + OptOutAnnotation + " = never)"
+	log.G(ctx).WithField("id", c.id).Info("snapshot: " + reason)
+	recordEvent(ctx, c, events.Event{Kind: events.KindRestore, Outcome: events.OutcomeColdStart, Reason: reason})
+	writeControlFile(c.controlDir, StatusFile, snapshotStatus{Decision: "cold-start", Reason: reason, At: time.Now()})
 }
 
 // findCheckpoint picks the checkpoint for a container and checks that it

@@ -110,6 +110,7 @@ func (b *Bed) writeConfig() error {
 [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.%[1]s]
   runtime_type = %[2]q
   runtime_path = %[3]q
+  pod_annotations = ["gpusnap.io/*"]
 
 [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.%[1]s.options]
   ConfigPath = %[4]q
@@ -154,6 +155,7 @@ state = %[2]q
 [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.snapshot]
   runtime_type = %[7]q
   runtime_path = %[8]q
+  pod_annotations = ["gpusnap.io/*"]
 
 [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.snapshot.options]
   ConfigPath = %[9]q
