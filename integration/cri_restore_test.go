@@ -1,8 +1,8 @@
 package integration
 
 import (
-	"encoding/json"
 	"fmt"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/testbed"
 	"os"
 	"path/filepath"
 	"strings"
@@ -107,13 +107,7 @@ func checkpointsIfAny(store string) []string {
 
 // decisionOf is the decision in a container's snapshot-status, "" if none yet.
 func decisionOf(id string) string {
-	data, err := os.ReadFile(filepath.Join(hostControl, id, "snapshot-status"))
-	if err != nil {
-		return ""
-	}
-	var st struct {
-		Decision string `json:"decision"`
-	}
-	json.Unmarshal(data, &st)
-	return st.Decision
+	st, _ := testbed.Status(id)
+	d, _ := st["decision"].(string)
+	return d
 }

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/testbed"
@@ -60,15 +59,7 @@ func runWithBed(m *testing.M, dir string) int {
 	}
 	code := m.Run()
 	left, err := bed.Stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "integration:", err)
-		code = 1
-	}
-	if len(left) > 0 {
-		fmt.Fprintf(os.Stderr, "integration: teardown left behind:\n  %s\n", strings.Join(left, "\n  "))
-		code = 1
-	}
-	return code
+	return testbed.ReportLeftovers("integration: teardown", left, err, code)
 }
 
 func checkPrerequisites() error {

@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -115,13 +114,9 @@ func waitWarm(t *testing.T, id string, count int) workloadState {
 
 func statusOf(t *testing.T, id string) map[string]any {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(hostControl, id, "snapshot-status"))
+	st, err := testbed.Status(id)
 	if err != nil {
 		t.Fatalf("no snapshot-status for %s: %v", id, err)
-	}
-	var st map[string]any
-	if err := json.Unmarshal(data, &st); err != nil {
-		t.Fatal(err)
 	}
 	return st
 }

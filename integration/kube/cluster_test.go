@@ -213,7 +213,7 @@ func StartCluster(dir string, bed *testbed.Bed) (_ *Cluster, err error) {
 			c.sysctls[s] = strings.TrimSpace(string(v))
 		}
 	}
-	c.logLinksBefore = dirNames(containerLogs)
+	c.logLinksBefore = testbed.DirNames(containerLogs)
 	c.containerLogsExisted = exists(containerLogs)
 	c.devicePluginsExisted = exists(devicePlugins)
 	c.chainsBefore = kubeChains()
@@ -492,7 +492,7 @@ func (c *Cluster) Leftovers() []string {
 			left = append(left, "mount "+m)
 		}
 	}
-	for name := range dirNames(containerLogs) {
+	for name := range testbed.DirNames(containerLogs) {
 		if !c.logLinksBefore[name] {
 			left = append(left, "container log link "+filepath.Join(containerLogs, name))
 		}
@@ -529,7 +529,7 @@ func (c *Cluster) Stop() ([]string, error) {
 	for i := len(mounts) - 1; i >= 0; i-- {
 		syscall.Unmount(mounts[i], syscall.MNT_DETACH)
 	}
-	for name := range dirNames(containerLogs) {
+	for name := range testbed.DirNames(containerLogs) {
 		if !c.logLinksBefore[name] {
 			os.Remove(filepath.Join(containerLogs, name))
 		}
@@ -632,13 +632,4 @@ func mountsUnder(dir string) []string {
 		}
 	}
 	return out
-}
-
-func dirNames(dir string) map[string]bool {
-	names := map[string]bool{}
-	entries, _ := os.ReadDir(dir)
-	for _, e := range entries {
-		names[e.Name()] = true
-	}
-	return names
 }

@@ -16,7 +16,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/testbed"
@@ -62,14 +61,7 @@ func runWithCluster(m *testing.M, dir string) (code int) {
 	}
 	defer func() {
 		left, err := bed.Stop()
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "kube: test bed:", err)
-			code = 1
-		}
-		if len(left) > 0 {
-			fmt.Fprintf(os.Stderr, "kube: teardown left behind:\n  %s\n", strings.Join(left, "\n  "))
-			code = 1
-		}
+		code = testbed.ReportLeftovers("kube: test bed", left, err, code)
 	}()
 	cluster, err = StartCluster(filepath.Join(dir, "kube"), bed)
 	if err != nil {
@@ -81,15 +73,7 @@ func runWithCluster(m *testing.M, dir string) (code int) {
 		cluster.printLogs()
 	}
 	left, err := cluster.Stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "kube: stopping the cluster:", err)
-		code = 1
-	}
-	if len(left) > 0 {
-		fmt.Fprintf(os.Stderr, "kube: the kubelet left behind:\n  %s\n", strings.Join(left, "\n  "))
-		code = 1
-	}
-	return code
+	return testbed.ReportLeftovers("kube: the cluster", left, err, code)
 }
 
 func checkPrerequisites() error {

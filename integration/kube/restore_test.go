@@ -2,7 +2,6 @@ package kube
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -151,13 +150,9 @@ func waitAnswer(t *testing.T, pod string, count int) workloadState {
 // status reads the shim's snapshot-status of a container.
 func status(t *testing.T, id string) map[string]any {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(hostControl, id, "snapshot-status"))
+	st, err := testbed.Status(id)
 	if err != nil {
 		t.Fatalf("no snapshot-status for %s: %v", id, err)
-	}
-	var st map[string]any
-	if err := json.Unmarshal(data, &st); err != nil {
-		t.Fatal(err)
 	}
 	return st
 }

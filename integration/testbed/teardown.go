@@ -2,6 +2,7 @@ package testbed
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -198,7 +199,7 @@ const controlRoot = "/run/containerd-shim-snapshot"
 // newEntries lists entries of dir that were not there before.
 func newEntries(dir string, before map[string]bool) []string {
 	var out []string
-	for name := range dirNames(dir) {
+	for name := range DirNames(dir) {
 		if !before[name] {
 			out = append(out, filepath.Join(dir, name))
 		}
@@ -206,7 +207,9 @@ func newEntries(dir string, before map[string]bool) []string {
 	return out
 }
 
-func dirNames(dir string) map[string]bool {
+// DirNames is the set of entry names of dir (empty if it cannot be read),
+// for before/after comparisons of directories a test run may litter.
+func DirNames(dir string) map[string]bool {
 	names := map[string]bool{}
 	entries, _ := os.ReadDir(dir)
 	for _, e := range entries {
@@ -222,4 +225,33 @@ func netnsNames() map[string]bool {
 		names[e.Name()] = true
 	}
 	return names
+}
+
+// ReportLeftovers prints, prefixed with who stopped what, an error from a
+// teardown and what it found left behind, and returns the exit code they
+// call for: 1 if either, else code.
+func ReportLeftovers(prefix string, left []string, err error, code int) int {
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", prefix, err)
+		code = 1
+	}
+	if len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "%s left behind:\n  %s\n", prefix, strings.Join(left, "\n  "))
+		code = 1
+	}
+	return code
+}
+
+// Status is the shim's snapshot-status of a container (its last restore or
+// checkpoint decision), read from the host side of its control directory.
+func Status(id string) (map[string]any, error) {
+	data, err := os.ReadFile(filepath.Join(controlRoot, id, "snapshot-status"))
+	if err != nil {
+		return nil, err
+	}
+	var st map[string]any
+	if err := json.Unmarshal(data, &st); err != nil {
+		return nil, fmt.Errorf("snapshot-status of %s: %w", id, err)
+	}
+	return st, nil
 }

@@ -66,7 +66,7 @@ func Start(cfg Config) (*Bed, error) {
 	}
 	b := &Bed{Config: cfg, Socket: filepath.Join(cfg.Dir, "containerd.sock"),
 		OptionsPath: filepath.Join(cfg.Dir, "snapshot-options.toml"), logPath: filepath.Join(cfg.Dir, "containerd.log"),
-		netnsBefore: netnsNames(), controlBefore: dirNames(controlRoot)}
+		netnsBefore: netnsNames(), controlBefore: DirNames(controlRoot)}
 	if err := b.writeConfig(); err != nil {
 		return nil, err
 	}
