@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // storesDir holds the stores of the CRI handlers below.
@@ -56,7 +57,14 @@ func TestCRIOnReadyThenRestore(t *testing.T) {
 	store := filepath.Join(storesDir, "ready")
 	first := statefulPod(t, "snap-ready", "ready-first")
 	// The shim publishes the checkpoint, then records its decision.
-	waitFor(t, func() bool { return len(checkpointsIfAny(store)) == 1 && decisionOf(first) == "checkpointed" })
+	deadline := time.Now().Add(60 * time.Second)
+	for len(checkpointsIfAny(store)) != 1 || decisionOf(first) != "checkpointed" {
+		if time.Now().After(deadline) {
+			st, err := testbed.Status(first)
+			t.Fatalf("first pod not checkpointed: store %v, status %v %v", checkpointsIfAny(store), st, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	if got, err := criQuery(t, first); err != nil || got.Count < 20 {
 		t.Fatalf("first pod after its checkpoint: %+v, %v", got, err)
 	}
