@@ -4,12 +4,12 @@
 package criu
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os/exec"
 	"strings"
 
+	"github.com/gpusnap/containerd-shim-snapshot-v2/internal/reaped"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
 )
 
@@ -42,12 +42,9 @@ func Find(path string) (string, error) {
 // older than MinVersion the error wraps ErrTooOld and the version is still
 // returned, so a diagnostic can show it.
 func Version(bin string) (string, error) {
-	var stderr bytes.Buffer
-	cmd := exec.Command(bin, "--version")
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+	out, err := reaped.Output(exec.Command(bin, "--version"))
 	if err != nil {
-		return "", fmt.Errorf("%s --version: %w: %s", bin, err, strings.TrimSpace(stderr.String()))
+		return "", fmt.Errorf("%s --version: %w", bin, err)
 	}
 	v, err := parseVersion(string(out))
 	if err != nil {
@@ -102,7 +99,7 @@ func checkVersion(bin, v string) error {
 // privileges support checkpointing. The error carries CRIU's output, which
 // names the missing feature.
 func Check(bin string) error {
-	out, err := exec.Command(bin, "check").CombinedOutput()
+	out, err := reaped.CombinedOutput(exec.Command(bin, "check"))
 	if err != nil {
 		return fmt.Errorf("%s check failed: %w: %s", bin, err, strings.TrimSpace(string(out)))
 	}

@@ -5,6 +5,8 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+
+	"github.com/gpusnap/containerd-shim-snapshot-v2/internal/reaped"
 )
 
 // lockChain is the iptables chain CRIU's network lock adds to INPUT and
@@ -27,7 +29,7 @@ func UnlockNetwork(pid int) error {
 			{"-w", "-F", lockChain},
 			{"-w", "-X", lockChain},
 		} {
-			if out, err := netnsCommand(pid, tool, args...).CombinedOutput(); err != nil {
+			if out, err := reaped.CombinedOutput(netnsCommand(pid, tool, args...)); err != nil {
 				return fmt.Errorf("removing CRIU's network lock (%s %s) in the network namespace of pid %d: %v: %s",
 					tool, strings.Join(args, " "), pid, err, out)
 			}
@@ -37,7 +39,7 @@ func UnlockNetwork(pid int) error {
 }
 
 func inNetns(pid int, tool string, args ...string) bool {
-	return netnsCommand(pid, tool, args...).Run() == nil
+	return reaped.Run(netnsCommand(pid, tool, args...)) == nil
 }
 
 func netnsCommand(pid int, tool string, args ...string) *exec.Cmd {

@@ -14,6 +14,7 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/gpusnap/containerd-shim-snapshot-v2/criu"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/internal/reaped"
 )
 
 // paused reports whether the container is frozen (containerd's clients
@@ -26,7 +27,7 @@ func (s *Service) paused(ctx context.Context, id string) bool {
 // frozen asks runc whether the container's processes are frozen right now,
 // which after a killed CRIU can differ from what the runc shim records.
 func frozen(ctx context.Context, c *container) bool {
-	out, err := exec.CommandContext(ctx, "runc", "--root", runcRoot(c), "state", c.id).Output()
+	out, err := reaped.Output(exec.CommandContext(ctx, "runc", "--root", runcRoot(c), "state", c.id))
 	if err != nil {
 		return false
 	}
@@ -69,7 +70,7 @@ func (s *Service) refreeze(ctx context.Context, c *container) {
 // behind the runc shim's back, so that its recorded state (the one the
 // client will resume from) does not change.
 func runcFreezer(ctx context.Context, c *container, verb string) error {
-	if out, err := exec.CommandContext(ctx, "runc", "--root", runcRoot(c), verb, c.id).CombinedOutput(); err != nil {
+	if out, err := reaped.CombinedOutput(exec.CommandContext(ctx, "runc", "--root", runcRoot(c), verb, c.id)); err != nil {
 		return fmt.Errorf("runc %s %s: %v: %s", verb, c.id, err, out)
 	}
 	return nil

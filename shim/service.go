@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/events"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/internal/reaped"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/runtime"
 	"path/filepath"
 	"sync"
@@ -70,8 +71,10 @@ func (c *container) gpuNode() storage.GPUNode {
 	return c.gpus
 }
 
-// NewService wraps the runc shim's task service.
+// NewService wraps the runc shim's task service. The shim reaps every
+// child, so the commands the service runs go through its reaper.
 func NewService(runc taskAPI.TTRPCTaskService) *Service {
+	reaped.UseReaper()
 	return &Service{TTRPCTaskService: runc, containers: map[string]*container{}}
 }
 
