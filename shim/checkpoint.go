@@ -85,7 +85,7 @@ func (s *Service) publish(ctx context.Context, c *container, dir string, gpus st
 	if err != nil {
 		return err
 	}
-	if err := ck.RememberVerified(verifiedDir); err != nil {
+	if err := ck.RememberVerified(verifiedDir, storage.SignaturePolicy{}); err != nil {
 		log.G(ctx).WithError(err).Warn("snapshot: remembering the new checkpoint as verified")
 	}
 	writeControlFile(c.controlDir, StatusFile, snapshotStatus{Decision: "checkpointed", Checkpoint: ck.Name, At: time.Now(), Phases: phases})

@@ -76,7 +76,7 @@ func (s *Service) planRestore(ctx context.Context, c *container) (*restorePlan, 
 	})
 	if err == nil {
 		err = plan.timed("verify", func() error {
-			if _, err := ck.VerifyCached(vctx, verifiedDir, nil); err != nil {
+			if _, err := ck.VerifyCached(vctx, verifiedDir, storage.SignaturePolicy{}, nil); err != nil {
 				return fmt.Errorf("checkpoint %s failed verification: %w", ck.Name, timeoutReason(vctx, o, err))
 			}
 			return nil

@@ -59,17 +59,20 @@ type GPU struct {
 	MemoryBytes uint64 `json:"memory_bytes"`
 }
 
-// readManifest reads and validates the manifest at file.
-func readManifest(file string) (*Manifest, error) {
+// readManifest reads and validates the manifest at file. It also returns
+// the bytes it decoded, which are what a signature covers: checking the
+// signature over a second read of the file would let a writer swap the
+// manifest between the two reads.
+func readManifest(file string) (*Manifest, []byte, error) {
 	data, err := os.ReadFile(file)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrManifest, err)
+		return nil, nil, fmt.Errorf("%w: %w", ErrManifest, err)
 	}
 	m, err := decodeManifest(data)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %w", ErrManifest, file, err)
+		return nil, nil, fmt.Errorf("%w: %s: %w", ErrManifest, file, err)
 	}
-	return m, nil
+	return m, data, nil
 }
 
 // decodeManifest checks the schema before decoding strictly, so a newer
@@ -135,6 +138,8 @@ func validPath(p string) error {
 		why = "is not clean"
 	case p == manifestName:
 		why = "is the manifest itself"
+	case p == signatureName:
+		why = "is the manifest's signature"
 	default:
 		return nil
 	}

@@ -21,10 +21,12 @@ type Staging struct {
 	store *Store
 	dir   string   // "" once published or aborted
 	lock  *os.File // flock held while the writer lives; nil where flock is unsupported
+	key   *SigningKey
 }
 
 // Dir is where the writer puts the checkpoint's files (CRIU images under
-// checkpoint/, rootfs-diff.tar, ...), everything except manifest.json.
+// checkpoint/, rootfs-diff.tar, ...), everything except manifest.json and
+// manifest.sig.
 func (st *Staging) Dir() string { return st.dir }
 
 // Stage creates a new staging directory under the store's root.
@@ -90,6 +92,14 @@ func (st *Staging) Publish(m *Manifest) (*Checkpoint, error) {
 	return st.publishAt(m, 0)
 }
 
+// PublishSigned is Publish that also signs the manifest with key (see
+// signature.go); manifest.sig is written and flushed before the rename, so
+// the checkpoint appears signed or not at all. A nil key publishes unsigned.
+func (st *Staging) PublishSigned(m *Manifest, key *SigningKey) (*Checkpoint, error) {
+	st.key = key
+	return st.publishAt(m, 0)
+}
+
 // publishAt is Publish with a fixed generation (0: the key's next one), so
 // tests can make writers race for the same name.
 func (st *Staging) publishAt(m *Manifest, gen int) (_ *Checkpoint, err error) {
@@ -121,8 +131,12 @@ func (st *Staging) publishAt(m *Manifest, gen int) (_ *Checkpoint, err error) {
 	if err := m.validate(); err != nil {
 		return nil, fmt.Errorf("publish %s: %w", m.Name, err)
 	}
-	if err := writeManifest(st.dir, m); err != nil {
+	raw, err := writeManifest(st.dir, m)
+	if err != nil {
 		return nil, fmt.Errorf("publish %s: %w", m.Name, err)
+	}
+	if err := writeSignature(st.dir, st.key, raw); err != nil {
+		return nil, fmt.Errorf("publish %s: %s: %w", m.Name, signatureName, err)
 	}
 	for _, d := range slices.Backward(dirs) {
 		if err := syncDir(d); err != nil {
@@ -141,7 +155,7 @@ func (st *Staging) publishAt(m *Manifest, gen int) (_ *Checkpoint, err error) {
 	if err := syncDir(root); err != nil {
 		return nil, fmt.Errorf("published %s, but it may not survive a crash: %w", m.Name, err)
 	}
-	return &Checkpoint{Name: m.Name, Dir: target, Generation: gen, Manifest: m}, nil
+	return &Checkpoint{Name: m.Name, Dir: target, Generation: gen, Manifest: m, raw: raw}, nil
 }
 
 // nextGeneration is one past the highest generation under key's name
@@ -174,7 +188,7 @@ func seal(root string) (dirs []string, files []File, err error) {
 		case d.IsDir():
 			dirs = append(dirs, p)
 			return os.Chmod(p, dirMode)
-		case rel == manifestName:
+		case rel == manifestName || rel == signatureName:
 			return nil // Publish writes its own
 		case !d.Type().IsRegular():
 			return fmt.Errorf("%s is a %s; a checkpoint holds only regular files", rel, describe(d.Type()))
@@ -191,25 +205,27 @@ func seal(root string) (dirs []string, files []File, err error) {
 }
 
 // writeManifest replaces any manifest.json the writer left (without
-// following a symlink there) and flushes the new one.
-func writeManifest(dir string, m *Manifest) error {
+// following a symlink there), flushes the new one and returns its bytes,
+// which the signature covers.
+func writeManifest(dir string, m *Manifest) ([]byte, error) {
 	data, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
-		return fmt.Errorf("encode manifest: %w", err)
+		return nil, fmt.Errorf("encode manifest: %w", err)
 	}
+	data = append(data, '\n')
 	p := filepath.Join(dir, manifestName)
 	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
+		return nil, err
 	}
 	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, fileMode)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	_, err = f.Write(append(data, '\n'))
+	_, err = f.Write(data)
 	if err == nil {
 		err = f.Sync()
 	}
-	return errors.Join(err, f.Close())
+	return data, errors.Join(err, f.Close())
 }
 
 // syncDir flushes a directory's entries: a create or rename survives a

@@ -69,6 +69,9 @@ type Checkpoint struct {
 	Generation int
 	Manifest   *Manifest
 	Err        error
+	// raw is manifest.json exactly as Manifest was decoded from it: the
+	// bytes a signature must cover and the verify cache is keyed by.
+	raw []byte
 }
 
 // ref is a checkpoint directory found by name, before its manifest is read.
@@ -137,11 +140,11 @@ func (s *Store) load(r ref) *Checkpoint {
 		c.Err = fmt.Errorf("checkpoint %s in %s: %w", r.name, s.Root, ErrNotFound)
 		return c
 	}
-	c.Manifest, c.Err = readManifest(filepath.Join(c.Dir, manifestName))
+	c.Manifest, c.raw, c.Err = readManifest(filepath.Join(c.Dir, manifestName))
 	if c.Err == nil && c.Manifest.Name != r.name {
 		c.Err = fmt.Errorf("%w: %s: names %q, but the directory is %q",
 			ErrManifest, filepath.Join(c.Dir, manifestName), c.Manifest.Name, r.name)
-		c.Manifest = nil
+		c.Manifest, c.raw = nil, nil
 	}
 	return c
 }

@@ -66,14 +66,14 @@ func TestVerifyRefusesUntrustedFiles(t *testing.T) {
 	s := openStore(t)
 	c := publish(t, s, &Manifest{Key: testKey("t")}, sampleFiles)
 	cache := t.TempDir()
-	if _, err := c.VerifyCached(context.Background(), cache, nil); err != nil {
+	if _, err := c.VerifyCached(context.Background(), cache, SignaturePolicy{}, nil); err != nil {
 		t.Fatal(err)
 	}
 	file := filepath.Join(c.Dir, "spec.dump")
 	if err := os.Chmod(file, 0o666); err != nil {
 		t.Fatal(err)
 	}
-	_, err := c.VerifyCached(context.Background(), cache, nil)
+	_, err := c.VerifyCached(context.Background(), cache, SignaturePolicy{}, nil)
 	if !errors.Is(err, ErrUntrusted) || !strings.Contains(err.Error(), "spec.dump") {
 		t.Fatalf("want ErrUntrusted naming spec.dump, got %v", err)
 	}
@@ -81,7 +81,7 @@ func TestVerifyRefusesUntrustedFiles(t *testing.T) {
 		t.Fatalf("full verify: want ErrUntrusted, got %v", err)
 	}
 	os.Chmod(file, 0o600)
-	if _, err := c.VerifyCached(context.Background(), cache, nil); err != nil {
+	if _, err := c.VerifyCached(context.Background(), cache, SignaturePolicy{}, nil); err != nil {
 		t.Fatalf("after chmod back: %v", err)
 	}
 }

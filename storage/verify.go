@@ -16,12 +16,13 @@ import (
 
 // Verify proves the directory matches its manifest before a restore trusts
 // it: every listed file present with the recorded size and sha256, nothing
-// unlisted, and nothing but regular files and directories (a symlink or
-// device could point a restore at host files). Every problem is reported,
-// each naming the file; the error wraps ErrCorrupt. progress, if not nil,
-// gets the bytes checked so far and the total. Cancelling ctx stops the
-// hashing (a restore's deadline covers its first, full verification) and
-// returns ctx's error, not ErrCorrupt.
+// unlisted besides the manifest and its signature (checked by
+// VerifySignature and VerifyCached), and nothing but regular files and
+// directories (a symlink or device could point a restore at host files).
+// Every problem is reported, each naming the file; the error wraps
+// ErrCorrupt. progress, if not nil, gets the bytes checked so far and the
+// total. Cancelling ctx stops the hashing (a restore's deadline covers its
+// first, full verification) and returns ctx's error, not ErrCorrupt.
 func (c *Checkpoint) Verify(ctx context.Context, progress func(done, total int64)) error {
 	if c.Manifest == nil {
 		return fmt.Errorf("verify %s: %w", c.Name, cmp.Or(c.Err, ErrManifest))
@@ -67,7 +68,7 @@ func (c *Checkpoint) checkTree() (problems []error) {
 		case err != nil || d.IsDir() || listed[rel]:
 		case !d.Type().IsRegular():
 			problems = append(problems, fmt.Errorf("%s: unexpected %s", rel, describe(d.Type())))
-		case rel != manifestName:
+		case rel != manifestName && rel != signatureName:
 			problems = append(problems, fmt.Errorf("%s: not in manifest", rel))
 		}
 		return err

@@ -26,14 +26,28 @@ import (
 // rewrite that also resets the mtime goes unnoticed; only root can write a
 // store's files (0600 in 0700 directories) and root could as well rewrite
 // this cache, which is why cacheDir is node-local and root-only.
-func (c *Checkpoint) VerifyCached(ctx context.Context, cacheDir string, progress func(done, total int64)) (cached bool, err error) {
+//
+// The signature is checked against policy on every call, before anything
+// else is read: ed25519 over a manifest of a few kilobytes costs
+// microseconds, and a badly signed or (when required) unsigned checkpoint
+// is refused without hashing its images. The error then wraps ErrUnsigned or
+// ErrBadSignature and names the checkpoint and the trusted keys. The entry
+// is also keyed by the signature and the policy (trusted keys, require), so
+// a remembered digest check never outlives the trust it was made under: a
+// new signature, an added or a removed key sends the next call back to a
+// full Verify.
+func (c *Checkpoint) VerifyCached(ctx context.Context, cacheDir string, policy SignaturePolicy, progress func(done, total int64)) (cached bool, err error) {
 	if c.Manifest == nil {
 		return false, c.Verify(ctx, progress)
 	}
 	if problems := c.untrusted(); len(problems) > 0 {
 		return false, fmt.Errorf("verify %s: %w", c.Name, errors.Join(problems...))
 	}
-	entry, err := c.cacheEntry(cacheDir)
+	sig, err := c.checkSignature(policy)
+	if err != nil {
+		return false, err
+	}
+	entry, err := c.cacheEntry(cacheDir, sig, policy)
 	if err != nil {
 		return false, err
 	}
@@ -49,17 +63,35 @@ func (c *Checkpoint) VerifyCached(ctx context.Context, cacheDir string, progress
 		}
 		return false, err
 	}
-	return false, c.RememberVerified(cacheDir)
+	return false, c.remember(entry)
 }
 
 // RememberVerified records a checkpoint as verified without hashing it
-// again. Only its writer may call it, right after Publish: Publish computed
-// the digests from these very files.
-func (c *Checkpoint) RememberVerified(cacheDir string) error {
-	entry, err := c.cacheEntry(cacheDir)
+// again, under policy (the writer's handler's, which its restores on this
+// node use too). Only its writer may call it, right after Publish: Publish
+// computed the digests from these very files. The signature is not trusted
+// from memory: VerifyCached checks it on every call.
+func (c *Checkpoint) RememberVerified(cacheDir string, policy SignaturePolicy) error {
+	if c.Manifest == nil {
+		return fmt.Errorf("remember %s as verified: %w", c.Name, ErrManifest)
+	}
+	var sig []byte
+	if policy.checks() {
+		var err error
+		if sig, err = c.Signature(); err != nil && !errors.Is(err, ErrUnsigned) {
+			return err
+		}
+	}
+	entry, err := c.cacheEntry(cacheDir, sig, policy)
 	if err != nil {
 		return err
 	}
+	return c.remember(entry)
+}
+
+// remember writes the files' stamps as the entry, atomically.
+func (c *Checkpoint) remember(entry string) error {
+	cacheDir := filepath.Dir(entry)
 	stamps, err := c.fileStamps()
 	if err != nil {
 		return err
@@ -74,9 +106,11 @@ func (c *Checkpoint) RememberVerified(cacheDir string) error {
 	return os.Rename(tmp, entry)
 }
 
-// cacheEntry names the remembered result for this directory and manifest.
-func (c *Checkpoint) cacheEntry(cacheDir string) (string, error) {
-	manifest, err := os.ReadFile(filepath.Join(c.Dir, manifestName))
+// cacheEntry names the remembered result for this directory, manifest and,
+// when policy checks signatures, signature and policy. Under the zero policy
+// the name is what it was before signatures, so existing entries stay good.
+func (c *Checkpoint) cacheEntry(cacheDir string, sig []byte, policy SignaturePolicy) (string, error) {
+	manifest, err := c.manifestBytes()
 	if err != nil {
 		return "", err
 	}
@@ -84,6 +118,12 @@ func (c *Checkpoint) cacheEntry(cacheDir string) (string, error) {
 	h.Write([]byte(c.Dir))
 	h.Write([]byte{0})
 	h.Write(manifest)
+	if policy.checks() {
+		h.Write([]byte{0})
+		h.Write([]byte(hex.EncodeToString(sig))) // "" when unsigned
+		h.Write([]byte{0})
+		h.Write(policy.cacheKey())
+	}
 	return filepath.Join(cacheDir, hex.EncodeToString(h.Sum(nil))+".verified"), nil
 }
 

@@ -28,10 +28,10 @@ func TestVerifyCached(t *testing.T) {
 	}
 	cache := filepath.Join(t.TempDir(), "verified")
 
-	if cached, err := ck.VerifyCached(context.Background(), cache, nil); err != nil || cached {
+	if cached, err := ck.VerifyCached(context.Background(), cache, SignaturePolicy{}, nil); err != nil || cached {
 		t.Fatalf("first call: cached=%v err=%v, want a full verify", cached, err)
 	}
-	if cached, err := ck.VerifyCached(context.Background(), cache, nil); err != nil || !cached {
+	if cached, err := ck.VerifyCached(context.Background(), cache, SignaturePolicy{}, nil); err != nil || !cached {
 		t.Fatalf("second call: cached=%v err=%v, want the remembered result", cached, err)
 	}
 
@@ -43,7 +43,7 @@ func TestVerifyCached(t *testing.T) {
 	f.WriteAt([]byte("X"), 3)
 	f.Close()
 	os.Chtimes(path, info.ModTime().Add(time.Millisecond), info.ModTime().Add(time.Millisecond))
-	cached, err := ck.VerifyCached(context.Background(), cache, nil)
+	cached, err := ck.VerifyCached(context.Background(), cache, SignaturePolicy{}, nil)
 	if err == nil || cached {
 		t.Fatalf("after tampering: cached=%v err=%v, want a verification failure", cached, err)
 	}
@@ -62,10 +62,10 @@ func TestRememberVerified(t *testing.T) {
 		t.Fatal(err)
 	}
 	cache := filepath.Join(t.TempDir(), "verified")
-	if err := ck.RememberVerified(cache); err != nil {
+	if err := ck.RememberVerified(cache, SignaturePolicy{}); err != nil {
 		t.Fatal(err)
 	}
-	if cached, err := ck.VerifyCached(context.Background(), cache, nil); err != nil || !cached {
+	if cached, err := ck.VerifyCached(context.Background(), cache, SignaturePolicy{}, nil); err != nil || !cached {
 		t.Fatalf("cached=%v err=%v, want the writer's remembered result", cached, err)
 	}
 }
@@ -85,9 +85,9 @@ func TestVerifyCachedSurvivesLinkCount(t *testing.T) {
 		t.Fatal(err)
 	}
 	cache := filepath.Join(t.TempDir(), "verified")
-	ck.RememberVerified(cache)
+	ck.RememberVerified(cache, SignaturePolicy{})
 	os.Remove(other)
-	if cached, err := ck.VerifyCached(context.Background(), cache, nil); err != nil || !cached {
+	if cached, err := ck.VerifyCached(context.Background(), cache, SignaturePolicy{}, nil); err != nil || !cached {
 		t.Fatalf("cached=%v err=%v after the other link went away", cached, err)
 	}
 }
