@@ -72,6 +72,18 @@ type Options struct {
 	// areas keep the MADV_HUGEPAGE mark afterwards. A CRIU without the patch
 	// ignores it.
 	RestoreHugePages bool `toml:"restore_huge_pages"`
+	// SigningKey is the ed25519 private key (PKCS#8 PEM, mode 0600, root's)
+	// every checkpoint this handler publishes is signed with. Set it only
+	// where checkpoints are made; a key that can't be loaded fails the
+	// checkpoint rather than publish it unsigned.
+	SigningKey string `toml:"signing_key"`
+	// TrustedKeys are ed25519 public keys (PKIX PEM). When set, a signed
+	// checkpoint is restored only if its signature verifies with one of
+	// them; a bad signature is refused even without RequireSignature.
+	TrustedKeys []string `toml:"trusted_keys"`
+	// RequireSignature also refuses unsigned checkpoints. It needs
+	// TrustedKeys: a signature nobody can check proves nothing.
+	RequireSignature bool `toml:"require_signature"`
 
 	// Source names where these options came from, for error messages.
 	Source string `toml:"-"`
@@ -153,10 +165,18 @@ func (o Options) validate() error {
 	if err := oneOf("auto_checkpoint", o.AutoCheckpoint, AutoCheckpointOff, AutoCheckpointOnReady); err != nil {
 		return err
 	}
-	for key, p := range map[string]string{"store": o.Store, "control_dir": o.ControlDir, "criu_path": o.CRIUPath} {
+	for key, p := range map[string]string{"store": o.Store, "control_dir": o.ControlDir, "criu_path": o.CRIUPath, "signing_key": o.SigningKey} {
 		if p != "" && !filepath.IsAbs(p) {
 			return fmt.Errorf("%s = %q: must be an absolute path", key, p)
 		}
+	}
+	for _, p := range o.TrustedKeys {
+		if !filepath.IsAbs(p) {
+			return fmt.Errorf("trusted_keys: %q: must be an absolute path", p)
+		}
+	}
+	if o.RequireSignature && len(o.TrustedKeys) == 0 {
+		return errors.New("require_signature = true needs trusted_keys (the public keys a signature may verify with)")
 	}
 	if o.Checkpoint == "" || strings.ContainsAny(o.Checkpoint, "/\\") || strings.HasPrefix(o.Checkpoint, ".") {
 		return fmt.Errorf("checkpoint = %q: must be \"auto\" or a checkpoint name (no '/', not hidden)", o.Checkpoint)
@@ -181,5 +201,6 @@ func oneOf(key, value string, allowed ...string) error {
 
 func knownKeys() []string {
 	return []string{"store", "checkpoint", "restore", "auto_checkpoint", "control_dir",
-		"criu_path", "ignore_env", "lock_timeout", "checkpoint_timeout", "restore_timeout", "restore_huge_pages"}
+		"criu_path", "ignore_env", "lock_timeout", "checkpoint_timeout", "restore_timeout", "restore_huge_pages",
+		"signing_key", "trusted_keys", "require_signature"}
 }

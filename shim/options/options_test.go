@@ -25,7 +25,17 @@ criu_path = "/usr/local/sbin/criu"
 ignore_env = ["HOSTNAME", "POD_IP"]
 lock_timeout = "10s"
 checkpoint_timeout = "2m"
-restore_timeout = "1m"`},
+restore_timeout = "1m"
+signing_key = "/etc/gpusnap/handler.key"
+trusted_keys = ["/etc/gpusnap/handler.pub", "/etc/gpusnap/old.pub"]
+require_signature = true`},
+		{name: "trusted keys without require", body: `trusted_keys = ["/etc/gpusnap/handler.pub"]`},
+		{name: "require_signature without trusted_keys", body: `require_signature = true`, wantErr: `require_signature = true needs trusted_keys`},
+		{name: "require_signature with empty trusted_keys", body: "require_signature = true\ntrusted_keys = []", wantErr: `needs trusted_keys`},
+		{name: "relative signing_key", body: `signing_key = "handler.key"`, wantErr: `signing_key = "handler.key": must be an absolute path`},
+		{name: "relative trusted key", body: `trusted_keys = ["/etc/a.pub", "b.pub"]`, wantErr: `trusted_keys: "b.pub": must be an absolute path`},
+		{name: "empty trusted key", body: `trusted_keys = [""]`, wantErr: `trusted_keys: "": must be an absolute path`},
+		{name: "trusted_keys not a list", body: `trusted_keys = "/etc/a.pub"`, wantErr: `trusted_keys`},
 		{name: "unknown key", body: `stor = "/x"`, wantErr: `unknown key "stor"`},
 		{name: "bad restore", body: `restore = "sometimes"`, wantErr: `restore = "sometimes": must be one of auto, required, never`},
 		{name: "bad auto_checkpoint", body: `auto_checkpoint = "yes"`, wantErr: `auto_checkpoint = "yes"`},
@@ -72,6 +82,13 @@ func TestParseValues(t *testing.T) {
 	}
 	if o.RestoreTimeout.Duration != Default().RestoreTimeout.Duration {
 		t.Errorf("restore_timeout default lost: %v", o.RestoreTimeout)
+	}
+	if o.SigningKey != "" || o.TrustedKeys != nil || o.RequireSignature {
+		t.Errorf("signatures are on by default: %+v", o)
+	}
+	o, err = Parse([]byte("signing_key = \"/k/a.key\"\ntrusted_keys = [\"/k/a.pub\"]\nrequire_signature = true\n"), "x")
+	if err != nil || o.SigningKey != "/k/a.key" || len(o.TrustedKeys) != 1 || o.TrustedKeys[0] != "/k/a.pub" || !o.RequireSignature {
+		t.Fatalf("signature options: %+v, %v", o, err)
 	}
 }
 
