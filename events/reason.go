@@ -17,6 +17,9 @@ const (
 	ReasonRestoreFailed      = "restore-failed"
 	ReasonStoreError         = "store-error"
 	ReasonUntrustedStore     = "untrusted-store"
+	ReasonUnsigned           = "unsigned"
+	ReasonBadSignature       = "bad-signature"
+	ReasonKeyError           = "key-error"
 	ReasonOptedOut           = "opted-out"
 	ReasonOther              = "other"
 )
@@ -24,7 +27,8 @@ const (
 // ReasonCodes are every code ReasonCode returns.
 var ReasonCodes = []string{
 	ReasonNoCheckpoint, ReasonIdentityMismatch, ReasonNodeMismatch, ReasonGPUMismatch,
-	ReasonVerificationFailed, ReasonRestoreTimeout, ReasonRestoreFailed, ReasonStoreError, ReasonUntrustedStore, ReasonOptedOut, ReasonOther,
+	ReasonVerificationFailed, ReasonRestoreTimeout, ReasonRestoreFailed, ReasonStoreError, ReasonUntrustedStore,
+	ReasonUnsigned, ReasonBadSignature, ReasonKeyError, ReasonOptedOut, ReasonOther,
 }
 
 // identityDiff is how the shim names a differing identity field:
@@ -48,6 +52,15 @@ var reasonRules = []struct {
 	{ReasonRestoreFailed, containsAny("restore from checkpoint")},
 	// storage.ErrUntrusted, from opening the store or from verification.
 	{ReasonUntrustedStore, containsAny("untrusted store path")},
+	// shim: verifyCheckpoint, storage.ErrUnsigned under require_signature:
+	// "checkpoint <name> is not signed and the handler requires signatures".
+	{ReasonUnsigned, containsAny("is not signed")},
+	// storage.ErrBadSignature: "signature of checkpoint <name> does not
+	// verify with any trusted key (<ids>)" or "... is malformed: ...".
+	{ReasonBadSignature, containsAny("signature of checkpoint")},
+	// storage: LoadSigningKey, LoadTrustedKeys ("signing key <path>: ...",
+	// "trusted key <path>: ..."; the options make every key path absolute).
+	{ReasonKeyError, containsAny("signing key /", "trusted key /")},
 	// shim: planRestore's verify phase, "checkpoint <name> failed verification: ...".
 	{ReasonVerificationFailed, containsAny("failed verification", corruptText)},
 	// shim: findCheckpoint, storage.Manifest.GPUCompatible.

@@ -33,6 +33,8 @@ func TestReasonCode(t *testing.T) {
 	corrupt := fmt.Errorf("verify %s: %w: %w", ck, storage.ErrCorrupt, errors.Join(
 		errors.New("checkpoint/pages-1.img: sha256: expected 00, got 11"), errors.New("spec.dump: missing")))
 	timeout := fmt.Errorf("restore_timeout of %s exceeded: %w", 5*time.Minute, context.DeadlineExceeded)
+	_, signingKeyErr := storage.LoadSigningKey("/etc/gpusnap/missing.key")
+	_, trustedKeyErr := storage.LoadTrustedKeys([]string{"/etc/gpusnap/missing.pub"})
 
 	tests := []struct {
 		reason string
@@ -58,6 +60,14 @@ func TestReasonCode(t *testing.T) {
 		// planRestore's verify phase
 		{"verify: checkpoint " + ck + " failed verification: " + corrupt.Error(), ReasonVerificationFailed},
 		{"verify: checkpoint " + ck + " failed verification: " + timeout.Error(), ReasonRestoreTimeout},
+		// planRestore's verify phase: signatures (shim/signature_test.go
+		// builds these through the shim itself)
+		{"verify: checkpoint " + ck + " is not signed and the handler requires signatures (require_signature = true)", ReasonUnsigned},
+		{"verify: signature of checkpoint " + ck + " does not verify with any trusted key (1a2b3c4d5e6f7a8b, 0f1e2d3c4b5a6978)", ReasonBadSignature},
+		{"verify: signature of checkpoint " + ck + " is malformed: manifest.sig holds 100 bytes, an ed25519 signature is 64", ReasonBadSignature},
+		{"verify: " + trustedKeyErr.Error(), ReasonKeyError},
+		// a checkpoint that could not be signed
+		{signingKeyErr.Error(), ReasonKeyError},
 		// startRestored
 		{"restore from checkpoint " + ck + " failed: criu_restore: runc restore: criu failed: (00.012) Error (criu/cr-restore.c:1480): ...", ReasonRestoreFailed},
 		{"restore from checkpoint " + ck + " failed: cuda_restore: cuCheckpointProcessRestore: CUDA_ERROR_INVALID_VALUE", ReasonRestoreFailed},

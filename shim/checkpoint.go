@@ -49,9 +49,14 @@ func addRestoreFiles(c *container, dir string, phases map[string]float64) error 
 
 // publish puts a finished checkpoint (the directory containerd gave the
 // Checkpoint RPC, completed by addRestoreFiles) into the handler's store with
-// a manifest, and publishes it atomically. Files are hard-linked when the
-// store shares the file system, so no bytes move.
+// a manifest, signed when the handler has a signing key, and publishes it
+// atomically. Files are hard-linked when the store shares the file system,
+// so no bytes move.
 func (s *Service) publish(ctx context.Context, c *container, dir string, gpus storage.GPUNode, phases map[string]float64) error {
+	signer, err := signingKey(c.options)
+	if err != nil {
+		return err
+	}
 	store, err := storage.Open(c.options.Store)
 	if err != nil {
 		return err
@@ -77,7 +82,7 @@ func (s *Service) publish(ctx context.Context, c *container, dir string, gpus st
 	key, fields := identity(c)
 	m := &storage.Manifest{Key: key, Identity: fields, Node: node, Phases: phases, GPUs: gpus.GPUs, DriverVersion: gpus.DriverVersion,
 		Source: storage.Source{ContainerID: c.id, Namespace: c.namespace, Hostname: c.spec.Hostname}}
-	ck, err := st.Publish(m)
+	ck, err := st.PublishSigned(m, signer)
 	if errors.Is(err, storage.ErrExists) {
 		log.G(ctx).WithField("id", c.id).Info("snapshot: another writer published this identity first; keeping theirs")
 		return nil
@@ -85,13 +90,21 @@ func (s *Service) publish(ctx context.Context, c *container, dir string, gpus st
 	if err != nil {
 		return err
 	}
-	if err := ck.RememberVerified(verifiedDir, storage.SignaturePolicy{}); err != nil {
+	policy, err := signaturePolicy(c.options)
+	if err == nil {
+		err = ck.RememberVerified(verifiedDir, policy)
+	}
+	if err != nil {
 		log.G(ctx).WithError(err).Warn("snapshot: remembering the new checkpoint as verified")
 	}
 	writeControlFile(c.controlDir, StatusFile, snapshotStatus{Decision: "checkpointed", Checkpoint: ck.Name, At: time.Now(), Phases: phases})
 	recordEvent(ctx, c, events.Event{Kind: events.KindCheckpoint, Outcome: events.OutcomeCheckpointed, Checkpoint: ck.Name,
 		Phases: phases, BytesWritten: ck.Size()})
-	log.G(ctx).WithField("id", c.id).WithField("checkpoint", ck.Name).Info("snapshot: checkpoint published")
+	logger := log.G(ctx).WithField("id", c.id).WithField("checkpoint", ck.Name)
+	if signer != nil {
+		logger = logger.WithField("signed_by", signer.ID)
+	}
+	logger.Info("snapshot: checkpoint published")
 	return nil
 }
 

@@ -25,7 +25,8 @@ import (
 
 // verifiedDir remembers, per node, which checkpoints were fully verified, so
 // that only the first restore of a checkpoint on a node hashes every byte.
-const verifiedDir = "/var/lib/containerd-shim-snapshot/verified"
+// A variable so that tests keep their results to themselves.
+var verifiedDir = "/var/lib/containerd-shim-snapshot/verified"
 
 // restorePlan is the checkpoint chosen at Create and the timings of the
 // restore phases as they run.
@@ -54,8 +55,9 @@ func (p *restorePlan) timed(name string, f func() error) error {
 
 // planRestore is the whole restore-or-cold decision, taken at Create: a
 // restore needs a store, a policy that allows it, a checkpoint whose identity
-// matches the container, a compatible node, and intact files. Any "no" is a
-// cold start under restore = auto and an error under restore = required.
+// matches the container, a compatible node, a signature the handler accepts
+// (when it names trusted keys), and intact files. Any "no" is a cold start
+// under restore = auto and an error under restore = required.
 func (s *Service) planRestore(ctx context.Context, c *container) (*restorePlan, error) {
 	o := c.options
 	if o.Store == "" || o.Restore == options.RestoreNever {
@@ -75,12 +77,7 @@ func (s *Service) planRestore(ctx context.Context, c *container) (*restorePlan, 
 		return err
 	})
 	if err == nil {
-		err = plan.timed("verify", func() error {
-			if _, err := ck.VerifyCached(vctx, verifiedDir, storage.SignaturePolicy{}, nil); err != nil {
-				return fmt.Errorf("checkpoint %s failed verification: %w", ck.Name, timeoutReason(vctx, o, err))
-			}
-			return nil
-		})
+		err = plan.timed("verify", func() error { return verifyCheckpoint(vctx, ck, o) })
 	}
 	if err != nil {
 		name := ""
@@ -93,6 +90,27 @@ func (s *Service) planRestore(ctx context.Context, c *container) (*restorePlan, 
 	plan.left = o.RestoreTimeout.Duration - time.Since(start)
 	log.G(ctx).WithField("id", c.id).WithField("checkpoint", ck.Name).Info("snapshot: restoring from checkpoint")
 	return plan, nil
+}
+
+// verifyCheckpoint is the verify phase of a restore: the checkpoint's
+// signature under the handler's policy, then its files (hashed once per
+// node). A refused signature is its own reason, in the handler's words; any
+// other failure is a failed verification.
+func verifyCheckpoint(ctx context.Context, ck *storage.Checkpoint, o options.Options) error {
+	policy, err := signaturePolicy(o)
+	if err != nil {
+		return err
+	}
+	_, err = ck.VerifyCached(ctx, verifiedDir, policy, nil)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, storage.ErrUnsigned):
+		return fmt.Errorf("%w and the handler requires signatures (require_signature = true)", err)
+	case errors.Is(err, storage.ErrBadSignature):
+		return err
+	}
+	return fmt.Errorf("checkpoint %s failed verification: %w", ck.Name, timeoutReason(ctx, o, err))
 }
 
 // OptOutAnnotation lets a pod (or any client) refuse a restore for its
