@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"maps"
 	"slices"
@@ -18,9 +19,12 @@ func init() {
 		setup:   noFlags(runLs),
 	}
 	commands["inspect"] = &command{
-		summary: "Show a checkpoint's manifest, its size and whether it can be restored on this node.",
+		summary: "Show a checkpoint's manifest, its size, its signature and whether it can be restored on\nthis node.",
 		args:    "NAME",
-		setup:   noFlags(runInspect),
+		setup: func(fs *flag.FlagSet) runFunc {
+			keys := trustedKeyFlag(fs)
+			return func(e *env, args []string) int { return runInspect(e, args, *keys) }
+		},
 	}
 }
 
@@ -164,11 +168,16 @@ type inspectOutput struct {
 	Size          int64             `json:"size"`
 	Manifest      *storage.Manifest `json:"manifest"`
 	Compatibility compatibility     `json:"compatibility"`
+	Signature     signatureReport   `json:"signature"`
 }
 
-func runInspect(e *env, args []string) int {
+func runInspect(e *env, args []string, trustedKeys pathList) int {
 	if len(args) != 1 {
 		return e.usageErrorf("needs exactly one checkpoint name, got %d", len(args))
+	}
+	policy, err := e.signaturePolicy(trustedKeys)
+	if err != nil {
+		return e.errorf("%v", err)
 	}
 	s, err := e.openStore()
 	if err != nil {
@@ -181,6 +190,7 @@ func runInspect(e *env, args []string) int {
 	out := inspectOutput{
 		Name: c.Name, Dir: c.Dir, Generation: c.Generation, Size: c.Size(),
 		Manifest: c.Manifest, Compatibility: checkCompatibility(c.Manifest, e.criuPath()),
+		Signature: checkSignature(c, policy),
 	}
 	if e.json {
 		return e.writeJSON(out)
@@ -205,6 +215,7 @@ func runInspect(e *env, args []string) int {
 		row(fmt.Sprintf("GPU %d", i), fmt.Sprintf("%s %s (%s)", g.UUID, g.Product, humanBytes(int64(g.MemoryBytes))))
 	}
 	row("This node", out.Compatibility.Message)
+	row("Signature", out.Signature.String())
 	if err := w.Flush(); err != nil {
 		return e.errorf("write output: %v", err)
 	}

@@ -33,8 +33,15 @@ Operate the checkpoint store of containerd-shim-snapshot-v2 and check a node.
 
 Commands:
   ls                      list checkpoints, broken ones with their error
-  inspect NAME            show a checkpoint's manifest and whether it fits this node
-  verify NAME... | --all  check every file against its manifest digest
+  inspect NAME [--trusted-key PATH]...
+                          show a checkpoint's manifest, its signature and
+                          whether it fits this node
+  verify NAME... | --all [--trusted-key PATH]...
+                          check every file against its manifest digest and the
+                          signature against the trusted keys (default: the
+                          handler's trusted_keys)
+  keygen PREFIX           make a signing key pair: PREFIX.key (signing_key)
+                          and PREFIX.pub (trusted_keys)
   rm NAME...              remove checkpoints
   prune [--keep N] [--max-bytes SIZE] [--stale DURATION]
                           remove old generations, stay under a byte budget,

@@ -15,31 +15,38 @@ import (
 func init() {
 	commands["verify"] = &command{
 		summary: "Check every file of the named checkpoints (or --all) against the sizes and sha256\n" +
-			"digests in their manifests. Exits 1 if any checkpoint fails, naming each bad file.",
+			"digests in their manifests, and their signatures against the trusted keys, as a restore\n" +
+			"would. Exits 1 if any checkpoint fails, naming each bad file or the refused signature.",
 		args: "NAME... | --all",
 		setup: func(fs *flag.FlagSet) runFunc {
 			all := fs.Bool("all", false, "verify every checkpoint in the store")
-			return func(e *env, args []string) int { return runVerify(e, args, *all) }
+			keys := trustedKeyFlag(fs)
+			return func(e *env, args []string) int { return runVerify(e, args, *all, *keys) }
 		},
 	}
 }
 
 // verifyResult is one checkpoint's outcome; Problems lists each bad file.
 type verifyResult struct {
-	Name     string   `json:"name"`
-	OK       bool     `json:"ok"`
-	Size     int64    `json:"size"`
-	Seconds  float64  `json:"seconds"`
-	Error    string   `json:"error,omitempty"`
-	Problems []string `json:"problems,omitempty"`
+	Name      string           `json:"name"`
+	OK        bool             `json:"ok"`
+	Size      int64            `json:"size"`
+	Seconds   float64          `json:"seconds"`
+	Signature *signatureReport `json:"signature,omitempty"`
+	Error     string           `json:"error,omitempty"`
+	Problems  []string         `json:"problems,omitempty"`
 }
 
-func runVerify(e *env, names []string, all bool) int {
+func runVerify(e *env, names []string, all bool, trustedKeys pathList) int {
 	switch {
 	case all && len(names) > 0:
 		return e.usageErrorf("pass checkpoint names or --all, not both")
 	case !all && len(names) == 0:
 		return e.usageErrorf("needs checkpoint names or --all")
+	}
+	policy, err := e.signaturePolicy(trustedKeys)
+	if err != nil {
+		return e.errorf("%v", err)
 	}
 	s, err := e.openStore()
 	if err != nil {
@@ -66,7 +73,7 @@ func runVerify(e *env, names []string, all bool) int {
 	results := make([]verifyResult, 0, len(targets))
 	failed := 0
 	for _, c := range targets {
-		r := verifyOne(c, bar)
+		r := verifyOne(c, policy, bar)
 		if !r.OK {
 			failed++
 		}
@@ -86,10 +93,18 @@ func runVerify(e *env, names []string, all bool) int {
 	return exitOK
 }
 
-func verifyOne(c *storage.Checkpoint, bar *progressBar) verifyResult {
+// verifyOne checks the signature first, as a restore does: a checkpoint
+// whose signature is refused is not worth hashing.
+func verifyOne(c *storage.Checkpoint, policy storage.SignaturePolicy, bar *progressBar) verifyResult {
 	r := verifyResult{Name: c.Name, Size: c.Size()}
 	if c.Manifest == nil { // not found, or its manifest is unreadable
 		r.Error = fmt.Sprint(c.Err)
+		return r
+	}
+	sig := checkSignature(c, policy)
+	r.Signature = &sig
+	if sig.Refused {
+		r.Error = sig.Error
 		return r
 	}
 	start := time.Now()
@@ -133,7 +148,7 @@ func problems(err error) []string {
 func printVerifyResult(w io.Writer, r verifyResult) {
 	switch {
 	case r.OK:
-		fmt.Fprintf(w, "OK    %s (%s in %.1fs)\n", r.Name, humanBytes(r.Size), r.Seconds)
+		fmt.Fprintf(w, "OK    %s (%s in %.1fs; %s)\n", r.Name, humanBytes(r.Size), r.Seconds, r.Signature)
 	case len(r.Problems) > 0:
 		fmt.Fprintf(w, "FAIL  %s: %d problem(s):\n", r.Name, len(r.Problems))
 		for _, p := range r.Problems {
