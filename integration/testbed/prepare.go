@@ -50,6 +50,16 @@ func Prepare(dir, shimOptions string, handlers map[string]string, env ...string)
 	if err != nil {
 		return nil, err
 	}
+	if err := bed.ImportImages(build); err != nil {
+		bed.Stop()
+		return nil, err
+	}
+	return bed, nil
+}
+
+// ImportImages builds the busybox, pause and stateful images, from the
+// programs Prepare built into build, and imports them.
+func (b *Bed) ImportImages(build string) error {
 	busybox, err := exec.LookPath("busybox")
 	if err != nil {
 		busybox = "/bin/busybox"
@@ -63,12 +73,11 @@ func Prepare(dir, shimOptions string, handlers map[string]string, env ...string)
 			Env: []string{"CONTROL_DIR=" + StatefulControlDir, "GODEBUG=multipathtcp=0"}},
 	}
 	for _, spec := range specs {
-		if err := bed.BuildImage(spec); err != nil {
-			bed.Stop()
-			return nil, err
+		if err := b.BuildImage(spec); err != nil {
+			return err
 		}
 	}
-	return bed, nil
+	return nil
 }
 
 // Build compiles programs of this module into dir. Programs without cgo are

@@ -25,13 +25,8 @@ func (b *Bed) Stop() ([]string, error) {
 			errs = append(errs, err.Error())
 		}
 	}
-	b.daemon.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-b.exited:
-	case <-time.After(20 * time.Second):
-		b.daemon.Process.Kill()
-		<-b.exited
-		errs = append(errs, "containerd did not stop on SIGTERM within 20s")
+	if err := b.stopDaemon(); err != nil {
+		errs = append(errs, err.Error())
 	}
 	left := b.Leftovers()
 	b.forceClean()
@@ -189,8 +184,24 @@ func (b *Bed) forceClean() {
 	for _, d := range newEntries(controlRoot, b.controlBefore) {
 		os.RemoveAll(d)
 	}
-	exec.Command("ip", "link", "delete", "snaptest0").Run()
+	exec.Command("ip", "link", "delete", b.Bridge).Run()
 	os.RemoveAll(b.Dir)
+}
+
+// stopDaemon stops containerd with SIGTERM, then SIGKILL after 20 s.
+func (b *Bed) stopDaemon() error {
+	b.mu.Lock()
+	daemon, exited := b.daemon, b.exited
+	b.mu.Unlock()
+	daemon.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+		return nil
+	case <-time.After(20 * time.Second):
+		daemon.Process.Kill()
+		<-exited
+		return fmt.Errorf("containerd did not stop on SIGTERM within 20s")
+	}
 }
 
 // controlRoot is where the shim keeps per-container control directories.

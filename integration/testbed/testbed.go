@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -28,7 +29,9 @@ const (
 type Config struct {
 	// Dir holds everything the bed creates; it is removed by Stop.
 	Dir string
-	// ShimPath is the built containerd-shim-snapshot-v2.
+	// ShimPath is the built containerd-shim-snapshot-v2. Empty starts a
+	// containerd without it: no snapshot handler at all, as on a node the
+	// installer has not run on yet.
 	ShimPath string
 	// ShimOptions is the TOML body of the snapshot handler's options file.
 	ShimOptions string
@@ -40,6 +43,12 @@ type Config struct {
 	Namespace string
 	// Subnet is the CNI bridge subnet for pods.
 	Subnet string
+	// Bridge is the CNI bridge's name; a second bed next to another needs
+	// its own (Stop deletes it).
+	Bridge string
+	// ConfigFile is containerd's main config, written by the bed;
+	// Dir/config.toml unless set.
+	ConfigFile string
 }
 
 // Bed is a running private containerd.
@@ -47,8 +56,11 @@ type Bed struct {
 	Config
 	Socket      string
 	OptionsPath string
+	// mu guards daemon and exited, which a restart replaces; exited is
+	// closed when the daemon has exited.
+	mu          sync.Mutex
 	daemon      *exec.Cmd
-	exited      chan error
+	exited      chan struct{}
 	logPath     string
 	netnsBefore map[string]bool
 	// controlBefore lists the shim's control directories before the bed started.
@@ -63,6 +75,12 @@ func Start(cfg Config) (*Bed, error) {
 	}
 	if cfg.Subnet == "" {
 		cfg.Subnet = "10.88.77.0/24"
+	}
+	if cfg.Bridge == "" {
+		cfg.Bridge = "snaptest0"
+	}
+	if cfg.ConfigFile == "" {
+		cfg.ConfigFile = filepath.Join(cfg.Dir, "config.toml")
 	}
 	b := &Bed{Config: cfg, Socket: filepath.Join(cfg.Dir, "containerd.sock"),
 		OptionsPath: filepath.Join(cfg.Dir, "snapshot-options.toml"), logPath: filepath.Join(cfg.Dir, "containerd.log"),
@@ -84,9 +102,11 @@ func (b *Bed) writeConfig() error {
 	}
 	// containerd finds shims for `ctr --runtime` on its PATH: give it the
 	// built shim under its canonical name.
-	shim := filepath.Join(b.Dir, "bin", ShimBinary)
-	if err := os.Symlink(b.ShimPath, shim); err != nil && !os.IsExist(err) {
-		return err
+	if b.ShimPath != "" {
+		shim := filepath.Join(b.Dir, "bin", ShimBinary)
+		if err := os.Symlink(b.ShimPath, shim); err != nil && !os.IsExist(err) {
+			return err
+		}
 	}
 	if err := os.WriteFile(filepath.Join(b.Dir, "crictl.yaml"), []byte("runtime-endpoint: unix://"+b.Socket+"\n"), 0o600); err != nil {
 		return err
@@ -116,10 +136,32 @@ func (b *Bed) writeConfig() error {
   ConfigPath = %[4]q
 `, name, SnapshotRuntime, b.ShimPath, path)
 	}
-	return os.WriteFile(filepath.Join(b.Dir, "config.toml"), []byte(config), 0o600)
+	if err := os.MkdirAll(filepath.Dir(b.ConfigFile), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(b.ConfigFile, []byte(config), 0o600)
 }
 
+// containerdConfig is the main config: the runc handler and, with a shim,
+// the snapshot handler.
 func (b *Bed) containerdConfig() string {
+	config := b.baseConfig()
+	if b.ShimPath == "" {
+		return config
+	}
+	return config + fmt.Sprintf(`
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.snapshot]
+  runtime_type = %[1]q
+  runtime_path = %[2]q
+  pod_annotations = ["gpusnap.io/*"]
+
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.snapshot.options]
+  ConfigPath = %[3]q
+`, SnapshotRuntime, b.ShimPath, b.OptionsPath)
+}
+
+// baseConfig is everything but the snapshot handler.
+func (b *Bed) baseConfig() string {
 	return fmt.Sprintf(`version = 3
 root = %[1]q
 state = %[2]q
@@ -151,16 +193,8 @@ state = %[2]q
 
 [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
   runtime_type = %[6]q
-
-[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.snapshot]
-  runtime_type = %[7]q
-  runtime_path = %[8]q
-  pod_annotations = ["gpusnap.io/*"]
-
-[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.snapshot.options]
-  ConfigPath = %[9]q
 `, filepath.Join(b.Dir, "root"), filepath.Join(b.Dir, "state"), b.Socket, b.Socket+".ttrpc",
-		filepath.Join(b.Dir, "cni"), RuncRuntime, SnapshotRuntime, b.ShimPath, b.OptionsPath)
+		filepath.Join(b.Dir, "cni"), RuncRuntime)
 }
 
 func (b *Bed) cniConfig() string {
@@ -168,19 +202,20 @@ func (b *Bed) cniConfig() string {
   "cniVersion": "1.0.0",
   "name": "snapshot-test",
   "plugins": [{
-    "type": "bridge", "bridge": "snaptest0", "isGateway": true, "ipMasq": false,
+    "type": "bridge", "bridge": %q, "isGateway": true, "ipMasq": false,
     "ipam": {"type": "host-local", "ranges": [[{"subnet": %q}]], "dataDir": %q}
   }]
-}`, b.Subnet, filepath.Join(b.Dir, "ipam"))
+}`, b.Bridge, b.Subnet, filepath.Join(b.Dir, "ipam"))
 }
 
 func (b *Bed) startDaemon() error {
-	logf, err := os.Create(b.logPath)
+	// Appended to: a restarted containerd logs after the one before.
+	logf, err := os.OpenFile(b.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command("containerd", "--config", filepath.Join(b.Dir, "config.toml"), "--log-level", "debug")
+	cmd := exec.Command("containerd", "--config", b.ConfigFile, "--log-level", "debug")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(append(os.Environ(), b.Env...), "PATH="+filepath.Join(b.Dir, "bin")+":"+os.Getenv("PATH"))
 	// Pdeathsig: a killed test run must not leave its containerd behind.
@@ -188,20 +223,24 @@ func (b *Bed) startDaemon() error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("starting containerd: %w", err)
 	}
-	b.daemon, b.exited = cmd, make(chan error, 1)
-	go func() { b.exited <- cmd.Wait() }()
+	exited := make(chan struct{})
+	var waitErr error
+	b.mu.Lock()
+	b.daemon, b.exited = cmd, exited
+	b.mu.Unlock()
+	go func() { waitErr = cmd.Wait(); close(exited) }()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
-		case err := <-b.exited:
-			return fmt.Errorf("containerd exited (%v); log:\n%s", err, b.Log())
+		case <-exited:
+			return fmt.Errorf("containerd exited (%v); log:\n%s", waitErr, b.Log())
 		case <-time.After(200 * time.Millisecond):
 		}
 		if _, err := b.Ctr("version"); err == nil {
 			return nil
 		}
 	}
-	b.daemon.Process.Kill()
+	cmd.Process.Kill()
 	return fmt.Errorf("containerd did not answer within 30s; log:\n%s", b.Log())
 }
 
