@@ -80,12 +80,6 @@ type SigningKey struct {
 	Path string
 }
 
-// Public is the key's public half, as a node that trusts it holds it.
-func (k *SigningKey) Public() *PublicKey {
-	pub := k.key.Public().(ed25519.PublicKey)
-	return &PublicKey{Key: pub, ID: k.ID, Path: k.Path}
-}
-
 // GenerateKeyPair makes a new signing key: the private key PEM-encoded as
 // PKCS#8 ("PRIVATE KEY"), the public key as PKIX ("PUBLIC KEY"), the formats
 // openssl reads and writes for ed25519, and the public key's id.

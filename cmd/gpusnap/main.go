@@ -1,7 +1,8 @@
 // Command gpusnap is the operator's view of a checkpoint store and of a
 // node's readiness for the snapshot shim: list, inspect, verify, remove and
-// prune checkpoints, and check the node with doctor. It reads the same store
-// the shim writes, so it never needs the shim or containerd to be running.
+// prune checkpoints, make signing keys with keygen, and check the node with
+// doctor. It reads the same store the shim writes, so it never needs the
+// shim or containerd to be running.
 package main
 
 import (
