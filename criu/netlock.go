@@ -14,13 +14,16 @@ import (
 // marked by CRIU until the dump ends.
 const lockChain = "CRIU"
 
-// UnlockNetwork removes CRIU's network lock from the network namespace of
-// pid. CRIU removes it itself at the end of a dump, but a CRIU killed
-// mid-dump leaves it, and the container stays cut off from its network
-// (connections time out). It does nothing where no lock is left.
-func UnlockNetwork(pid int) error {
+// UnlockNetwork removes CRIU's network lock from the network namespace at
+// netns (a /proc/<pid>/ns/net or a bind-mounted namespace's path). CRIU
+// removes it itself at the end of a dump or restore, but a CRIU killed
+// midway leaves it, and the namespace stays cut off from its network
+// (connections time out): the container that was dumped, or the pod whose
+// namespace the cold start after a failed restore joins. It does nothing
+// where no lock is left.
+func UnlockNetwork(netns string) error {
 	for _, tool := range []string{"iptables", "ip6tables"} {
-		if !inNetns(pid, tool, "-w", "-S", lockChain) {
+		if !inNetns(netns, tool, "-w", "-S", lockChain) {
 			continue
 		}
 		for _, args := range [][]string{
@@ -29,19 +32,22 @@ func UnlockNetwork(pid int) error {
 			{"-w", "-F", lockChain},
 			{"-w", "-X", lockChain},
 		} {
-			if out, err := reaped.CombinedOutput(netnsCommand(pid, tool, args...)); err != nil {
-				return fmt.Errorf("removing CRIU's network lock (%s %s) in the network namespace of pid %d: %v: %s",
-					tool, strings.Join(args, " "), pid, err, out)
+			if out, err := reaped.CombinedOutput(netnsCommand(netns, tool, args...)); err != nil {
+				return fmt.Errorf("removing CRIU's network lock (%s %s) in network namespace %s: %v: %s",
+					tool, strings.Join(args, " "), netns, err, out)
 			}
 		}
 	}
 	return nil
 }
 
-func inNetns(pid int, tool string, args ...string) bool {
-	return reaped.Run(netnsCommand(pid, tool, args...)) == nil
+func inNetns(netns, tool string, args ...string) bool {
+	return reaped.Run(netnsCommand(netns, tool, args...)) == nil
 }
 
-func netnsCommand(pid int, tool string, args ...string) *exec.Cmd {
-	return exec.Command("nsenter", append([]string{"--net=/proc/" + strconv.Itoa(pid) + "/ns/net", tool}, args...)...)
+func netnsCommand(netns, tool string, args ...string) *exec.Cmd {
+	return exec.Command("nsenter", append([]string{"--net=" + netns, tool}, args...)...)
 }
+
+// ProcNetns is the path of pid's network namespace.
+func ProcNetns(pid int) string { return "/proc/" + strconv.Itoa(pid) + "/ns/net" }

@@ -61,7 +61,7 @@ func runStateful(t *testing.T, id, optionsPath string, env ...string) {
 // podNetns creates a network namespace for one test container.
 func podNetns(t *testing.T, id string) string {
 	t.Helper()
-	path, remove, err := testbed.Netns("snaptest-" + id)
+	path, remove, err := testbed.Netns(testbed.NetnsPrefix + id)
 	if err != nil {
 		t.Fatal(err)
 	}

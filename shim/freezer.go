@@ -44,7 +44,7 @@ func runcRoot(c *container) string { return filepath.Join(process.RuncRoot, c.na
 // client had paused the container, the frozen state the client will resume.
 func (s *Service) recoverFailedCheckpoint(ctx context.Context, c *container, wasPaused bool) {
 	if st, err := s.TTRPCTaskService.State(ctx, &taskAPI.StateRequest{ID: c.id}); err == nil && st.Pid > 0 {
-		if err := criu.UnlockNetwork(int(st.Pid)); err != nil {
+		if err := criu.UnlockNetwork(criu.ProcNetns(int(st.Pid))); err != nil {
 			log.G(ctx).WithError(err).WithField("id", c.id).Error("snapshot: container may stay cut off from its network")
 		}
 	}

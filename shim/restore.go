@@ -319,11 +319,15 @@ func (s *Service) killRestored(ctx context.Context, c *container) {
 
 // coldStart replaces a container whose restore failed by a fresh one: the
 // runc shim deletes the created-from-checkpoint container (unmounting its
-// rootfs), the rootfs diff is wiped from the writable layer, and the
-// original request is created and started without a checkpoint.
+// rootfs), whatever a dead CRIU left is removed, the rootfs diff is wiped
+// from the writable layer, and the original request is created and started
+// without a checkpoint.
 func (s *Service) coldStart(ctx context.Context, c *container, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
 	if _, err := s.TTRPCTaskService.Delete(ctx, &taskAPI.DeleteRequest{ID: c.id}); err != nil {
 		return nil, fmt.Errorf("cleaning up after a failed restore: %w", err)
+	}
+	if err := removeCRIULeftovers(ctx, c); err != nil {
+		return nil, err
 	}
 	if err := clearWritableLayer(c.rootfs); err != nil {
 		return nil, fmt.Errorf("cleaning up after a failed restore: %w", err)

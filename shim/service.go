@@ -199,6 +199,11 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 // checkpoint runs the checkpoint flow for one of this shim's containers,
 // recording each phase's duration in phases.
 func (s *Service) checkpoint(ctx context.Context, c *container, r *taskAPI.CheckpointTaskRequest, phases map[string]float64) (*ptypes.Empty, error) {
+	// A missing or too old CRIU is refused before anything is frozen,
+	// checkpointed on the GPU or dumped.
+	if _, err := nodeFingerprint(c.options); err != nil {
+		return nil, fmt.Errorf("checkpoint refused: %w", err)
+	}
 	if err := prepareCRIUConfigForDump(c, r); err != nil {
 		return nil, fmt.Errorf("writing the CRIU configuration: %w", err)
 	}
@@ -250,6 +255,13 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		s.mu.Unlock()
 		if c != nil && c.stopWatch != nil {
 			c.stopWatch()
+		}
+		if c != nil && c.plan != nil && !c.restored {
+			// A restore that failed under restore = required: containerd
+			// deletes the task, and what a dead CRIU left goes with it.
+			if err := removeCRIULeftovers(ctx, c); err != nil {
+				log.G(ctx).WithError(err).WithField("id", r.ID).Error("snapshot: a failed restore left something behind")
+			}
 		}
 		removeControlDir(ctx, r.ID)
 	}

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/images"
 )
@@ -143,5 +144,27 @@ func Netns(name string) (string, func(), error) {
 			return "", nil, fmt.Errorf("ip %v: %v: %s", args, err, out)
 		}
 	}
+	madeNetns.Store(name, true)
 	return "/run/netns/" + name, func() { exec.Command("ip", "netns", "delete", name).Run() }, nil
 }
+
+// madeNetns holds the names Netns created in this process. Test beds of
+// other processes (a second suite running beside this one) make theirs
+// with the same prefix; a bed must neither report nor remove those.
+var madeNetns sync.Map
+
+// ownsNetns reports whether network namespace ns, new since the bed
+// started, belongs to this bed: made here by Netns, or made by this bed's
+// containerd for a CRI pod (any name other than Netns's prefix).
+func (b *Bed) ownsNetns(ns string) bool {
+	if b.netnsBefore[ns] {
+		return false
+	}
+	if _, mine := madeNetns.Load(ns); mine {
+		return true
+	}
+	return !strings.HasPrefix(ns, NetnsPrefix)
+}
+
+// NetnsPrefix starts the name of every namespace the tests make with Netns.
+const NetnsPrefix = "snaptest-"

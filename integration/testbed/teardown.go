@@ -81,7 +81,7 @@ func (b *Bed) Leftovers() []string {
 		left = append(left, "mount "+m)
 	}
 	for ns := range netnsNames() {
-		if !b.netnsBefore[ns] {
+		if b.ownsNetns(ns) {
 			left = append(left, "network namespace /run/netns/"+ns)
 		}
 	}
@@ -164,7 +164,7 @@ func (b *Bed) forceClean() {
 		syscall.Unmount(mounts[i], syscall.MNT_DETACH)
 	}
 	for ns := range netnsNames() {
-		if !b.netnsBefore[ns] {
+		if b.ownsNetns(ns) {
 			syscall.Unmount(filepath.Join("/run/netns", ns), syscall.MNT_DETACH)
 			os.Remove(filepath.Join("/run/netns", ns))
 		}

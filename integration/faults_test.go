@@ -1,0 +1,242 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/testbed"
+)
+
+// Faults during restore. Each case ends with the workload either restored
+// or cleanly cold-started as the handler says, the reason recorded, and
+// nothing of the failed attempt left on the node (leftoversOf).
+
+// TestCRIUKilledMidRestore: CRIU killed with SIGKILL while it restores.
+// runc's restore fails, the shim deletes the half-restored container and
+// cold-starts it (restore = auto).
+func TestCRIUKilledMidRestore(t *testing.T) {
+	opts, store := handlerOptions(t, "")
+	const src, id = "rfault-criu-src", "rfault-criu-killed"
+	runStateful(t, src, opts, "STATE_MB=768")
+	before := waitWarm(t, src, 5)
+	if out, err := bed.Ctr("tasks", "checkpoint", src); err != nil {
+		t.Fatalf("checkpoint: %v: %s", err, out)
+	}
+	// A CRIU restore of 768 MiB takes about a second here; kill it early.
+	withBedFile(t, testbed.CRIUKillFile, "0.3", func() { runStateful(t, id, opts, "STATE_MB=768") })
+	st := statusOf(t, id)
+	if st["decision"] == "restored" {
+		t.Skip("the restore finished within 0.3 s, before CRIU was killed")
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("containerd's log of %s:\n%s", id, logOf(id))
+		}
+	})
+	got := waitWarm(t, id, 0)
+	if reason := fmt.Sprint(st["reason"]); st["decision"] != "cold-start" || !strings.Contains(reason, "restor") {
+		t.Fatalf("status after CRIU was killed mid-restore: %v", st)
+	}
+	if got.Count >= before.Count || got.Child != "alive" {
+		t.Fatalf("cold start %+v carries restored state (checkpoint at %+v) or lost its child", got, before)
+	}
+	assertColdStartOnly(t, id)
+	if n := len(checkpoints(t, store)); n != 1 {
+		t.Fatalf("store holds %d checkpoints after a failed restore; want the one it had", n)
+	}
+}
+
+// TestShimKilledMidRestore: the shim killed with SIGKILL while CRIU
+// restores (held back 3 s by the bed's CRIU wrapper). containerd reports the
+// failed start and cleans the task up; nothing of the attempt may survive
+// (runc runs with a parent-death signal, CRIU loses its runc), and the next
+// container of the spec restores from the untouched checkpoint.
+func TestShimKilledMidRestore(t *testing.T) {
+	opts, store := handlerOptions(t, "")
+	before := checkpointWarm(t, "rfault-shim-src", opts, store)
+	const id = "rfault-shim-killed"
+	var runErr error
+	withBedFile(t, testbed.CRIUDelayFile, "3", func() {
+		done := make(chan error, 1)
+		go func() {
+			_, err := bed.Ctr("run", "-d", "--runtime", testbed.SnapshotRuntime, "--runtime-config-path", opts,
+				"--with-ns", "network:"+podNetns(t, id), statefulRef, id)
+			done <- err
+		}()
+		killShimOnceCRIURuns(t, id)
+		runErr = <-done
+	})
+	t.Cleanup(func() {
+		bed.Ctr("tasks", "delete", "--force", id)
+		bed.Ctr("containers", "delete", id)
+	})
+	if runErr == nil {
+		t.Fatal("ctr run succeeded although its shim was killed mid-restore")
+	}
+	t.Logf("ctr run failed as expected: %v", runErr)
+	waitNoLeftovers(t, id, 15*time.Second)
+	if cks := checkpoints(t, store); len(cks) != 1 || cks[0].Err != nil {
+		t.Fatalf("the checkpoint did not survive the killed restore intact: %+v", cks)
+	}
+	runStateful(t, id+"-again", opts)
+	got := waitWarm(t, id+"-again", 0)
+	if st := statusOf(t, id+"-again"); st["decision"] != "restored" || got.Count < before.Count {
+		t.Fatalf("next container of the spec: status %v, answer %+v, checkpoint at %+v", st, got, before)
+	}
+}
+
+// TestStoreRemovedMidRestore: the checkpoint's directory disappears after
+// verification, while CRIU is about to read it (an admin's rm, an NFS
+// export gone). CRIU's restore fails, and the container cold-starts with the
+// reason recorded.
+func TestStoreRemovedMidRestore(t *testing.T) {
+	opts, store := handlerOptions(t, "")
+	before := checkpointWarm(t, "rfault-store-src", opts, store)
+	ck := checkpoints(t, store)[0]
+	const id = "rfault-store-removed"
+	withBedFile(t, testbed.CRIUDelayFile, "2", func() {
+		go func() {
+			time.Sleep(1 * time.Second)
+			os.RemoveAll(ck.Dir)
+		}()
+		runStateful(t, id, opts)
+	})
+	got := waitWarm(t, id, 0)
+	st := statusOf(t, id)
+	if st["decision"] != "cold-start" || got.Count >= before.Count {
+		t.Fatalf("restore from a removed checkpoint: status %v, answer %+v", st, got)
+	}
+	t.Logf("reason: %v", st["reason"])
+	assertColdStartOnly(t, id)
+}
+
+// TestCRIUMissingOrTooOld: a handler whose CRIU is missing or older than
+// the shim supports refuses restores (cold start, reason naming the binary
+// and the version) and checkpoints (an error before anything is frozen or
+// dumped; the container keeps running and the store stays empty).
+func TestCRIUMissingOrTooOld(t *testing.T) {
+	opts, store := handlerOptions(t, "")
+	checkpointWarm(t, "rfault-criu-src", opts, store)
+	old := filepath.Join(t.TempDir(), "criu")
+	if err := os.WriteFile(old, []byte("#!/bin/sh\necho 'Version: 3.17'\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, criu, want string }{
+		{"missing", "/nonexistent/sbin/criu", "/nonexistent/sbin/criu"},
+		{"too-old", old, "3.17"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			bad := filepath.Join(dir, "handler.toml")
+			os.WriteFile(bad, []byte(fmt.Sprintf("store = %q\ncontrol_dir = %q\ncriu_path = %q\n", store, controlDir, tc.criu)), 0o600)
+			id := "rfault-criu-" + tc.name
+			runStateful(t, id, bad)
+			got := waitWarm(t, id, 0)
+			st := statusOf(t, id)
+			if reason := fmt.Sprint(st["reason"]); st["decision"] != "cold-start" || !strings.Contains(reason, tc.want) {
+				t.Fatalf("restore with CRIU %s: status %v, answer %+v", tc.name, st, got)
+			}
+			_, err := bed.Ctr("tasks", "checkpoint", id)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("checkpoint with CRIU %s: want an error naming %q, got %v", tc.name, tc.want, err)
+			}
+			if n := len(checkpoints(t, store)); n != 1 {
+				t.Fatalf("store holds %d checkpoints; the refused checkpoint must add none", n)
+			}
+			if after := waitWarm(t, id, got.Count+1); after.Child != "alive" || taskStatus(id) != "RUNNING" {
+				t.Fatalf("container after the refused checkpoint: %+v, task %s", after, taskStatus(id))
+			}
+		})
+	}
+}
+
+// withBedFile creates one of the bed's fault-injection files for the
+// duration of f.
+func withBedFile(t *testing.T, name, content string, f func()) {
+	t.Helper()
+	p := filepath.Join(bed.Dir, name)
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(p)
+	f()
+}
+
+// killShimOnceCRIURuns waits for the restore's CRIU of container id to start
+// (held in the bed's wrapper) and kills the container's shim.
+func killShimOnceCRIURuns(t *testing.T, id string) {
+	t.Helper()
+	pattern := "containerd-shim-snapshot-v2 .*-id " + id + "( |$)"
+	wrapper := filepath.Join(bed.Dir, "bin", "criu") + " swrk"
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if exec.Command("pgrep", "-f", wrapper).Run() == nil && exec.Command("pgrep", "-f", pattern).Run() == nil {
+			time.Sleep(500 * time.Millisecond)
+			if out, err := exec.Command("pkill", "-KILL", "-f", pattern).CombinedOutput(); err != nil {
+				t.Fatalf("no shim of %s to kill: %v: %s", id, err, out)
+			}
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("the restore of %s never reached CRIU", id)
+}
+
+// leftoversOf lists what the bed still holds of container id: its mounts,
+// cgroups (which hold any process CRIU restored), shim processes, control
+// directory and sockets, plus any runc still working on it.
+func leftoversOf(id string) []string {
+	var left []string
+	for _, l := range bed.Leftovers() {
+		// The network namespace is the test's own (podNetns).
+		if strings.Contains(l, id) && !strings.HasPrefix(l, "network namespace ") {
+			left = append(left, l)
+		}
+	}
+	out, _ := exec.Command("pgrep", "-a", "-f", "runc .* "+id+"( |$)").Output()
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if l != "" {
+			left = append(left, "process "+l)
+		}
+	}
+	return left
+}
+
+// waitNoLeftovers waits until nothing of container id is left on the node.
+func waitNoLeftovers(t *testing.T, id string, within time.Duration) {
+	t.Helper()
+	var left []string
+	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if left = leftoversOf(id); len(left) == 0 {
+			return
+		}
+	}
+	t.Fatalf("left behind by %s:\n%s", id, strings.Join(left, "\n"))
+}
+
+// assertColdStartOnly checks that a container that fell back runs exactly
+// the cold start's two processes (the workload and its child): nothing of
+// the failed restore joined it.
+func assertColdStartOnly(t *testing.T, id string) {
+	t.Helper()
+	if out, _ := bed.Ctr("tasks", "ps", id); strings.Count(out, "\n") != 3 {
+		t.Fatalf("want the cold start's two processes only, ctr tasks ps says:\n%s", out)
+	}
+}
+
+// logOf returns the lines of containerd's log (shims included) that name
+// container id.
+func logOf(id string) string {
+	var lines []string
+	for _, l := range strings.Split(bed.Log(), "\n") {
+		if strings.Contains(l, id) {
+			lines = append(lines, l)
+		}
+	}
+	return strings.Join(lines, "\n")
+}
