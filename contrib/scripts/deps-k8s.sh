@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # deps-k8s.sh installs a real single-node Kubernetes control plane for
-# integration/kube: kube-apiserver and kubelet built from the Go module proxy,
-# and etcd 3.5 from Debian trixie's etcd-server package.
+# integration/kube: kube-apiserver, kubelet, kube-scheduler and
+# kube-controller-manager built from the Go module proxy, and etcd 3.5 from
+# Debian trixie's etcd-server package.
 #
-# kube-apiserver and kubelet are built inside a scratch module that requires
+# The kubernetes binaries are built inside a scratch module that requires
 # k8s.io/kubernetes and replaces each staging module (the `=> ./staging/...`
 # lines of kubernetes' own go.mod, read from the module cache) with its
 # published v0.X.Y release, since the module zip does not carry staging/.
@@ -34,13 +35,21 @@ archive_uri() {
     awk '/^URIs:/ && $2 !~ /security/ {print $2}' | head -n1 || true
 }
 
-# build_kube builds kube-apiserver and kubelet in one go build invocation
-# (they share most packages) and caches them as NAME-VERSION.
+# KUBE_BINARIES are the kubernetes commands built, each from
+# k8s.io/kubernetes/cmd/NAME and cached as NAME-VERSION: the apiserver and
+# kubelet, and the scheduler and controller-manager so that Deployments
+# (ReplicaSets, scheduling) work in the test cluster.
+KUBE_BINARIES=(kube-apiserver kubelet kube-scheduler kube-controller-manager)
+
+# build_kube builds the binaries of KUBE_BINARIES that are not cached yet,
+# one go build each so the log says what each took (they share most
+# packages through the build cache: the first one pays for most of them).
 build_kube() {
-  local apiserver=$CACHE/bin/kube-apiserver-$K8S_VERSION kubelet=$CACHE/bin/kubelet-$K8S_VERSION
-  if [[ -x $apiserver && -x $kubelet ]]; then
-    return
-  fi
+  local missing=() name
+  for name in "${KUBE_BINARIES[@]}"; do
+    [[ -x $CACHE/bin/$name-$K8S_VERSION ]] || missing+=("$name")
+  done
+  ((${#missing[@]} > 0)) || return 0
   local m=$CACHE/build-$K8S_VERSION
   rm -rf "$m" && mkdir -p "$m/out"
   log "kubernetes $K8S_VERSION: preparing the scratch module"
@@ -60,7 +69,13 @@ build_kube() {
       edits+=(-replace "$mod=$mod@$STAGING_VERSION")
     done
     go mod edit "${edits[@]}"
-    printf 'package k8sbuild\n\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n\t_ "k8s.io/kubernetes/cmd/kubelet/app"\n)\n' >tools.go
+    {
+      printf 'package k8sbuild\n\nimport (\n'
+      for name in "${KUBE_BINARIES[@]}"; do
+        printf '\t_ "k8s.io/kubernetes/cmd/%s/app"\n' "$name"
+      done
+      printf ')\n'
+    } >tools.go
     go mod tidy >mod.log 2>&1 || { tail -30 mod.log >&2; exit 1; }
     # Version stamps, as kubernetes' hack/lib/version.sh sets them.
     local minor=${K8S_VERSION#v1.}
@@ -70,15 +85,18 @@ build_kube() {
       ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
       ldflags+=" -X $pkg.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
     done
-    log "kubernetes $K8S_VERSION: building kube-apiserver and kubelet (about 7 minutes on an idle 2-core machine)"
-    local start=$SECONDS
-    CGO_ENABLED=0 go build -trimpath -ldflags="$ldflags" -o out/ \
-      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubelet >build.log 2>&1 ||
-      { tail -30 build.log >&2; exit 1; }
-    log "kubernetes $K8S_VERSION: built in $((SECONDS - start)) s"
+    local start
+    for name in "${missing[@]}"; do
+      log "kubernetes $K8S_VERSION: building $name (the first one about 7 minutes on an idle 2-core machine)"
+      start=$SECONDS
+      CGO_ENABLED=0 go build -trimpath -ldflags="$ldflags" -o out/ "k8s.io/kubernetes/cmd/$name" >"build-$name.log" 2>&1 ||
+        { tail -30 "build-$name.log" >&2; exit 1; }
+      log "kubernetes $K8S_VERSION: $name built in $((SECONDS - start)) s"
+    done
   )
-  install -m 0755 "$m/out/kube-apiserver" "$apiserver"
-  install -m 0755 "$m/out/kubelet" "$kubelet"
+  for name in "${missing[@]}"; do
+    install -m 0755 "$m/out/$name" "$CACHE/bin/$name-$K8S_VERSION"
+  done
   rm -rf "$m"
 }
 
@@ -129,11 +147,13 @@ check() {
 start=$SECONDS
 build_kube
 fetch_etcd
-install_bin "$CACHE/bin/kube-apiserver-$K8S_VERSION" kube-apiserver
-install_bin "$CACHE/bin/kubelet-$K8S_VERSION" kubelet
+for name in "${KUBE_BINARIES[@]}"; do
+  install_bin "$CACHE/bin/$name-$K8S_VERSION" "$name"
+done
 install_bin "$CACHE/bin/etcd-$ETCD_VERSION" etcd
 log "versions:"
-check kube-apiserver "Kubernetes $K8S_VERSION"
-check kubelet "Kubernetes $K8S_VERSION"
+for name in "${KUBE_BINARIES[@]}"; do
+  check "$name" "Kubernetes $K8S_VERSION"
+done
 check etcd "etcd Version: $ETCD_VERSION"
 log "done in $((SECONDS - start)) s"

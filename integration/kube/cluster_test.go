@@ -3,6 +3,7 @@ package kube
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -28,7 +29,8 @@ import (
 )
 
 const (
-	// nodeName is the kubelet's node; test pods set it (no scheduler runs).
+	// nodeName is the kubelet's node: the scheduler binds pods to it, and
+	// pods may set it themselves.
 	nodeName = "snapshot-node"
 	// handler is the bed's containerd runtime handler for this shim, and the
 	// RuntimeClass that names it (contrib/kubernetes/runtimeclass.yaml).
@@ -47,11 +49,11 @@ const (
 var kubeletSysctls = []string{"vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
 	"kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes"}
 
-// Cluster is a single-node Kubernetes on a test bed: etcd, kube-apiserver
-// and a kubelet whose container runtime is the bed's containerd (CRI).
-// There is no scheduler and no controller-manager: pods set nodeName, and
-// the test creates what the controllers would (the default ServiceAccount,
-// the kube-root-ca.crt ConfigMap).
+// Cluster is a single-node Kubernetes on a test bed: etcd, kube-apiserver,
+// kube-controller-manager, kube-scheduler and a kubelet whose container
+// runtime is the bed's containerd (CRI). Deployments work as on a cluster:
+// the controller-manager makes their ReplicaSets' pods, the scheduler binds
+// them to the node.
 type Cluster struct {
 	Dir         string
 	Bed         *testbed.Bed
@@ -61,7 +63,7 @@ type Cluster struct {
 	// PodLogs is the kubelet's podLogsDir.
 	PodLogs string
 
-	etcd, apiserver, kubelet *proc
+	etcd, apiserver, controllerManager, scheduler, kubelet *proc
 	// What the kubelet may change outside its root directory, as it was.
 	sysctls              map[string]string
 	logLinksBefore       map[string]bool
@@ -223,7 +225,7 @@ func StartCluster(dir string, bed *testbed.Bed) (_ *Cluster, err error) {
 		}
 	}()
 	ports := map[string]int{}
-	for _, name := range []string{"etcd-client", "etcd-peer", "apiserver", "kubelet"} {
+	for _, name := range []string{"etcd-client", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kubelet"} {
 		if ports[name], err = freePort(); err != nil {
 			return nil, err
 		}
@@ -253,6 +255,15 @@ func StartCluster(dir string, bed *testbed.Bed) (_ *Cluster, err error) {
 		return nil, err
 	}
 	admin, err := pki.issue("admin", "snapshot-test-admin", []string{"system:masters"})
+	if err != nil {
+		return nil, err
+	}
+	// The users the RBAC bootstrap policy gives their components' roles.
+	controllerManager, err := pki.issue("controller-manager", "system:kube-controller-manager", nil)
+	if err != nil {
+		return nil, err
+	}
+	scheduler, err := pki.issue("scheduler", "system:kube-scheduler", nil)
 	if err != nil {
 		return nil, err
 	}
@@ -321,9 +332,10 @@ func StartCluster(dir string, bed *testbed.Bed) (_ *Cluster, err error) {
 		return nil, err
 	}
 
-	// What the controller-manager would create: the default ServiceAccount
-	// (pods are refused without it) and the root CA bundle that the
-	// kubelet projects into each pod's service account volume.
+	// What the controller-manager creates, created here at once so pods
+	// need not wait for it: the default ServiceAccount (pods are refused
+	// without it) and the root CA bundle that the kubelet projects into
+	// each pod's service account volume.
 	if _, err := c.Client.CoreV1().ServiceAccounts("default").Create(ctx,
 		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return nil, fmt.Errorf("creating the default ServiceAccount: %w", err)
@@ -347,6 +359,10 @@ func StartCluster(dir string, bed *testbed.Bed) (_ *Cluster, err error) {
 	}
 	if _, err := c.Client.NodeV1().RuntimeClasses().Create(ctx, rc, metav1.CreateOptions{}); err != nil {
 		return nil, fmt.Errorf("creating RuntimeClass %s: %w", rc.Name, err)
+	}
+
+	if err := c.startControllers(server, pki, saKey, controllerManager, scheduler, ports["controller-manager"], ports["scheduler"]); err != nil {
+		return nil, err
 	}
 
 	kubeconfig := filepath.Join(dir, "kubelet.kubeconfig")
@@ -386,6 +402,59 @@ func StartCluster(dir string, bed *testbed.Bed) (_ *Cluster, err error) {
 		return nil, fmt.Errorf("labelling the node: %w", err)
 	}
 	return c, nil
+}
+
+// startControllers starts kube-controller-manager and kube-scheduler on
+// loopback, each with its own kubeconfig and client certificate of the
+// cluster's CA, and waits until both answer /healthz. The controller-manager
+// runs its controllers under their own service accounts, as kubeadm sets it
+// up, signing their tokens with the apiserver's service account key.
+func (c *Cluster) startControllers(server string, pki *pki, saKey string, cm, sched keyPair, cmPort, schedPort int) error {
+	cmConfig := filepath.Join(c.Dir, "controller-manager.kubeconfig")
+	if err := pki.kubeconfig(cmConfig, server, cm); err != nil {
+		return err
+	}
+	schedConfig := filepath.Join(c.Dir, "scheduler.kubeconfig")
+	if err := pki.kubeconfig(schedConfig, server, sched); err != nil {
+		return err
+	}
+	var err error
+	c.controllerManager, err = startProc("kube-controller-manager", filepath.Join(c.Dir, "kube-controller-manager.log"), "kube-controller-manager",
+		"--kubeconfig", cmConfig, "--authentication-kubeconfig", cmConfig, "--authorization-kubeconfig", cmConfig,
+		"--bind-address", "127.0.0.1", "--secure-port", fmt.Sprint(cmPort), "--cert-dir", filepath.Join(c.Dir, "controller-manager-certs"),
+		"--leader-elect=false", "--use-service-account-credentials",
+		"--service-account-private-key-file", saKey, "--root-ca-file", pki.CAFile,
+		"--profiling=false", "--v=1")
+	if err != nil {
+		return err
+	}
+	c.scheduler, err = startProc("kube-scheduler", filepath.Join(c.Dir, "kube-scheduler.log"), "kube-scheduler",
+		"--kubeconfig", schedConfig, "--authentication-kubeconfig", schedConfig, "--authorization-kubeconfig", schedConfig,
+		"--bind-address", "127.0.0.1", "--secure-port", fmt.Sprint(schedPort), "--cert-dir", filepath.Join(c.Dir, "scheduler-certs"),
+		"--leader-elect=false", "--profiling=false", "--v=1")
+	if err != nil {
+		return err
+	}
+	// Their serving certificates are self-signed (--cert-dir); /healthz
+	// needs no client certificate.
+	insecure := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	for _, h := range []struct {
+		p    *proc
+		port int
+	}{{c.controllerManager, cmPort}, {c.scheduler, schedPort}} {
+		url := fmt.Sprintf("https://127.0.0.1:%d/healthz", h.port)
+		if err := waitUntil(h.p, 90*time.Second, 250*time.Millisecond, h.p.name+" /healthz", func() (bool, error) {
+			resp, err := insecure.Get(url)
+			if err != nil {
+				return false, err
+			}
+			defer resp.Body.Close()
+			return resp.StatusCode == http.StatusOK, fmt.Errorf("/healthz: %s", resp.Status)
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // kubeletConfig is the KubeletConfiguration for this machine (see
@@ -510,6 +579,13 @@ func (c *Cluster) Leftovers() []string {
 // kubelet left behind (before cleaning it) and any error stopping.
 func (c *Cluster) Stop() ([]string, error) {
 	var errs []string
+	// The controllers go first, so that no ReplicaSet makes new pods
+	// while the pods are deleted.
+	for _, p := range []*proc{c.controllerManager, c.scheduler} {
+		if err := p.stop(20 * time.Second); err != nil {
+			errs = append(errs, err.Error())
+		}
+	}
 	if c.apiserver != nil && c.kubelet != nil && c.apiserver.running() == nil && c.kubelet.running() == nil {
 		ctx := context.Background()
 		if err := c.DeleteAllPods(ctx, 2*time.Minute); err != nil {
@@ -560,7 +636,7 @@ func (c *Cluster) Stop() ([]string, error) {
 
 // printLogs prints the tails of the cluster's logs, for failed runs.
 func (c *Cluster) printLogs() {
-	for _, p := range []*proc{c.kubelet, c.apiserver} {
+	for _, p := range []*proc{c.kubelet, c.apiserver, c.controllerManager, c.scheduler} {
 		if p != nil {
 			fmt.Fprintf(os.Stderr, "kube: last lines of %s:\n%s\n", p.logPath, tail(p.logPath, 30))
 		}

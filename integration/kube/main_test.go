@@ -1,6 +1,7 @@
 // Package kube runs the shim under a real single-node Kubernetes: etcd,
-// kube-apiserver and a kubelet (built by `make deps-k8s`) on a private
-// containerd test bed (integration/testbed). Pods select the shim through
+// kube-apiserver, kube-controller-manager, kube-scheduler and a kubelet
+// (built by `make deps-k8s`) on a private containerd test bed
+// (integration/testbed). Pods select the shim through
 // the RuntimeClass of contrib/kubernetes, as they would on a cluster; the
 // kubelet drives containerd's CRI, which starts this shim.
 //
@@ -81,7 +82,7 @@ func checkPrerequisites() error {
 		return fmt.Errorf("must run as root")
 	}
 	for _, tool := range []string{"containerd", "ctr", "crictl", "runc", "criu", "containerd-shim-runc-v2", "go",
-		"etcd", "kube-apiserver", "kubelet"} {
+		"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%s not found in PATH", tool)
 		}

@@ -25,8 +25,8 @@ import (
 const hostControl = "/run/containerd-shim-snapshot"
 
 // statefulPod is a pod of the stateful workload through RuntimeClass
-// snapshot, bound to the node (no scheduler), using the locally imported
-// image.
+// snapshot, bound to the node by itself (nodeName, no scheduling), using
+// the locally imported image.
 func statefulPod(name string, env ...corev1.EnvVar) *corev1.Pod {
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", Labels: map[string]string{"app": "stateful"}},
