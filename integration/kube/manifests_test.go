@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -44,17 +46,31 @@ func (w *warnings) take() []string {
 	return m
 }
 
-// TestManifestsServerDryRun sends every document of contrib/kubernetes/*.yaml
-// to the running kube-apiserver as a server-side dry run with strict field
-// validation: defaulting, validation and admission (RuntimeClass, Pod
-// Security, Priority, ...) run as for `kubectl apply --dry-run=server`, and
-// nothing is stored. Objects that already exist (the RuntimeClass the test
-// cluster uses, the namespace) are dry-run updated instead.
-func TestManifestsServerDryRun(t *testing.T) {
+// dryRunner sends objects to the running kube-apiserver as server-side dry
+// runs with strict field validation: defaulting, validation and admission
+// (RuntimeClass, Pod Security, Priority, ...) run as for `kubectl apply
+// --dry-run=server`, and nothing is stored.
+type dryRunner struct {
+	dyn      dynamic.Interface
+	mapper   *restmapper.DeferredDiscoveryRESTMapper
+	warnings *warnings
+	// created are the objects dry-run created (not updated), which must
+	// not exist afterwards.
+	created []dryRun
+}
+
+// dryRun is one object sent as a dry-run create.
+type dryRun struct {
+	name   string
+	client dynamic.ResourceInterface
+}
+
+func newDryRunner(t *testing.T) *dryRunner {
+	t.Helper()
 	ctx := context.Background()
 	// Namespaced manifests need their namespace to exist, for real.
 	if _, err := cluster.Client.CoreV1().Namespaces().Create(ctx,
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "gpusnap-system"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: manifestNamespace}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
 	w := &warnings{}
@@ -65,11 +81,76 @@ func TestManifestsServerDryRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(cluster.Client.Discovery()))
+	return &dryRunner{dyn: dyn, mapper: mapper, warnings: w}
+}
 
+// run dry-runs obj in a subtest of its own. Objects that already exist
+// (the RuntimeClass the test cluster uses, the namespace) are dry-run
+// updated instead. Any apiserver warning fails the subtest.
+func (d *dryRunner) run(t *testing.T, name string, obj *unstructured.Unstructured) {
+	t.Run(name, func(t *testing.T) {
+		ctx := context.Background()
+		gvk := obj.GroupVersionKind()
+		mapping, err := d.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+		if err != nil {
+			t.Fatalf("%s is not served: %v", gvk, err)
+		}
+		var client dynamic.ResourceInterface = d.dyn.Resource(mapping.Resource)
+		if mapping.Scope.Name() == "namespace" {
+			ns := obj.GetNamespace()
+			if ns == "" {
+				ns = "default"
+			}
+			client = d.dyn.Resource(mapping.Resource).Namespace(ns)
+		}
+		d.warnings.take()
+		_, err = client.Create(ctx, obj, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}, FieldValidation: "Strict"})
+		if apierrors.IsAlreadyExists(err) {
+			existing, gerr := client.Get(ctx, obj.GetName(), metav1.GetOptions{})
+			if gerr != nil {
+				t.Fatal(gerr)
+			}
+			obj.SetResourceVersion(existing.GetResourceVersion())
+			_, err = client.Update(ctx, obj, metav1.UpdateOptions{DryRun: []string{metav1.DryRunAll}, FieldValidation: "Strict"})
+			t.Logf("exists already: dry-run update")
+		} else if err == nil {
+			d.created = append(d.created, dryRun{name: name, client: client})
+		}
+		if err != nil {
+			t.Fatalf("refused: %v", err)
+		}
+		for _, msg := range d.warnings.take() {
+			t.Errorf("apiserver warning: %s", msg)
+		}
+	})
+}
+
+// checkNothingStored fails if an object that was dry-run created exists.
+func (d *dryRunner) checkNothingStored(t *testing.T, objs map[string]*unstructured.Unstructured) {
+	t.Helper()
+	if len(d.created) == 0 {
+		t.Fatal("no object was dry-run created")
+	}
+	for _, c := range d.created {
+		if _, err := c.client.Get(context.Background(), objs[c.name].GetName(), metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			t.Errorf("the dry run stored %s: %v", c.name, err)
+		}
+	}
+}
+
+// manifestNamespace is the namespace of the manifests and the chart's
+// release namespace.
+const manifestNamespace = "gpusnap-system"
+
+// TestManifestsServerDryRun dry-runs every document of
+// contrib/kubernetes/*.yaml against the running kube-apiserver.
+func TestManifestsServerDryRun(t *testing.T) {
+	d := newDryRunner(t)
 	files, err := filepath.Glob(filepath.Join(manifests, "*.yaml"))
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no manifests in %s: %v", manifests, err)
 	}
+	sent := map[string]*unstructured.Unstructured{}
 	for _, file := range files {
 		docs, err := readDocuments(file)
 		if err != nil {
@@ -77,53 +158,69 @@ func TestManifestsServerDryRun(t *testing.T) {
 		}
 		for i, obj := range docs {
 			name := fmt.Sprintf("%s#%d %s/%s", filepath.Base(file), i, obj.GetKind(), obj.GetName())
-			t.Run(name, func(t *testing.T) {
-				gvk := obj.GroupVersionKind()
-				mapping, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
-				if err != nil {
-					t.Fatalf("%s is not served: %v", gvk, err)
-				}
-				var client dynamic.ResourceInterface = dyn.Resource(mapping.Resource)
-				if mapping.Scope.Name() == "namespace" {
-					ns := obj.GetNamespace()
-					if ns == "" {
-						ns = "default"
-					}
-					client = dyn.Resource(mapping.Resource).Namespace(ns)
-				}
-				w.take()
-				_, err = client.Create(ctx, obj, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}, FieldValidation: "Strict"})
-				if apierrors.IsAlreadyExists(err) {
-					existing, gerr := client.Get(ctx, obj.GetName(), metav1.GetOptions{})
-					if gerr != nil {
-						t.Fatal(gerr)
-					}
-					obj.SetResourceVersion(existing.GetResourceVersion())
-					_, err = client.Update(ctx, obj, metav1.UpdateOptions{DryRun: []string{metav1.DryRunAll}, FieldValidation: "Strict"})
-					t.Logf("exists already: dry-run update")
-				}
-				if err != nil {
-					t.Fatalf("refused: %v", err)
-				}
-				for _, msg := range w.take() {
-					t.Errorf("apiserver warning: %s", msg)
-				}
-			})
+			sent[name] = obj
+			d.run(t, name, obj)
 		}
 	}
-	// Nothing was stored.
-	if _, err := cluster.Client.AppsV1().DaemonSets("gpusnap-system").Get(ctx, "gpusnap-node", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
-		t.Errorf("the dry run stored the DaemonSet: %v", err)
-	}
+	d.checkNothingStored(t, sent)
 }
 
-// readDocuments splits a YAML file into its objects, skipping empty
-// documents (comments only).
+// chartDir is the Helm chart of the same objects.
+const chartDir = "../../contrib/helm/gpusnap"
+
+// TestHelmChartServerDryRun renders the Helm chart (helm template, as
+// `helm install` would send it) with its defaults and with the values that
+// switch templates on or off, and dry-runs every object it renders against
+// the running kube-apiserver.
+func TestHelmChartServerDryRun(t *testing.T) {
+	helm, err := exec.LookPath("helm")
+	if err != nil {
+		t.Fatalf("helm is not on PATH (make deps installs it): %v", err)
+	}
+	d := newDryRunner(t)
+	sent := map[string]*unstructured.Unstructured{}
+	for _, v := range []struct {
+		name string
+		args []string
+	}{
+		{name: "defaults"},
+		{name: "example", args: []string{"--set", "example.enabled=true"}},
+		{name: "hostPath store", args: []string{"--set", "store.type=hostPath"}},
+		{name: "existing claim", args: []string{"--set", "store.type=existingClaim", "--set", "store.existingClaim=gpusnap-store-claim"}},
+	} {
+		args := append([]string{"template", "gpusnap", chartDir, "--namespace", manifestNamespace}, v.args...)
+		var stderr bytes.Buffer
+		cmd := exec.Command(helm, args...)
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("helm %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
+		}
+		docs, err := decodeDocuments(out)
+		if err != nil || len(docs) == 0 {
+			t.Fatalf("helm %s rendered %d objects: %v", strings.Join(args, " "), len(docs), err)
+		}
+		for i, obj := range docs {
+			name := fmt.Sprintf("%s#%d %s/%s", v.name, i, obj.GetKind(), obj.GetName())
+			sent[name] = obj
+			d.run(t, name, obj)
+		}
+	}
+	d.checkNothingStored(t, sent)
+}
+
+// readDocuments splits a YAML file into its objects.
 func readDocuments(file string) ([]*unstructured.Unstructured, error) {
 	data, err := os.ReadFile(file)
 	if err != nil {
 		return nil, err
 	}
+	return decodeDocuments(data)
+}
+
+// decodeDocuments splits YAML into its objects, skipping empty documents
+// (comments only).
+func decodeDocuments(data []byte) ([]*unstructured.Unstructured, error) {
 	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
 	var out []*unstructured.Unstructured
 	for {
