@@ -33,11 +33,7 @@ func TestCRIUKilledMidRestore(t *testing.T) {
 	if st["decision"] == "restored" {
 		t.Skip("the restore finished within 0.3 s, before CRIU was killed")
 	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("containerd's log of %s:\n%s", id, logOf(id))
-		}
-	})
+	logOnFailure(t, id)
 	got := waitWarm(t, id, 0)
 	if reason := fmt.Sprint(st["reason"]); st["decision"] != "cold-start" || !strings.Contains(reason, "restor") {
 		t.Fatalf("status after CRIU was killed mid-restore: %v", st)
@@ -171,20 +167,12 @@ func withBedFile(t *testing.T, name, content string, f func()) {
 // (held in the bed's wrapper) and kills the container's shim.
 func killShimOnceCRIURuns(t *testing.T, id string) {
 	t.Helper()
+	waitCRIUStarted(t, id)
+	time.Sleep(500 * time.Millisecond)
 	pattern := "containerd-shim-snapshot-v2 .*-id " + id + "( |$)"
-	wrapper := filepath.Join(bed.Dir, "bin", "criu") + " swrk"
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		if exec.Command("pgrep", "-f", wrapper).Run() == nil && exec.Command("pgrep", "-f", pattern).Run() == nil {
-			time.Sleep(500 * time.Millisecond)
-			if out, err := exec.Command("pkill", "-KILL", "-f", pattern).CombinedOutput(); err != nil {
-				t.Fatalf("no shim of %s to kill: %v: %s", id, err, out)
-			}
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
+	if out, err := exec.Command("pkill", "-KILL", "-f", pattern).CombinedOutput(); err != nil {
+		t.Fatalf("no shim of %s to kill: %v: %s", id, err, out)
 	}
-	t.Fatalf("the restore of %s never reached CRIU", id)
 }
 
 // leftoversOf lists what the bed still holds of container id: its mounts,
@@ -239,4 +227,99 @@ func logOf(id string) string {
 		}
 	}
 	return strings.Join(lines, "\n")
+}
+
+// TestContainerdRestartedWhileShimsRun: containerd restarts (an upgrade, a
+// config change) while a restored container runs and while another
+// container's restore is in flight. The running container keeps serving and
+// is managed by the new containerd (checkpointed again through it); the
+// restore in flight ends restored or cleanly cold-started, never half-way,
+// and its container can be stopped and deleted.
+func TestContainerdRestartedWhileShimsRun(t *testing.T) {
+	opts, store := handlerOptions(t, "")
+	before := checkpointWarm(t, "restart-src", opts, store)
+	runStateful(t, "restart-running", opts)
+	running := waitWarm(t, "restart-running", 0)
+	if st := statusOf(t, "restart-running"); st["decision"] != "restored" {
+		t.Fatalf("restart-running: %v", st)
+	}
+
+	const id = "restart-in-flight"
+	var runErr error
+	withBedFile(t, testbed.CRIUDelayFile, "3", func() {
+		done := make(chan error, 1)
+		go func() {
+			// --null-io: ctr's own stdio FIFOs go when ctr loses containerd
+			// (CRI's live in containerd's state and survive it).
+			_, err := bed.Ctr("run", "-d", "--null-io", "--runtime", testbed.SnapshotRuntime, "--runtime-config-path", opts,
+				"--with-ns", "network:"+podNetns(t, id), statefulRef, id)
+			done <- err
+		}()
+		waitCRIUStarted(t, id)
+		if err := bed.Restart(); err != nil {
+			t.Fatalf("restarting containerd: %v", err)
+		}
+		runErr = <-done
+	})
+	t.Cleanup(func() {
+		bed.Ctr("tasks", "kill", "-s", "SIGKILL", id)
+		waitTaskStatus(t, id, "STOPPED")
+		bed.Ctr("tasks", "delete", id)
+		bed.Ctr("containers", "delete", id)
+	})
+	logOnFailure(t, id)
+	t.Logf("ctr run across the restart: %v", runErr)
+
+	if got := waitWarm(t, "restart-running", running.Count+1); got.Child != "alive" {
+		t.Fatalf("restored container after containerd's restart: %+v", got)
+	}
+	if out, err := bed.Ctr("tasks", "checkpoint", "restart-running"); err != nil {
+		t.Fatalf("checkpoint through the new containerd: %v: %s", err, out)
+	}
+	if n := len(checkpoints(t, store)); n != 2 {
+		t.Fatalf("store holds %d checkpoints, want 2", n)
+	}
+
+	// The restore in flight: restored, or cold-started, and running.
+	got := waitWarm(t, id, 0)
+	st := statusOf(t, id)
+	switch st["decision"] {
+	case "restored":
+		if got.Count < before.Count {
+			t.Fatalf("restored %+v does not continue from %+v", got, before)
+		}
+	case "cold-start":
+		if got.Count >= before.Count {
+			t.Fatalf("cold start %+v carries restored state", got)
+		}
+		assertColdStartOnly(t, id)
+	default:
+		t.Fatalf("restore in flight across the restart: status %v", st)
+	}
+	t.Logf("restore in flight ended %v: %v", st["decision"], st["reason"])
+}
+
+// waitCRIUStarted waits until the restore's CRIU of container id runs (held
+// in the bed's wrapper).
+func waitCRIUStarted(t *testing.T, id string) {
+	t.Helper()
+	wrapper := filepath.Join(bed.Dir, "bin", "criu") + " swrk"
+	shim := "containerd-shim-snapshot-v2 .*-id " + id + "( |$)"
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if exec.Command("pgrep", "-f", wrapper).Run() == nil && exec.Command("pgrep", "-f", shim).Run() == nil {
+			return
+		}
+	}
+	t.Fatalf("the restore of %s never reached CRIU", id)
+}
+
+// logOnFailure logs what containerd's log and the control directory say of
+// container id if the test fails.
+func logOnFailure(t *testing.T, id string) {
+	t.Cleanup(func() {
+		if t.Failed() {
+			st, err := testbed.Status(id)
+			t.Logf("status of %s: %v %v\ncontainerd's log of it:\n%s", id, st, err, logOf(id))
+		}
+	})
 }

@@ -161,11 +161,16 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		resp *taskAPI.StartResponse
 		err  error
 	)
+	// A restore runs to its end (restored, or cleaned up and cold-started)
+	// even when containerd goes away meanwhile: ttrpc cancels a request
+	// whose connection closed, and a restore cut there would leave a
+	// half-created task for the restarted containerd. restore_timeout still
+	// bounds it.
 	switch {
 	case c.plan != nil:
-		resp, err = s.startRestored(ctx, c, r)
+		resp, err = s.startRestored(context.WithoutCancel(ctx), c, r)
 	case c.create.Checkpoint != "":
-		resp, err = s.startExplicitCheckpoint(ctx, c, r)
+		resp, err = s.startExplicitCheckpoint(context.WithoutCancel(ctx), c, r)
 	default:
 		resp, err = s.TTRPCTaskService.Start(ctx, r)
 	}
