@@ -5,7 +5,7 @@ BIN       ?= bin
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build deps deps-k8s test test-unit fuzz test-integration test-kube bench benchmarks bench-cold gpu-bundle test-gpu bench-gpu demo clean
+.PHONY: all build deps deps-k8s test test-unit fuzz test-integration test-kube soak bench benchmarks bench-cold gpu-bundle test-gpu bench-gpu demo clean
 
 all: build
 
@@ -41,6 +41,13 @@ test-integration:
 ## test-kube: a real single-node Kubernetes (etcd, kube-apiserver, kubelet) on a private containerd (root)
 test-kube: deps deps-k8s
 	SNAPSHOT_KUBE=1 $(GO) test ./integration/kube/ -count=1 -timeout 20m -v
+
+## soak: SOAK_CYCLES restore/kill cycles of one checkpoint; the node must hold
+## the same mounts, shims, cgroups, namespaces, fds and disk bytes afterwards
+## (the integration suite runs 20)
+SOAK_CYCLES ?= 500
+soak: deps
+	SNAPSHOT_SOAK=$(SOAK_CYCLES) $(GO) test ./integration/ -run '^TestSoakRestoreKill$$' -count=1 -timeout 60m -v
 
 ## bench: CPU restore against cold start and plain criu restore (2 GiB state, 20 s warm-up)
 bench:
