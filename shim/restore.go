@@ -18,6 +18,7 @@ import (
 
 	"github.com/gpusnap/containerd-shim-snapshot-v2/criu"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/events"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/prefetch"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/runtime"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/shim/options"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
@@ -37,6 +38,31 @@ type restorePlan struct {
 	// the phases at Start get that much, so the wait between Create and
 	// Start (containerd's, kubelet's) does not count.
 	left time.Duration
+	// prefetch brings the checkpoint into the page cache from Create on.
+	prefetch *prefetch.Prefetch
+}
+
+// startPrefetch starts reading the chosen checkpoint's files ahead of CRIU.
+func (p *restorePlan) startPrefetch(readers int) {
+	if readers == 0 || p.checkpoint.Manifest == nil {
+		return
+	}
+	files := map[string]int64{}
+	for _, f := range p.checkpoint.Manifest.Files {
+		files[filepath.Join(p.checkpoint.Dir, filepath.FromSlash(f.Path))] = f.Size
+	}
+	p.prefetch = prefetch.Start(files, readers)
+}
+
+// stopPrefetch ends the prefetch (CRIU has read what it needs, or the
+// restore ended otherwise) and logs what it did.
+func (p *restorePlan) stopPrefetch(ctx context.Context, id string) {
+	if p == nil || p.prefetch == nil {
+		return
+	}
+	st := p.prefetch.Stop()
+	log.G(ctx).WithField("id", id).WithField("bytes", st.Bytes).WithField("complete", st.Done).
+		WithField("seconds", st.Duration.Seconds()).Debug("snapshot: prefetch")
 }
 
 // imagePath is the CRIU image directory handed to runc restore.
@@ -77,9 +103,12 @@ func (s *Service) planRestore(ctx context.Context, c *container) (*restorePlan, 
 		return err
 	})
 	if err == nil {
+		plan.checkpoint = ck
+		plan.startPrefetch(o.PrefetchReaders)
 		err = plan.timed("verify", func() error { return verifyCheckpoint(vctx, ck, o) })
 	}
 	if err != nil {
+		plan.stopPrefetch(ctx, c.id)
 		name := ""
 		if ck != nil {
 			name = ck.Name
@@ -239,6 +268,7 @@ func (s *Service) startRestored(ctx context.Context, c *container, r *taskAPI.St
 	rctx, cancel := context.WithTimeout(ctx, c.plan.left)
 	resp, err := s.restore(rctx, c, r)
 	cancel()
+	c.plan.stopPrefetch(ctx, c.id)
 	if err == nil {
 		return resp, nil
 	}

@@ -261,6 +261,9 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		if c != nil && c.stopWatch != nil {
 			c.stopWatch()
 		}
+		if c != nil {
+			c.plan.stopPrefetch(ctx, r.ID) // created, never started
+		}
 		if c != nil && c.plan != nil && !c.restored {
 			// A restore that failed under restore = required: containerd
 			// deletes the task, and what a dead CRIU left goes with it.

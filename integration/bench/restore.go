@@ -19,10 +19,13 @@ import (
 // restoreResult holds one run of the restore benchmark.
 type restoreResult struct {
 	cold, checkpoint, restore, restoreHuge, plainRestore time.Duration
-	imageBytes                                           int64
-	phases                                               string
-	floor                                                []floor.Result
-	parallel                                             map[int]time.Duration // n restored at once: time until all answer
+	// restores with the page cache dropped first, with and without the
+	// shim's prefetch readers
+	droppedCache, droppedCacheNoPrefetch time.Duration
+	imageBytes                           int64
+	phases                               string
+	floor                                []floor.Result
+	parallel                             map[int]time.Duration // n restored at once: time until all answer
 }
 
 // restoreBench compares, for one workload that spends warmup seconds building
@@ -71,6 +74,18 @@ func restoreBench(bed *testbed.Bed, dir string, stateMB, warmup int) (*restoreRe
 	}
 	defer removeNetns("bench-restored-huge")
 	stopContainer(bed, "bench-restored-huge")
+	// From a cold page cache: the default (prefetch_readers = 4), then
+	// prefetching off.
+	if r.droppedCache, err = restoreDroppedCache(bed, "bench-dropped", options, env); err != nil {
+		return nil, err
+	}
+	optionsNoPrefetch := filepath.Join(dir, "handler-noprefetch.toml")
+	if err := os.WriteFile(optionsNoPrefetch, []byte(body+"prefetch_readers = 0\n"), 0o600); err != nil {
+		return nil, err
+	}
+	if r.droppedCacheNoPrefetch, err = restoreDroppedCache(bed, "bench-dropped-noprefetch", optionsNoPrefetch, env); err != nil {
+		return nil, err
+	}
 	if r.plainRestore, err = plainCRIU(dir, env); err != nil {
 		return nil, err
 	}
@@ -79,6 +94,19 @@ func restoreBench(bed *testbed.Bed, dir string, stateMB, warmup int) (*restoreRe
 	}
 	r.floor = measureFloor(store)
 	return &r, nil
+}
+
+// restoreDroppedCache drops the page cache and times one restore to its
+// first answer.
+func restoreDroppedCache(bed *testbed.Bed, id, options string, env []string) (time.Duration, error) {
+	exec.Command("sync").Run()
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0o200); err != nil {
+		return 0, fmt.Errorf("dropping the page cache: %w", err)
+	}
+	took, err := runToAnswer(bed, id, options, env)
+	removeNetns(id)
+	stopContainer(bed, id)
+	return took, err
 }
 
 // parallelRestores restores n containers at once from the one checkpoint,
@@ -241,6 +269,8 @@ func reportRestore(r *restoreResult, stateMB, warmup int) {
 	fmt.Printf("  %-44s %10s\n", "cold start to first answer (shim)", r.cold.Round(time.Millisecond))
 	fmt.Printf("  %-44s %10s\n", "restore to first answer (shim, from store)", r.restore.Round(time.Millisecond))
 	fmt.Printf("  %-44s %10s\n", "  the same with restore_huge_pages = true", r.restoreHuge.Round(time.Millisecond))
+	fmt.Printf("  %-44s %10s\n", "restore, page cache dropped (prefetch on)", r.droppedCache.Round(time.Millisecond))
+	fmt.Printf("  %-44s %10s\n", "restore, page cache dropped, prefetch off", r.droppedCacheNoPrefetch.Round(time.Millisecond))
 	fmt.Printf("  %-44s %10s\n", "plain `criu restore` to first answer", r.plainRestore.Round(time.Millisecond))
 	speedup := float64(r.cold) / float64(r.restore)
 	overhead := float64(r.restore)/float64(r.plainRestore) - 1
@@ -273,6 +303,7 @@ func writeRestoreJSON(path string, r *restoreResult, stateMB, warmup int) error 
 		"image_bytes": r.imageBytes,
 		"cold_s":      r.cold.Seconds(), "checkpoint_s": r.checkpoint.Seconds(),
 		"shim_restore_warm_s": r.restore.Seconds(), "shim_restore_warm_huge_s": r.restoreHuge.Seconds(),
+		"shim_restore_dropped_cache_s": r.droppedCache.Seconds(), "shim_restore_dropped_cache_no_prefetch_s": r.droppedCacheNoPrefetch.Seconds(),
 		"plain_restore_warm_s": r.plainRestore.Seconds(), "floor": floors, "parallel_restore_s": parallelSeconds(r.parallel),
 	}
 	data, err := json.MarshalIndent(doc, "", "  ")

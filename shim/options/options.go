@@ -72,6 +72,10 @@ type Options struct {
 	// areas keep the MADV_HUGEPAGE mark afterwards. A CRIU without the patch
 	// ignores it.
 	RestoreHugePages bool `toml:"restore_huge_pages"`
+	// PrefetchReaders is how many readers bring the chosen checkpoint's
+	// files into the page cache from Create on, ahead of CRIU's single
+	// reader (package prefetch); 0 turns prefetching off.
+	PrefetchReaders int `toml:"prefetch_readers"`
 	// SigningKey is the ed25519 private key (PKCS#8 PEM, mode 0600, root's)
 	// every checkpoint this handler publishes is signed with. Set it only
 	// where checkpoints are made; a key that can't be loaded fails the
@@ -118,6 +122,7 @@ func Default() Options {
 		LockTimeout:       Duration{30 * time.Second},
 		CheckpointTimeout: Duration{10 * time.Minute},
 		RestoreTimeout:    Duration{5 * time.Minute},
+		PrefetchReaders:   4,
 		Source:            "defaults",
 	}
 }
@@ -186,6 +191,9 @@ func (o Options) validate() error {
 	}
 	if o.AutoCheckpoint == AutoCheckpointOnReady && (o.Store == "" || o.ControlDir == "") {
 		return fmt.Errorf("auto_checkpoint = %q needs store and control_dir", o.AutoCheckpoint)
+	}
+	if o.PrefetchReaders < 0 || o.PrefetchReaders > 64 {
+		return fmt.Errorf("prefetch_readers = %d: must be 0 (off) to 64", o.PrefetchReaders)
 	}
 	return nil
 }
