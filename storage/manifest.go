@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/gpusnap/containerd-shim-snapshot-v2/crypt"
 )
 
 // SchemaVersion is the manifest format this package writes and the only one
@@ -34,6 +36,19 @@ type Manifest struct {
 	GPUs          []GPU              `json:"gpus,omitempty"`
 	DriverVersion string             `json:"driver_version,omitempty"`
 	Labels        map[string]string  `json:"labels,omitempty"`
+	// Encryption is set when every file is encrypted (package crypt); Files
+	// then record the encrypted files, which is what the store holds and
+	// Verify hashes. A build that predates it refuses the manifest as
+	// having an unknown field, rather than restore ciphertext.
+	Encryption *Encryption `json:"encryption,omitempty"`
+}
+
+// Encryption says how a checkpoint's files are encrypted and with which
+// key, so that a restoring node names a wrong or missing key before it
+// decrypts anything.
+type Encryption struct {
+	Algorithm string `json:"algorithm"` // crypt.Algorithm
+	KeyID     string `json:"key_id"`    // crypt.Key.ID
 }
 
 // Source is the container a checkpoint was taken from, for operators
@@ -104,6 +119,9 @@ func (m *Manifest) validate() error {
 	}
 	if prefix, _, ok := parseName(m.Name); !ok || prefix != m.Key[:keyPrefixLen] {
 		return fmt.Errorf("name %q is not a checkpoint name for key %s", m.Name, m.Key)
+	}
+	if e := m.Encryption; e != nil && (e.Algorithm != crypt.Algorithm || len(e.KeyID) != 16 || strings.Trim(e.KeyID, hexDigits) != "") {
+		return fmt.Errorf("encryption %q with key id %q: this build reads %q with a 16-hex-digit key id", e.Algorithm, e.KeyID, crypt.Algorithm)
 	}
 	seen := make(map[string]bool, len(m.Files))
 	for _, f := range m.Files {

@@ -54,6 +54,12 @@ func TestReadManifestRejects(t *testing.T) {
 		}), "listed twice"},
 		{"bad digest", editManifest(t, func(m map[string]any) { m["files"].([]any)[0].(map[string]any)["sha256"] = "xyz" }), `invalid size 0 or sha256 "xyz"`},
 		{"bad key", editManifest(t, func(m map[string]any) { m["key"] = "../x" }), "is not a lowercase hex sha256"},
+		{"unknown encryption", editManifest(t, func(m map[string]any) {
+			m["encryption"] = map[string]any{"algorithm": "aes-128-ctr", "key_id": "0011223344556677"}
+		}), `this build reads "aes-256-gcm-chunked"`},
+		{"bad key id", editManifest(t, func(m map[string]any) {
+			m["encryption"] = map[string]any{"algorithm": "aes-256-gcm-chunked", "key_id": "../x"}
+		}), `key id "../x"`},
 		{"other name", editManifest(t, func(m map[string]any) { m["name"] = testKey("m")[:16] + "-g000009" }), "but the directory is"},
 	}
 	for _, tt := range tests {
@@ -86,6 +92,7 @@ func TestManifestRoundTrip(t *testing.T) {
 		Phases:        map[string]float64{"cuda_checkpoint": 1.5, "criu_dump": 12.25},
 		GPUs:          []GPU{{UUID: "GPU-1", Product: "NVIDIA H100 80GB HBM3", MemoryBytes: 85 << 30}},
 		DriverVersion: "570.86.15",
+		Encryption:    &Encryption{Algorithm: "aes-256-gcm-chunked", KeyID: "0011223344556677"},
 	}
 	c := publish(t, s, in, map[string]string{"spec.dump": "{}"})
 	got, err := s.Get(c.Name)
