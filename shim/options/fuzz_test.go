@@ -14,6 +14,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("ignore_env = [\"A\", \"B*\"]\nrestore_huge_pages = false\n"))
 	f.Add([]byte("[table]\nx = 1\n"))
 	f.Add([]byte("signing_key = \"/etc/gpusnap/h.key\"\ntrusted_keys = [\"/etc/gpusnap/h.pub\"]\nrequire_signature = true\n"))
+	f.Add([]byte("encryption_key = \"/etc/gpusnap/h.enc\"\ndecrypt_dir = \"/run/plain\"\n"))
 	f.Add([]byte("require_signature = true\ntrusted_keys = [\"h.pub\"]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		o, err := Parse(data, "fuzz.toml")
@@ -30,6 +31,9 @@ func FuzzParse(f *testing.F) {
 		}
 		if o.RequireSignature && len(o.TrustedKeys) == 0 {
 			t.Fatalf("accepted require_signature without trusted_keys: %+v", o)
+		}
+		if !filepath.IsAbs(o.DecryptDir) || (o.EncryptionKey != "" && !filepath.IsAbs(o.EncryptionKey)) {
+			t.Fatalf("accepted decrypt_dir = %q, encryption_key = %q", o.DecryptDir, o.EncryptionKey)
 		}
 		if o.SigningKey != "" && !filepath.IsAbs(o.SigningKey) {
 			t.Fatalf("accepted signing_key = %q", o.SigningKey)

@@ -88,6 +88,20 @@ type Options struct {
 	// RequireSignature also refuses unsigned checkpoints. It needs
 	// TrustedKeys: a signature nobody can check proves nothing.
 	RequireSignature bool `toml:"require_signature"`
+	// EncryptionKey is an AES-256 key file (32 raw bytes or 64 hex digits,
+	// mode 0600, root's). When set, every checkpoint this handler publishes
+	// is encrypted with it, and its encrypted checkpoints can be restored.
+	// A checkpoint encrypted with another key is refused by key id before
+	// anything is decrypted; unencrypted checkpoints still restore.
+	EncryptionKey string `toml:"encryption_key"`
+	// DecryptDir is the node-local, root-only directory an encrypted
+	// checkpoint is decrypted into for the length of its restore (one
+	// subdirectory per container, removed when the restore ends). The
+	// plaintext is as large as the checkpoint: under /run, a tmpfs on most
+	// nodes, it takes that much memory on top of the restored process for a
+	// moment; on a local disk it costs writes instead. Never inside the
+	// store.
+	DecryptDir string `toml:"decrypt_dir"`
 
 	// Source names where these options came from, for error messages.
 	Source string `toml:"-"`
@@ -123,9 +137,14 @@ func Default() Options {
 		CheckpointTimeout: Duration{10 * time.Minute},
 		RestoreTimeout:    Duration{5 * time.Minute},
 		PrefetchReaders:   4,
+		DecryptDir:        DefaultDecryptDir,
 		Source:            "defaults",
 	}
 }
+
+// DefaultDecryptDir is decrypt_dir's default: beside the control
+// directories under /run, so a reboot clears whatever a killed shim left.
+const DefaultDecryptDir = "/run/containerd-shim-snapshot-decrypted"
 
 // ErrInvalid marks options that were read but are not acceptable.
 var ErrInvalid = errors.New("invalid snapshot shim options")
@@ -170,7 +189,8 @@ func (o Options) validate() error {
 	if err := oneOf("auto_checkpoint", o.AutoCheckpoint, AutoCheckpointOff, AutoCheckpointOnReady); err != nil {
 		return err
 	}
-	for key, p := range map[string]string{"store": o.Store, "control_dir": o.ControlDir, "criu_path": o.CRIUPath, "signing_key": o.SigningKey} {
+	for key, p := range map[string]string{"store": o.Store, "control_dir": o.ControlDir, "criu_path": o.CRIUPath, "signing_key": o.SigningKey,
+		"encryption_key": o.EncryptionKey, "decrypt_dir": o.DecryptDir} {
 		if p != "" && !filepath.IsAbs(p) {
 			return fmt.Errorf("%s = %q: must be an absolute path", key, p)
 		}
@@ -179,6 +199,12 @@ func (o Options) validate() error {
 		if !filepath.IsAbs(p) {
 			return fmt.Errorf("trusted_keys: %q: must be an absolute path", p)
 		}
+	}
+	if o.DecryptDir == "" {
+		return errors.New(`decrypt_dir = "": must be an absolute path`)
+	}
+	if o.Store != "" && within(o.DecryptDir, o.Store) {
+		return fmt.Errorf("decrypt_dir = %q is inside the store %q: the plaintext of encrypted checkpoints must stay off the store", o.DecryptDir, o.Store)
 	}
 	if o.RequireSignature && len(o.TrustedKeys) == 0 {
 		return errors.New("require_signature = true needs trusted_keys (the public keys a signature may verify with)")
@@ -198,6 +224,12 @@ func (o Options) validate() error {
 	return nil
 }
 
+// within reports whether p is dir or below it.
+func within(p, dir string) bool {
+	rel, err := filepath.Rel(filepath.Clean(dir), filepath.Clean(p))
+	return err == nil && filepath.IsLocal(rel) // "." is local too
+}
+
 func oneOf(key, value string, allowed ...string) error {
 	for _, a := range allowed {
 		if value == a {
@@ -210,5 +242,5 @@ func oneOf(key, value string, allowed ...string) error {
 func knownKeys() []string {
 	return []string{"store", "checkpoint", "restore", "auto_checkpoint", "control_dir",
 		"criu_path", "ignore_env", "lock_timeout", "checkpoint_timeout", "restore_timeout", "restore_huge_pages",
-		"signing_key", "trusted_keys", "require_signature"}
+		"signing_key", "trusted_keys", "require_signature", "encryption_key", "decrypt_dir"}
 }

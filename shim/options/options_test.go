@@ -28,7 +28,15 @@ checkpoint_timeout = "2m"
 restore_timeout = "1m"
 signing_key = "/etc/gpusnap/handler.key"
 trusted_keys = ["/etc/gpusnap/handler.pub", "/etc/gpusnap/old.pub"]
-require_signature = true`},
+require_signature = true
+encryption_key = "/etc/gpusnap/handler.enc"
+decrypt_dir = "/var/lib/gpusnap-decrypted"`},
+		{name: "relative encryption_key", body: `encryption_key = "handler.enc"`, wantErr: `encryption_key = "handler.enc": must be an absolute path`},
+		{name: "relative decrypt_dir", body: `decrypt_dir = "plain"`, wantErr: `decrypt_dir = "plain": must be an absolute path`},
+		{name: "empty decrypt_dir", body: `decrypt_dir = ""`, wantErr: `decrypt_dir = "": must be an absolute path`},
+		{name: "decrypt_dir is the store", body: "store = \"/s\"\ndecrypt_dir = \"/s/\"", wantErr: `is inside the store "/s"`},
+		{name: "decrypt_dir inside the store", body: "store = \"/s\"\ndecrypt_dir = \"/s/plain\"", wantErr: `is inside the store`},
+		{name: "decrypt_dir beside the store", body: "store = \"/s\"\ndecrypt_dir = \"/s-plain\""},
 		{name: "trusted keys without require", body: `trusted_keys = ["/etc/gpusnap/handler.pub"]`},
 		{name: "require_signature without trusted_keys", body: `require_signature = true`, wantErr: `require_signature = true needs trusted_keys`},
 		{name: "require_signature with empty trusted_keys", body: "require_signature = true\ntrusted_keys = []", wantErr: `needs trusted_keys`},
@@ -85,6 +93,9 @@ func TestParseValues(t *testing.T) {
 	}
 	if o.SigningKey != "" || o.TrustedKeys != nil || o.RequireSignature {
 		t.Errorf("signatures are on by default: %+v", o)
+	}
+	if o.EncryptionKey != "" || o.DecryptDir != DefaultDecryptDir {
+		t.Errorf("encryption defaults: key %q, decrypt_dir %q", o.EncryptionKey, o.DecryptDir)
 	}
 	o, err = Parse([]byte("signing_key = \"/k/a.key\"\ntrusted_keys = [\"/k/a.pub\"]\nrequire_signature = true\n"), "x")
 	if err != nil || o.SigningKey != "/k/a.key" || len(o.TrustedKeys) != 1 || o.TrustedKeys[0] != "/k/a.pub" || !o.RequireSignature {
