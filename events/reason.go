@@ -20,6 +20,8 @@ const (
 	ReasonUnsigned           = "unsigned"
 	ReasonBadSignature       = "bad-signature"
 	ReasonKeyError           = "key-error"
+	ReasonWrongKey           = "wrong-key"
+	ReasonDecryptFailed      = "decrypt-failed"
 	ReasonOptedOut           = "opted-out"
 	ReasonOther              = "other"
 )
@@ -28,7 +30,7 @@ const (
 var ReasonCodes = []string{
 	ReasonNoCheckpoint, ReasonIdentityMismatch, ReasonNodeMismatch, ReasonGPUMismatch,
 	ReasonVerificationFailed, ReasonRestoreTimeout, ReasonRestoreFailed, ReasonStoreError, ReasonUntrustedStore,
-	ReasonUnsigned, ReasonBadSignature, ReasonKeyError, ReasonOptedOut, ReasonOther,
+	ReasonUnsigned, ReasonBadSignature, ReasonKeyError, ReasonWrongKey, ReasonDecryptFailed, ReasonOptedOut, ReasonOther,
 }
 
 // identityDiff is how the shim names a differing identity field:
@@ -48,6 +50,10 @@ var reasonRules = []struct {
 	{ReasonOptedOut, containsAny("opted out of restore")},
 	// shim: timeoutReason, in verify or in the restore at Start.
 	{ReasonRestoreTimeout, containsAny("restore_timeout of")},
+	// shim: startRestored, the decrypt phase: "restore from checkpoint
+	// <name> failed: decrypt: decrypting <file>: chunk <i> of <n>: failed
+	// authentication ..." (or an I/O error writing decrypt_dir).
+	{ReasonDecryptFailed, containsAny("failed: decrypt: ")},
 	// shim: startRestored, "restore from checkpoint <name> failed: <phase>: ...".
 	{ReasonRestoreFailed, containsAny("restore from checkpoint")},
 	// storage.ErrUntrusted, from opening the store or from verification.
@@ -58,9 +64,14 @@ var reasonRules = []struct {
 	// storage.ErrBadSignature: "signature of checkpoint <name> does not
 	// verify with any trusted key (<ids>)" or "... is malformed: ...".
 	{ReasonBadSignature, containsAny("signature of checkpoint")},
-	// storage: LoadSigningKey, LoadTrustedKeys ("signing key <path>: ...",
-	// "trusted key <path>: ..."; the options make every key path absolute).
-	{ReasonKeyError, containsAny("signing key /", "trusted key /")},
+	// storage: LoadSigningKey, LoadTrustedKeys, LoadEncryptionKey ("signing
+	// key <path>: ...", "trusted key <path>: ...", "encryption key <path>:
+	// ..."; the options make every key path absolute).
+	{ReasonKeyError, containsAny("signing key /", "trusted key /", "encryption key /")},
+	// shim: checkEncryption, "checkpoint <name> is encrypted with key <id>,
+	// this handler's encryption_key is <id> (<path>)" or "... and this
+	// handler has no encryption_key".
+	{ReasonWrongKey, containsAny("this handler's encryption_key is", "this handler has no encryption_key")},
 	// shim: planRestore's verify phase, "checkpoint <name> failed verification: ...".
 	{ReasonVerificationFailed, containsAny("failed verification", corruptText)},
 	// shim: findCheckpoint, storage.Manifest.GPUCompatible.

@@ -35,6 +35,7 @@ func TestReasonCode(t *testing.T) {
 	timeout := fmt.Errorf("restore_timeout of %s exceeded: %w", 5*time.Minute, context.DeadlineExceeded)
 	_, signingKeyErr := storage.LoadSigningKey("/etc/gpusnap/missing.key")
 	_, trustedKeyErr := storage.LoadTrustedKeys([]string{"/etc/gpusnap/missing.pub"})
+	_, encryptionKeyErr := storage.LoadEncryptionKey("/etc/gpusnap/missing.enc")
 
 	tests := []struct {
 		reason string
@@ -66,12 +67,20 @@ func TestReasonCode(t *testing.T) {
 		{"verify: signature of checkpoint " + ck + " does not verify with any trusted key (1a2b3c4d5e6f7a8b, 0f1e2d3c4b5a6978)", ReasonBadSignature},
 		{"verify: signature of checkpoint " + ck + " is malformed: manifest.sig holds 100 bytes, an ed25519 signature is 64", ReasonBadSignature},
 		{"verify: " + trustedKeyErr.Error(), ReasonKeyError},
+		// planRestore's lookup phase: encryption (shim/encryption_test.go
+		// builds these through the shim itself)
+		{"lookup: checkpoint " + ck + " is encrypted with key 1a2b3c4d5e6f7a8b, this handler's encryption_key is 0f1e2d3c4b5a6978 (/etc/gpusnap/h.enc)", ReasonWrongKey},
+		{"lookup: checkpoint " + ck + " is encrypted with key 1a2b3c4d5e6f7a8b and this handler has no encryption_key", ReasonWrongKey},
+		{"lookup: " + encryptionKeyErr.Error(), ReasonKeyError},
 		// a checkpoint that could not be signed
 		{signingKeyErr.Error(), ReasonKeyError},
 		// startRestored
 		{"restore from checkpoint " + ck + " failed: criu_restore: runc restore: criu failed: (00.012) Error (criu/cr-restore.c:1480): ...", ReasonRestoreFailed},
 		{"restore from checkpoint " + ck + " failed: cuda_restore: cuCheckpointProcessRestore: CUDA_ERROR_INVALID_VALUE", ReasonRestoreFailed},
 		{"restore from checkpoint " + ck + " failed: " + timeout.Error() + ": criu_restore: signal: killed", ReasonRestoreTimeout},
+		{"restore from checkpoint " + ck + " failed: decrypt: decrypting checkpoint/pages-1.img: chunk 3 of 9: failed authentication (another key, or the file was changed, truncated or moved)", ReasonDecryptFailed},
+		{"restore from checkpoint " + ck + " failed: decrypt: decrypting checkpoint/pages-1.img: write /run/x/pages-1.img: no space left on device", ReasonDecryptFailed},
+		{"restore from checkpoint " + ck + " failed: " + timeout.Error() + ": decrypt: decrypting checkpoint/pages-1.img: context deadline exceeded", ReasonRestoreTimeout},
 		// checkpoint failures (Record fills the code for them too)
 		{"publish " + ck + ": rename: file exists", ReasonStoreError},
 		{"pausing for the checkpoint: container not running", ReasonOther},
