@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/log"
 
+	"github.com/gpusnap/containerd-shim-snapshot-v2/crypt"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/events"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/runtime"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/shim/options"
@@ -51,9 +52,15 @@ func addRestoreFiles(c *container, dir string, phases map[string]float64) error 
 // Checkpoint RPC, completed by addRestoreFiles) into the handler's store with
 // a manifest, signed when the handler has a signing key, and publishes it
 // atomically. Files are hard-linked when the store shares the file system,
-// so no bytes move.
+// so no bytes move; with an encryption key each file is instead encrypted
+// into the staging directory (phase "encrypt"), so the store never holds a
+// plaintext byte, not even before the rename that publishes it.
 func (s *Service) publish(ctx context.Context, c *container, dir string, gpus storage.GPUNode, phases map[string]float64) error {
 	signer, err := signingKey(c.options)
+	if err != nil {
+		return err
+	}
+	enc, err := encryptionKey(c.options)
 	if err != nil {
 		return err
 	}
@@ -66,14 +73,18 @@ func (s *Service) publish(ctx context.Context, c *container, dir string, gpus st
 		return err
 	}
 	defer st.Abort()
-	start := time.Now()
-	err = linkOrCopyDir(dir, filepath.Join(st.Dir(), "checkpoint"), restoreFiles)
-	if err == nil {
-		err = linkRestoreFiles(dir, st.Dir())
+	phase, place := "copy_images", linkOrCopy
+	if enc != nil {
+		phase, place = "encrypt", encryptInto(enc, st.Dir())
 	}
-	phases["copy_images"] = time.Since(start).Seconds()
+	start := time.Now()
+	err = placeDir(dir, filepath.Join(st.Dir(), "checkpoint"), restoreFiles, place)
+	if err == nil {
+		err = placeRestoreFiles(dir, st.Dir(), place)
+	}
+	phases[phase] = time.Since(start).Seconds()
 	if err != nil {
-		return fmt.Errorf("checkpoint %s: %w", "copy_images", err)
+		return fmt.Errorf("checkpoint %s: %w", phase, err)
 	}
 	node, err := nodeFingerprint(c.options)
 	if err != nil {
@@ -82,6 +93,9 @@ func (s *Service) publish(ctx context.Context, c *container, dir string, gpus st
 	key, fields := identity(c)
 	m := &storage.Manifest{Key: key, Identity: fields, Node: node, Phases: phases, GPUs: gpus.GPUs, DriverVersion: gpus.DriverVersion,
 		Source: storage.Source{ContainerID: c.id, Namespace: c.namespace, Hostname: c.spec.Hostname}}
+	if enc != nil {
+		m.Encryption = &storage.Encryption{Algorithm: crypt.Algorithm, KeyID: enc.ID}
+	}
 	ck, err := st.PublishSigned(m, signer)
 	if errors.Is(err, storage.ErrExists) {
 		log.G(ctx).WithField("id", c.id).Info("snapshot: another writer published this identity first; keeping theirs")
@@ -104,27 +118,45 @@ func (s *Service) publish(ctx context.Context, c *container, dir string, gpus st
 	if signer != nil {
 		logger = logger.WithField("signed_by", signer.ID)
 	}
+	if enc != nil {
+		logger = logger.WithField("encrypted_with", enc.ID)
+	}
 	logger.Info("snapshot: checkpoint published")
 	return nil
 }
 
-// linkRestoreFiles puts the restore files present in src at the top of dst.
-func linkRestoreFiles(src, dst string) error {
+// placeFunc puts the file from at to: linked, copied or encrypted.
+type placeFunc func(from, to string) error
+
+// encryptInto encrypts files into the staging directory root, each under
+// its path there, which is the path a restore decrypts it under.
+func encryptInto(key *crypt.Key, root string) placeFunc {
+	return func(from, to string) error {
+		name, err := filepath.Rel(root, to)
+		if err != nil {
+			return err
+		}
+		return key.EncryptFile(from, to, filepath.ToSlash(name))
+	}
+}
+
+// placeRestoreFiles puts the restore files present in src at the top of dst.
+func placeRestoreFiles(src, dst string, place placeFunc) error {
 	for _, name := range restoreFiles {
 		from := filepath.Join(src, name)
 		if _, err := os.Lstat(from); errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
-		if err := linkOrCopy(from, filepath.Join(dst, name)); err != nil {
+		if err := place(from, filepath.Join(dst, name)); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// linkOrCopyDir puts every regular file of src, except those named in skip,
+// placeDir puts every regular file of src, except those named in skip,
 // into dst.
-func linkOrCopyDir(src, dst string, skip []string) error {
+func placeDir(src, dst string, skip []string, place placeFunc) error {
 	if err := os.MkdirAll(dst, 0o700); err != nil {
 		return err
 	}
@@ -136,7 +168,7 @@ func linkOrCopyDir(src, dst string, skip []string) error {
 		if !e.Type().IsRegular() || slices.Contains(skip, e.Name()) {
 			continue
 		}
-		if err := linkOrCopy(filepath.Join(src, e.Name()), filepath.Join(dst, e.Name())); err != nil {
+		if err := place(filepath.Join(src, e.Name()), filepath.Join(dst, e.Name())); err != nil {
 			return err
 		}
 	}

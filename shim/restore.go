@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/gpusnap/containerd-shim-snapshot-v2/criu"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/crypt"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/events"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/prefetch"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/runtime"
@@ -33,7 +34,12 @@ var verifiedDir = "/var/lib/containerd-shim-snapshot/verified"
 // restore phases as they run.
 type restorePlan struct {
 	checkpoint *storage.Checkpoint
-	phases     map[string]float64
+	// key decrypts an encrypted checkpoint into plain, the directory the
+	// restore then reads instead of the store; both unset for a checkpoint
+	// stored in the clear.
+	key    *crypt.Key
+	plain  string
+	phases map[string]float64
 	// left is what remains of restore_timeout after the phases at Create;
 	// the phases at Start get that much, so the wait between Create and
 	// Start (containerd's, kubelet's) does not count.
@@ -65,8 +71,18 @@ func (p *restorePlan) stopPrefetch(ctx context.Context, id string) {
 		WithField("seconds", st.Duration.Seconds()).Debug("snapshot: prefetch")
 }
 
-// imagePath is the CRIU image directory handed to runc restore.
-func (p *restorePlan) imagePath() string { return filepath.Join(p.checkpoint.Dir, "checkpoint") }
+// filesDir is where the restore reads the checkpoint's files: the store's
+// directory, or the plaintext directory of an encrypted checkpoint.
+func (p *restorePlan) filesDir() string {
+	if p.plain != "" {
+		return p.plain
+	}
+	return p.checkpoint.Dir
+}
+
+// imagePath is the CRIU image directory handed to runc restore. For an
+// encrypted checkpoint it is filled only at Start, by the decrypt phase.
+func (p *restorePlan) imagePath() string { return filepath.Join(p.filesDir(), "checkpoint") }
 
 // timed runs one named phase and records how long it took.
 func (p *restorePlan) timed(name string, f func() error) error {
@@ -81,8 +97,9 @@ func (p *restorePlan) timed(name string, f func() error) error {
 
 // planRestore is the whole restore-or-cold decision, taken at Create: a
 // restore needs a store, a policy that allows it, a checkpoint whose identity
-// matches the container, a compatible node, a signature the handler accepts
-// (when it names trusted keys), and intact files. Any "no" is a cold start
+// matches the container, a compatible node, the key it is encrypted with
+// (if it is), a signature the handler accepts (when it names trusted keys),
+// and intact files. Any "no" is a cold start
 // under restore = auto and an error under restore = required.
 func (s *Service) planRestore(ctx context.Context, c *container) (*restorePlan, error) {
 	o := c.options
@@ -99,7 +116,9 @@ func (s *Service) planRestore(ctx context.Context, c *container) (*restorePlan, 
 	defer cancel()
 	var ck *storage.Checkpoint
 	err := plan.timed("lookup", func() (err error) {
-		ck, err = findCheckpoint(c)
+		if ck, err = findCheckpoint(c); err == nil {
+			plan.key, err = checkEncryption(ck, o)
+		}
 		return err
 	})
 	if err == nil {
@@ -116,6 +135,9 @@ func (s *Service) planRestore(ctx context.Context, c *container) (*restorePlan, 
 		return nil, declineRestore(ctx, c, err, plan.phases, name)
 	}
 	plan.checkpoint = ck
+	if plan.key != nil {
+		plan.plain = filepath.Join(o.DecryptDir, c.id)
+	}
 	plan.left = o.RestoreTimeout.Duration - time.Since(start)
 	log.G(ctx).WithField("id", c.id).WithField("checkpoint", ck.Name).Info("snapshot: restoring from checkpoint")
 	return plan, nil
@@ -304,11 +326,19 @@ func adviseHugePages(o options.Options) {
 
 // restore runs the restore phases in order, each timed; ctx carries the
 // deadline from restore_timeout (runc, hence CRIU, is killed when it ends).
+// An encrypted checkpoint is decrypted first and its plaintext removed when
+// the restore ends, restored or not, before any cold start.
 func (s *Service) restore(ctx context.Context, c *container, r *taskAPI.StartRequest) (resp *taskAPI.StartResponse, err error) {
 	plan := c.plan
 	adviseHugePages(c.options)
+	if plan.key != nil {
+		defer removePlaintext(ctx, c)
+		if err := plan.timed("decrypt", func() error { return decryptCheckpoint(ctx, c) }); err != nil {
+			return nil, err
+		}
+	}
 	if err := plan.timed("rootfs_diff", func() error {
-		return runtime.ApplyRootfsDiff(plan.checkpoint.Dir, filepath.Join(c.bundle, "rootfs"))
+		return runtime.ApplyRootfsDiff(plan.filesDir(), filepath.Join(c.bundle, "rootfs"))
 	}); err != nil {
 		return nil, err
 	}

@@ -12,6 +12,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 
 	"github.com/containerd/containerd/api/types"
 	ptypes "github.com/containerd/containerd/v2/pkg/protobuf/types"
@@ -37,8 +39,14 @@ func NewManager() shim.Shim {
 }
 
 // Stop is the out-of-process `delete` containerd runs when a shim died:
-// besides runc's clean-up it removes the container's control directory.
+// besides runc's clean-up it removes the container's control directory and
+// the plaintext of a checkpoint it was decrypting. The container's bundle
+// is found as runc's manager finds it: the directory named id beside the
+// working directory containerd runs the delete in.
 func (m manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
+	if cwd, err := os.Getwd(); err == nil {
+		removePlaintextOf(ctx, filepath.Join(filepath.Dir(cwd), id))
+	}
 	status, err := m.Shim.Stop(ctx, id)
 	removeControlDir(ctx, id)
 	return status, err
