@@ -28,6 +28,7 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hkdf"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -181,4 +182,18 @@ func (c *fileCipher) seal(dst, plain []byte, i int64, final bool) []byte {
 
 func (c *fileCipher) open(dst, sealed []byte, i int64, final bool) ([]byte, error) {
 	return c.aead.Open(dst, nonce(i), sealed, c.ad(i, final))
+}
+
+// GenerateKeyFile makes a new key and returns what its key file holds (64
+// hex digits and a newline, as ParseKey reads) and its ID.
+func GenerateKeyFile() (file []byte, id string, err error) {
+	raw := make([]byte, KeySize)
+	if _, err := rand.Read(raw); err != nil {
+		return nil, "", err
+	}
+	k, err := NewKey(raw)
+	if err != nil {
+		return nil, "", err
+	}
+	return []byte(hex.EncodeToString(raw) + "\n"), k.ID, nil
 }

@@ -169,6 +169,9 @@ type inspectOutput struct {
 	Manifest      *storage.Manifest `json:"manifest"`
 	Compatibility compatibility     `json:"compatibility"`
 	Signature     signatureReport   `json:"signature"`
+	// Encryption says whether the checkpoint is encrypted, with which key,
+	// and whether the handler's encryption_key (--handler-config) is it.
+	Encryption string `json:"encryption"`
 }
 
 func runInspect(e *env, args []string, trustedKeys pathList) int {
@@ -190,7 +193,7 @@ func runInspect(e *env, args []string, trustedKeys pathList) int {
 	out := inspectOutput{
 		Name: c.Name, Dir: c.Dir, Generation: c.Generation, Size: c.Size(),
 		Manifest: c.Manifest, Compatibility: checkCompatibility(c.Manifest, e.criuPath()),
-		Signature: checkSignature(c, policy),
+		Signature: checkSignature(c, policy), Encryption: e.encryptionReport(c),
 	}
 	if e.json {
 		return e.writeJSON(out)
@@ -216,6 +219,7 @@ func runInspect(e *env, args []string, trustedKeys pathList) int {
 	}
 	row("This node", out.Compatibility.Message)
 	row("Signature", out.Signature.String())
+	row("Encryption", out.Encryption)
 	if err := w.Flush(); err != nil {
 		return e.errorf("write output: %v", err)
 	}
@@ -242,4 +246,30 @@ func section[V any](e *env, heading string, m map[string]V, format func(V) strin
 		fmt.Fprintf(w, "  %s\t%s\n", k, format(m[k]))
 	}
 	w.Flush()
+}
+
+// encryptionReport is inspect's encryption line: the algorithm and key id,
+// and, with --handler-config, whether that handler's encryption_key opens
+// the checkpoint, in the shim's words when it does not.
+func (e *env) encryptionReport(c *storage.Checkpoint) string {
+	enc := c.Manifest.Encryption
+	if enc == nil {
+		return "none (stored in the clear)"
+	}
+	report := fmt.Sprintf("%s, key %s", enc.Algorithm, enc.KeyID)
+	o, err := e.handlerOptions()
+	switch {
+	case err != nil || o == nil:
+		return report
+	case o.EncryptionKey == "":
+		return report + "; the handler has no encryption_key"
+	}
+	k, err := storage.LoadEncryptionKey(o.EncryptionKey)
+	switch {
+	case err != nil:
+		return fmt.Sprintf("%s; %v", report, err)
+	case k.ID != enc.KeyID:
+		return fmt.Sprintf("%s; the handler's encryption_key is %s, another key", report, k.ID)
+	}
+	return report + "; the handler's encryption_key opens it"
 }

@@ -1,7 +1,7 @@
 // Command gpusnap is the operator's view of a checkpoint store and of a
 // node's readiness for the snapshot shim: list, inspect, verify, remove and
-// prune checkpoints, make signing keys with keygen, and check the node with
-// doctor. It reads the same store the shim writes, so it never needs the
+// prune checkpoints, make signing keys with keygen and encryption keys with
+// enckey, and check the node with doctor. It reads the same store the shim writes, so it never needs the
 // shim or containerd to be running.
 package main
 
@@ -35,14 +35,16 @@ Operate the checkpoint store of containerd-shim-snapshot-v2 and check a node.
 Commands:
   ls                      list checkpoints, broken ones with their error
   inspect NAME [--trusted-key PATH]...
-                          show a checkpoint's manifest, its signature and
-                          whether it fits this node
+                          show a checkpoint's manifest, its signature, its
+                          encryption and whether it fits this node
   verify NAME... | --all [--trusted-key PATH]...
                           check every file against its manifest digest and the
                           signature against the trusted keys (default: the
                           handler's trusted_keys)
   keygen PREFIX           make a signing key pair: PREFIX.key (signing_key)
                           and PREFIX.pub (trusted_keys)
+  enckey PATH             make an encryption key for encryption_key (never
+                          overwrites)
   rm NAME...              remove checkpoints
   prune [--keep N] [--max-bytes SIZE] [--stale DURATION]
                           remove old generations, stay under a byte budget,

@@ -53,6 +53,12 @@ func newTestStore(t *testing.T) *testStore {
 
 func publish(t *testing.T, s *storage.Store, label string, created time.Time, pages int) *storage.Checkpoint {
 	t.Helper()
+	return publishWith(t, s, label, created, pages, func(*storage.Manifest) {})
+}
+
+// publishWith is publish with edit applied to the manifest before publishing.
+func publishWith(t *testing.T, s *storage.Store, label string, created time.Time, pages int, edit func(*storage.Manifest)) *storage.Checkpoint {
+	t.Helper()
 	st, err := s.Stage()
 	if err != nil {
 		t.Fatal(err)
@@ -73,14 +79,16 @@ func publish(t *testing.T, s *storage.Store, label string, created time.Time, pa
 			t.Fatal(err)
 		}
 	}
-	c, err := st.Publish(&storage.Manifest{
+	m := &storage.Manifest{
 		Key:      testKey(label),
 		Identity: map[string]string{"image": "registry.local/" + label + ":1", "args": "serve"},
 		Node:     thisNode,
 		Source:   storage.Source{ContainerID: label + "-ctr", Namespace: "k8s.io", Hostname: "node-a"},
 		Created:  created,
 		Phases:   map[string]float64{"criu_dump": 1.25, "cuda_checkpoint": 0.5},
-	})
+	}
+	edit(m)
+	c, err := st.Publish(m)
 	if err != nil {
 		t.Fatal(err)
 	}
