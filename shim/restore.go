@@ -99,8 +99,8 @@ func (p *restorePlan) timed(name string, f func() error) error {
 // restore needs a store, a policy that allows it, a checkpoint whose identity
 // matches the container, a compatible node, the key it is encrypted with
 // (if it is), a signature the handler accepts (when it names trusted keys),
-// and intact files. Any "no" is a cold start
-// under restore = auto and an error under restore = required.
+// and intact files. Any "no" is a cold start under restore = auto and an
+// error under restore = required.
 func (s *Service) planRestore(ctx context.Context, c *container) (*restorePlan, error) {
 	o := c.options
 	if o.Store == "" || o.Restore == options.RestoreNever {
