@@ -25,7 +25,9 @@ func TestSoakRestoreKill(t *testing.T) {
 		}
 		cycles = n
 	}
-	opts, store := handlerOptions(t, "")
+	// With prefetching on, so that its readers are part of what must not
+	// leak.
+	opts, store := handlerOptions(t, "prefetch_readers = 2\n")
 	const src = "soak-source"
 	before := checkpointWarm(t, src, opts, store)
 	removeContainer(t, src)

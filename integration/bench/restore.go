@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -74,18 +75,25 @@ func restoreBench(bed *testbed.Bed, dir string, stateMB, warmup int) (*restoreRe
 	}
 	defer removeNetns("bench-restored-huge")
 	stopContainer(bed, "bench-restored-huge")
-	// From a cold page cache: the default (prefetch_readers = 4), then
-	// prefetching off.
-	if r.droppedCache, err = restoreDroppedCache(bed, "bench-dropped", options, env); err != nil {
+	// From a cold page cache: prefetch_readers = 4 and the default (off),
+	// interleaved droppedRuns times; medians.
+	optionsPrefetch := filepath.Join(dir, "handler-prefetch.toml")
+	if err := os.WriteFile(optionsPrefetch, []byte(body+"prefetch_readers = 4\n"), 0o600); err != nil {
 		return nil, err
 	}
-	optionsNoPrefetch := filepath.Join(dir, "handler-noprefetch.toml")
-	if err := os.WriteFile(optionsNoPrefetch, []byte(body+"prefetch_readers = 0\n"), 0o600); err != nil {
-		return nil, err
+	var on, off []time.Duration
+	for i := range droppedRuns {
+		d, err := restoreDroppedCache(bed, fmt.Sprintf("bench-dropped-%d", i), optionsPrefetch, env)
+		if err != nil {
+			return nil, err
+		}
+		on = append(on, d)
+		if d, err = restoreDroppedCache(bed, fmt.Sprintf("bench-dropped-noprefetch-%d", i), options, env); err != nil {
+			return nil, err
+		}
+		off = append(off, d)
 	}
-	if r.droppedCacheNoPrefetch, err = restoreDroppedCache(bed, "bench-dropped-noprefetch", optionsNoPrefetch, env); err != nil {
-		return nil, err
-	}
+	r.droppedCache, r.droppedCacheNoPrefetch = median(on), median(off)
 	if r.plainRestore, err = plainCRIU(dir, env); err != nil {
 		return nil, err
 	}
@@ -95,6 +103,9 @@ func restoreBench(bed *testbed.Bed, dir string, stateMB, warmup int) (*restoreRe
 	r.floor = measureFloor(store)
 	return &r, nil
 }
+
+// droppedRuns is how often each restore from a dropped page cache runs.
+var droppedRuns = 3
 
 // restoreDroppedCache drops the page cache and times one restore to its
 // first answer.
@@ -175,7 +186,14 @@ func runToAnswer(bed *testbed.Bed, id, options string, env []string) (time.Durat
 	if out, err := bed.Ctr(append(args, testbed.StatefulRef, id)...); err != nil {
 		return 0, fmt.Errorf("%s: %v: %s", id, err, out)
 	}
-	return waitAnswer(start, "nsenter", "--net="+netns, "busybox", "nc", "127.0.0.1", "8080")
+	took, err := waitAnswer(start, "nsenter", "--net="+netns, "busybox", "nc", "127.0.0.1", "8080")
+	if err != nil {
+		status, _ := os.ReadFile(filepath.Join("/run/containerd-shim-snapshot", id, "snapshot-status"))
+		tasks, _ := bed.Ctr("tasks", "ls")
+		rules, _ := exec.Command("ip", "netns", "exec", id, "iptables", "-S").CombinedOutput()
+		err = fmt.Errorf("%s: %w\nstatus: %s\ntasks:\n%s\niptables in its namespace:\n%s", id, err, status, tasks, rules)
+	}
+	return took, err
 }
 
 // removeNetns removes a workload's network namespace once its container is
@@ -194,8 +212,11 @@ func stopContainer(bed *testbed.Bed, id string) {
 }
 
 // waitAnswer polls until the probe command prints a workload answer.
+// answerTimeout bounds the wait for a workload's first answer.
+var answerTimeout = 5 * time.Minute
+
 func waitAnswer(start time.Time, probe ...string) (time.Duration, error) {
-	deadline := start.Add(5 * time.Minute)
+	deadline := start.Add(answerTimeout)
 	for time.Now().Before(deadline) {
 		out, _ := exec.Command(probe[0], probe[1:]...).Output()
 		if strings.HasPrefix(string(out), "count=") {
@@ -203,7 +224,7 @@ func waitAnswer(start time.Time, probe ...string) (time.Duration, error) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	return 0, fmt.Errorf("no answer from %v within 5 minutes", probe)
+	return 0, fmt.Errorf("no answer from %v within %s", probe, answerTimeout)
 }
 
 // plainCRIU runs the same workload as a plain host process, dumps it with
@@ -269,8 +290,8 @@ func reportRestore(r *restoreResult, stateMB, warmup int) {
 	fmt.Printf("  %-44s %10s\n", "cold start to first answer (shim)", r.cold.Round(time.Millisecond))
 	fmt.Printf("  %-44s %10s\n", "restore to first answer (shim, from store)", r.restore.Round(time.Millisecond))
 	fmt.Printf("  %-44s %10s\n", "  the same with restore_huge_pages = true", r.restoreHuge.Round(time.Millisecond))
-	fmt.Printf("  %-44s %10s\n", "restore, page cache dropped (prefetch on)", r.droppedCache.Round(time.Millisecond))
-	fmt.Printf("  %-44s %10s\n", "restore, page cache dropped, prefetch off", r.droppedCacheNoPrefetch.Round(time.Millisecond))
+	fmt.Printf("  %-44s %10s\n", "restore, page cache dropped, prefetch on (median)", r.droppedCache.Round(time.Millisecond))
+	fmt.Printf("  %-44s %10s\n", "restore, page cache dropped, prefetch off (median)", r.droppedCacheNoPrefetch.Round(time.Millisecond))
 	fmt.Printf("  %-44s %10s\n", "plain `criu restore` to first answer", r.plainRestore.Round(time.Millisecond))
 	speedup := float64(r.cold) / float64(r.restore)
 	overhead := float64(r.restore)/float64(r.plainRestore) - 1
@@ -319,4 +340,11 @@ func parallelSeconds(p map[int]time.Duration) map[string]float64 {
 		out[strconv.Itoa(n)] = d.Seconds()
 	}
 	return out
+}
+
+// median of a non-empty list of durations.
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
 }

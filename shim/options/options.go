@@ -74,7 +74,9 @@ type Options struct {
 	RestoreHugePages bool `toml:"restore_huge_pages"`
 	// PrefetchReaders is how many readers bring the chosen checkpoint's
 	// files into the page cache from Create on, ahead of CRIU's single
-	// reader (package prefetch); 0 turns prefetching off.
+	// reader (package prefetch); 0, the default, turns prefetching off:
+	// on the 2-core dev VM it made restores from a cold page cache slower
+	// (docs/performance.md). Turn it on where `make bench` shows a gain.
 	PrefetchReaders int `toml:"prefetch_readers"`
 	// SigningKey is the ed25519 private key (PKCS#8 PEM, mode 0600, root's)
 	// every checkpoint this handler publishes is signed with. Set it only
@@ -136,7 +138,6 @@ func Default() Options {
 		LockTimeout:       Duration{30 * time.Second},
 		CheckpointTimeout: Duration{10 * time.Minute},
 		RestoreTimeout:    Duration{5 * time.Minute},
-		PrefetchReaders:   4,
 		DecryptDir:        DefaultDecryptDir,
 		Source:            "defaults",
 	}
