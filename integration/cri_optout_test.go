@@ -95,11 +95,10 @@ func TestCRIOptOut(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 
-	// The same pod restores from it. This runs under restore = auto: the
-	// shim applies restore = required to the sandbox's pause container
-	// too (it runs on the same handler and has no checkpoint), so without
-	// the annotation runp itself fails under required.
-	setHandlerOptions(t, fmt.Sprintf("store = %q\ncontrol_dir = %q\n", store, controlDir))
+	// The same pod restores from it, under restore = required: the pod's
+	// pause container, on the same handler and without a checkpoint, is
+	// left out of restore decisions (runp failed under required before).
+	setHandlerOptions(t, fmt.Sprintf("store = %q\ncontrol_dir = %q\nrestore = \"required\"\n", store, controlDir))
 	t.Run("without the annotation the pod restores", func(t *testing.T) {
 		id := annotatedStatefulPod(t, handler, "optout-control", nil)
 		got, err := criAnswer(t, id)
@@ -108,7 +107,6 @@ func TestCRIOptOut(t *testing.T) {
 		}
 	})
 
-	setHandlerOptions(t, fmt.Sprintf("store = %q\ncontrol_dir = %q\nrestore = \"required\"\n", store, controlDir))
 	t.Run("gpusnap.io/restore: never cold-starts", func(t *testing.T) {
 		id := annotatedStatefulPod(t, handler, "optout-never", map[string]string{"gpusnap.io/restore": "never"})
 		got, err := criAnswer(t, id)

@@ -205,7 +205,7 @@ func copyFile(src, dst string) error {
 // the workload writes ready-for-checkpoint, the shim checkpoints it, leaving
 // it running, unless the store already holds a checkpoint of its identity.
 func (s *Service) watchReady(c *container) {
-	if c.options.AutoCheckpoint != options.AutoCheckpointOnReady || c.restored || c.controlDir == "" {
+	if c.options.AutoCheckpoint != options.AutoCheckpointOnReady || c.restored || c.controlDir == "" || isSandbox(c.spec) {
 		return
 	}
 	ctx, cancel := context.WithCancel(namespaces.WithNamespace(context.Background(), c.namespace))

@@ -106,6 +106,9 @@ func (s *Service) planRestore(ctx context.Context, c *container) (*restorePlan, 
 	if o.Store == "" || o.Restore == options.RestoreNever {
 		return nil, nil
 	}
+	if isSandbox(c.spec) {
+		return nil, nil
+	}
 	if optedOut(c.spec) {
 		skipRestore(ctx, c)
 		return nil, nil
@@ -172,6 +175,16 @@ func verifyCheckpoint(ctx context.Context, ck *storage.Checkpoint, o options.Opt
 const OptOutAnnotation = "gpusnap.io/restore"
 
 func optedOut(spec *specs.Spec) bool { return spec.Annotations[OptOutAnnotation] == "never" }
+
+// criContainerType is the annotation CRI puts on every container it
+// creates: "sandbox" for a pod's pause container, "container" otherwise.
+const criContainerType = "io.kubernetes.cri.container-type"
+
+// isSandbox reports a pod's pause container. It runs on the pod's handler
+// like the workload, but is never checkpointed or restored: it holds the
+// pod's namespaces and nothing else, and under restore = required it would
+// fail the pod for having no checkpoint.
+func isSandbox(spec *specs.Spec) bool { return spec.Annotations[criContainerType] == "sandbox" }
 
 // skipRestore records a cold start the container asked for.
 func skipRestore(ctx context.Context, c *container) {
