@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -79,4 +80,21 @@ func writeCRIUConfig(path string, tcpClose bool) error {
 func wantsTCPEstablished(r *taskAPI.CheckpointTaskRequest) bool {
 	opts := checkpointOptions(r)
 	return opts != nil && opts.OpenTcp
+}
+
+// useCRIU makes the CRIU at criuPath the one runc runs: runc starts `criu`
+// from its PATH, which it inherits from this shim, so the directory of
+// criu_path goes first in the shim's PATH (its base name is "criu", which
+// the options check). One shim serves one pod, whose containers share the
+// handler, so a process-wide setting is per handler.
+func useCRIU(criuPath string) {
+	if criuPath == "" {
+		return
+	}
+	dir := filepath.Dir(criuPath)
+	path := os.Getenv("PATH")
+	if first, _, _ := strings.Cut(path, ":"); first == dir {
+		return
+	}
+	os.Setenv("PATH", dir+":"+path)
 }

@@ -54,3 +54,16 @@ func TestCRIUConfig(t *testing.T) {
 func endsWith(s, suffix string) bool {
 	return len(s) >= len(suffix) && s[len(s)-len(suffix):] == suffix
 }
+
+func TestUseCRIU(t *testing.T) {
+	t.Setenv("PATH", "/usr/bin:/bin")
+	useCRIU("")
+	if got := os.Getenv("PATH"); got != "/usr/bin:/bin" {
+		t.Fatalf("no criu_path changed PATH to %q", got)
+	}
+	useCRIU("/opt/criu/sbin/criu")
+	useCRIU("/opt/criu/sbin/criu")
+	if got := os.Getenv("PATH"); got != "/opt/criu/sbin:/usr/bin:/bin" {
+		t.Fatalf("PATH = %q, want criu_path's directory first, once", got)
+	}
+}

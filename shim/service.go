@@ -95,6 +95,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 		return nil, errgrpc.ToGRPC(err)
 	}
 	r.Options = runcOpts
+	useCRIU(opts.CRIUPath)
 	c, err := newContainer(ctx, r, opts)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)

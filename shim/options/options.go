@@ -48,7 +48,9 @@ type Options struct {
 	// ControlDir is where the per-container control directory is mounted
 	// inside the container; empty mounts none.
 	ControlDir string `toml:"control_dir"`
-	// CRIUPath is the CRIU binary; empty means "criu" from PATH.
+	// CRIUPath is the CRIU binary; empty means "criu" from PATH. runc runs
+	// `criu` from its PATH, so the shim puts this file's directory first
+	// in it: the base name must be criu.
 	CRIUPath string `toml:"criu_path"`
 	// IgnoreEnv lists environment variables left out of the identity key
 	// (per-pod values such as HOSTNAME).
@@ -195,6 +197,9 @@ func (o Options) validate() error {
 		if p != "" && !filepath.IsAbs(p) {
 			return fmt.Errorf("%s = %q: must be an absolute path", key, p)
 		}
+	}
+	if o.CRIUPath != "" && filepath.Base(o.CRIUPath) != "criu" {
+		return fmt.Errorf("criu_path = %q: must name a file called criu (runc runs `criu` from PATH; the shim puts this directory first)", o.CRIUPath)
 	}
 	for _, p := range o.TrustedKeys {
 		if !filepath.IsAbs(p) {
