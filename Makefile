@@ -16,7 +16,7 @@ build:
 deps:
 	contrib/scripts/deps.sh
 
-## deps-k8s: build kube-apiserver and kubelet v1.37.2, fetch etcd 3.5 (cached, idempotent)
+## deps-k8s: build kube-apiserver, kubelet, kube-scheduler, kube-controller-manager v1.37.2, fetch etcd 3.5 (cached, idempotent)
 deps-k8s:
 	contrib/scripts/deps-k8s.sh
 
@@ -38,7 +38,7 @@ test-unit:
 test-integration:
 	$(GO) test -count=1 -timeout 30m -v ./integration/...
 
-## test-kube: a real single-node Kubernetes (etcd, kube-apiserver, kubelet) on a private containerd (root)
+## test-kube: a real single-node Kubernetes (etcd, kube-apiserver, scheduler, controller-manager, kubelet) on a private containerd (root)
 test-kube: deps deps-k8s
 	SNAPSHOT_KUBE=1 $(GO) test ./integration/kube/ -count=1 -timeout 20m -v
 
