@@ -120,6 +120,7 @@ func (s *Service) planRestore(ctx context.Context, c *container) (*restorePlan, 
 	var ck *storage.Checkpoint
 	err := plan.timed("lookup", func() (err error) {
 		if ck, err = findCheckpoint(c); err == nil {
+			ck = cachedCopy(ctx, ck, o.CacheDir)
 			plan.key, err = checkEncryption(ck, o)
 		}
 		return err
@@ -274,11 +275,14 @@ func nodeFingerprint(o options.Options) (storage.Fingerprint, error) {
 
 // snapshotStatus is written to the control directory after each decision.
 type snapshotStatus struct {
-	Decision   string             `json:"decision"`
-	Reason     string             `json:"reason,omitempty"`
-	Checkpoint string             `json:"checkpoint,omitempty"`
-	At         time.Time          `json:"at"`
-	Phases     map[string]float64 `json:"phases_seconds,omitempty"`
+	Decision   string `json:"decision"`
+	Reason     string `json:"reason,omitempty"`
+	Checkpoint string `json:"checkpoint,omitempty"`
+	// From is the directory a restore read the checkpoint from: the
+	// store's, or its copy in cache_dir.
+	From   string             `json:"from,omitempty"`
+	At     time.Time          `json:"at"`
+	Phases map[string]float64 `json:"phases_seconds,omitempty"`
 }
 
 // declineRestore records why a container is not restored; under
@@ -375,7 +379,7 @@ func (s *Service) restore(ctx context.Context, c *container, r *taskAPI.StartReq
 	if err := writeControlFile(c.controlDir, RestoreCompleteFile, done); err != nil {
 		log.G(ctx).WithError(err).Warn("snapshot: writing restore-complete")
 	}
-	writeControlFile(c.controlDir, StatusFile, snapshotStatus{Decision: "restored", Checkpoint: plan.checkpoint.Name, At: time.Now(), Phases: plan.phases})
+	writeControlFile(c.controlDir, StatusFile, snapshotStatus{Decision: "restored", Checkpoint: plan.checkpoint.Name, From: plan.checkpoint.Dir, At: time.Now(), Phases: plan.phases})
 	recordEvent(ctx, c, events.Event{Kind: events.KindRestore, Outcome: events.OutcomeRestored, Checkpoint: plan.checkpoint.Name,
 		Phases: plan.phases, BytesRead: plan.checkpoint.Size()})
 	log.G(ctx).WithField("id", c.id).WithField("phases", plan.phases).Info("snapshot: restored")

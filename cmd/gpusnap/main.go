@@ -45,6 +45,8 @@ Commands:
                           and PREFIX.pub (trusted_keys)
   enckey PATH             make an encryption key for encryption_key (never
                           overwrites)
+  prefetch NAME... | --latest [--cache DIR]
+                          copy checkpoints into the node-local cache_dir
   rm NAME...              remove checkpoints
   prune [--keep N] [--max-bytes SIZE] [--stale DURATION]
                           remove old generations, stay under a byte budget,

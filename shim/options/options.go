@@ -74,6 +74,12 @@ type Options struct {
 	// areas keep the MADV_HUGEPAGE mark afterwards. A CRIU without the patch
 	// ignores it.
 	RestoreHugePages bool `toml:"restore_huge_pages"`
+	// CacheDir is a node-local store (local disk or tmpfs, root's, 0700)
+	// holding copies of the store's checkpoints, filled by `gpusnap
+	// prefetch`. A restore reads the copy there when it has the same
+	// manifest as the store's checkpoint, which stays the one that decides
+	// what is restored.
+	CacheDir string `toml:"cache_dir"`
 	// PrefetchReaders is how many readers bring the chosen checkpoint's
 	// files into the page cache from Create on, ahead of CRIU's single
 	// reader (package prefetch); 0, the default, turns prefetching off:
@@ -192,7 +198,7 @@ func (o Options) validate() error {
 	if err := oneOf("auto_checkpoint", o.AutoCheckpoint, AutoCheckpointOff, AutoCheckpointOnReady); err != nil {
 		return err
 	}
-	for key, p := range map[string]string{"store": o.Store, "control_dir": o.ControlDir, "criu_path": o.CRIUPath, "signing_key": o.SigningKey,
+	for key, p := range map[string]string{"store": o.Store, "control_dir": o.ControlDir, "criu_path": o.CRIUPath, "cache_dir": o.CacheDir, "signing_key": o.SigningKey,
 		"encryption_key": o.EncryptionKey, "decrypt_dir": o.DecryptDir} {
 		if p != "" && !filepath.IsAbs(p) {
 			return fmt.Errorf("%s = %q: must be an absolute path", key, p)
