@@ -6,7 +6,9 @@
 // Mode cold times `ctr run --rm` of a trivial container end to end (shim
 // start, create, start, exit, delete) and prints min and median per runtime
 // and the ratio of medians. Mode restore compares cold start, restore through
-// the shim and plain `criu restore` of a workload with a slow warm-up.
+// the shim and plain `criu restore` of a workload with a slow warm-up. Mode
+// encryption compares checkpoints and restores of that workload stored in
+// the clear and encrypted (encryption_key), restores interleaved.
 package main
 
 import (
@@ -21,13 +23,14 @@ import (
 )
 
 func main() {
-	mode := flag.String("mode", "cold", "benchmark: cold or restore")
+	mode := flag.String("mode", "cold", "benchmark: cold, restore or encryption")
 	runs := flag.Int("runs", 30, "runs per runtime (cold)")
 	stateMB := flag.Int("state-mb", 2048, "workload state in MiB (restore)")
 	warmup := flag.Int("warmup", 20, "workload warm-up seconds (restore)")
 	out := flag.String("out", "", "also write the restore results as JSON to this file (restore)")
+	decryptDir := flag.String("decrypt-dir", "", "decrypt_dir of the encrypting handler (encryption; default: the shim's)")
 	flag.Parse()
-	if *mode != "cold" && *mode != "restore" {
+	if *mode != "cold" && *mode != "restore" && *mode != "encryption" {
 		fail(fmt.Errorf("unknown mode %q", *mode))
 	}
 	dir, err := os.MkdirTemp("/var/tmp", "snapshot-bench-")
@@ -41,9 +44,13 @@ func main() {
 	}
 	var times map[string][]time.Duration
 	var restore *restoreResult
-	if *mode == "cold" {
+	var encryption *encryptionResult
+	switch *mode {
+	case "cold":
 		times, err = coldRuns(bed, *runs)
-	} else {
+	case "encryption":
+		encryption, err = encryptionBench(bed, dir, *stateMB, *warmup, *decryptDir)
+	default:
 		restore, err = restoreBench(bed, dir, *stateMB, *warmup)
 	}
 	if left, stopErr := bed.Stop(); stopErr != nil || len(left) > 0 {
@@ -52,9 +59,12 @@ func main() {
 	if err != nil {
 		fail(err)
 	}
-	if *mode == "cold" {
+	switch *mode {
+	case "cold":
 		report(times, *runs)
-	} else {
+	case "encryption":
+		encryption.report(*stateMB, *warmup)
+	default:
 		reportRestore(restore, *stateMB, *warmup)
 		if *out != "" {
 			if err := writeRestoreJSON(*out, restore, *stateMB, *warmup); err != nil {
