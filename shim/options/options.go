@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"strings"
 	"time"
@@ -218,6 +219,12 @@ func (o Options) validate() error {
 	if o.Store != "" && within(o.DecryptDir, o.Store) {
 		return fmt.Errorf("decrypt_dir = %q is inside the store %q: the plaintext of encrypted checkpoints must stay off the store", o.DecryptDir, o.Store)
 	}
+	if o.CacheDir != "" && within(o.DecryptDir, o.CacheDir) {
+		return fmt.Errorf("decrypt_dir = %q is inside cache_dir %q: the cache holds checkpoints as stored, the plaintext goes elsewhere", o.DecryptDir, o.CacheDir)
+	}
+	if o.CacheDir != "" && o.Store != "" && (within(o.CacheDir, o.Store) || within(o.Store, o.CacheDir)) {
+		return fmt.Errorf("cache_dir = %q and store = %q overlap: the cache is a separate, node-local store", o.CacheDir, o.Store)
+	}
 	if o.RequireSignature && len(o.TrustedKeys) == 0 {
 		return errors.New("require_signature = true needs trusted_keys (the public keys a signature may verify with)")
 	}
@@ -252,7 +259,12 @@ func oneOf(key, value string, allowed ...string) error {
 }
 
 func knownKeys() []string {
-	return []string{"store", "checkpoint", "restore", "auto_checkpoint", "control_dir",
-		"criu_path", "ignore_env", "lock_timeout", "checkpoint_timeout", "restore_timeout", "restore_huge_pages",
-		"signing_key", "trusted_keys", "require_signature", "encryption_key", "decrypt_dir"}
+	var keys []string
+	t := reflect.TypeFor[Options]()
+	for i := range t.NumField() {
+		if key := t.Field(i).Tag.Get("toml"); key != "" && key != "-" {
+			keys = append(keys, key)
+		}
+	}
+	return keys
 }

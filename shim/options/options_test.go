@@ -117,3 +117,18 @@ func TestLoadMissingFileNamesPath(t *testing.T) {
 		t.Fatalf("Load = %+v, %v", o, err)
 	}
 }
+
+func TestCacheDirChecks(t *testing.T) {
+	for body, want := range map[string]string{
+		"store = \"/s\"\ncache_dir = \"/s/cache\"\n":                       "overlap",
+		"store = \"/s\"\ncache_dir = \"/c\"\ndecrypt_dir = \"/c/plain\"\n": "inside cache_dir",
+		"cache_dir = \"relative\"\n":                                       "must be an absolute path",
+	} {
+		if _, err := Parse([]byte(body), "test.toml"); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want an error containing %q", body, err, want)
+		}
+	}
+	if _, err := Parse([]byte("store = \"/s\"\ncache_dir = \"/c\"\n"), "test.toml"); err != nil {
+		t.Errorf("a separate cache_dir: %v", err)
+	}
+}
