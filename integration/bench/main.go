@@ -37,6 +37,9 @@ func main() {
 	if err != nil {
 		fail(err)
 	}
+	// fail exits without running deferred calls: the bench's directory
+	// (gigabytes of store) goes first.
+	fail := func(err error) { os.RemoveAll(dir); fail(err) }
 	defer os.RemoveAll(dir)
 	bed, err := testbed.Prepare(dir, "", nil)
 	if err != nil {
