@@ -28,7 +28,7 @@ import (
 // verifiedDir remembers, per node, which checkpoints were fully verified, so
 // that only the first restore of a checkpoint on a node hashes every byte.
 // A variable so that tests keep their results to themselves.
-var verifiedDir = "/var/lib/containerd-shim-snapshot/verified"
+var verifiedDir = storage.DefaultVerifiedDir
 
 // restorePlan is the checkpoint chosen at Create and the timings of the
 // restore phases as they run.

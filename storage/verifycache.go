@@ -12,6 +12,11 @@ import (
 	"syscall"
 )
 
+// DefaultVerifiedDir is where a node remembers which checkpoints were
+// fully verified (the shim's restores, and `gpusnap prefetch` for the copies
+// it makes): node-local and root's alone.
+const DefaultVerifiedDir = "/var/lib/containerd-shim-snapshot/verified"
+
 // VerifyCached verifies a checkpoint once per node and remembers the result,
 // so that hashing every byte stays off the hot path of later restores.
 //

@@ -14,7 +14,9 @@ func init() {
 		summary: "Copy checkpoints of the store into a node-local cache directory (the handler's\n" +
 			"cache_dir, or --cache), so that restores on this node read local disk or tmpfs\n" +
 			"instead of a shared store. Each copy is hashed against its manifest before it\n" +
-			"appears; a checkpoint already cached is left as it is. --latest takes the newest\n" +
+			"appears, and remembered as verified (under the handler's signature policy) so\n" +
+			"that the first restore need not hash it again; a checkpoint already cached is\n" +
+			"left as it is. --latest takes the newest\n" +
 			"generation of every identity key.",
 		args: "NAME... | --latest",
 		setup: func(fs *flag.FlagSet) runFunc {
@@ -62,11 +64,15 @@ func runPrefetch(e *env, names []string, cacheDir string, latest bool) int {
 	if err != nil {
 		return e.errorf("%v", err)
 	}
+	policy, err := e.signaturePolicy(nil)
+	if err != nil {
+		return e.errorf("%v", err)
+	}
 	bar := newProgressBar(e.stderr)
 	var results []prefetched
 	failed := 0
 	for _, src := range sources {
-		r := prefetchOne(cache, src, bar)
+		r := prefetchOne(cache, src, policy, bar)
 		if r.Error != "" {
 			failed++
 		}
@@ -124,8 +130,18 @@ func prefetchSources(s *storage.Store, names []string, latest bool) ([]*storage.
 	return out, nil
 }
 
-func prefetchOne(cache *storage.Store, src *storage.Checkpoint, bar *progressBar) prefetched {
+// verifiedDir is where prefetch remembers its copies as verified, as the
+// shim's restores do; a variable so that tests keep theirs to themselves.
+var verifiedDir = storage.DefaultVerifiedDir
+
+// prefetchOne copies one checkpoint into the cache. A copy it made was
+// hashed against the manifest on the way, so it is remembered as verified
+// under the handler's signature policy: the first restore from it need not
+// hash it again. A copy that was already there is left as it is.
+func prefetchOne(cache *storage.Store, src *storage.Checkpoint, policy storage.SignaturePolicy, bar *progressBar) prefetched {
 	start := time.Now()
+	_, err := cache.Get(src.Name)
+	fresh := err != nil
 	var progress func(done, total int64)
 	if bar != nil {
 		progress = func(done, total int64) { bar.update(src.Name, done, total) }
@@ -137,5 +153,11 @@ func prefetchOne(cache *storage.Store, src *storage.Checkpoint, bar *progressBar
 	if err != nil {
 		return prefetched{Name: src.Name, Error: err.Error()}
 	}
-	return prefetched{Name: c.Name, Dir: c.Dir, Bytes: c.Size(), Seconds: time.Since(start).Seconds()}
+	r := prefetched{Name: c.Name, Dir: c.Dir, Bytes: c.Size(), Seconds: time.Since(start).Seconds()}
+	if fresh {
+		if err := c.RememberVerified(verifiedDir, policy); err != nil {
+			r.Error = "copied, but not remembered as verified: " + err.Error()
+		}
+	}
+	return r
 }

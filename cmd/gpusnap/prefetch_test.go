@@ -1,10 +1,13 @@
 package main
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
+
+	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
 )
 
 func TestPrefetch(t *testing.T) {
@@ -13,9 +16,25 @@ func TestPrefetch(t *testing.T) {
 	if err := os.Mkdir(cache, 0o700); err != nil {
 		t.Fatal(err)
 	}
+	saved := verifiedDir
+	verifiedDir = t.TempDir()
+	t.Cleanup(func() { verifiedDir = saved })
 	out, _ := mustRun(t, exitOK, "--store", ts.root, "prefetch", "--cache", cache, ts.web1)
 	contains(t, "prefetch", out, ts.web1+": 4.0 KiB in "+filepath.Join(cache, ts.web1))
 	mustRun(t, exitOK, "--store", cache, "verify", ts.web1)
+	// The copy was remembered as verified: a restore's VerifyCached on it
+	// need not hash it.
+	cs, err := storage.Open(cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copied, err := cs.Get(ts.web1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cached, err := copied.VerifyCached(context.Background(), verifiedDir, storage.SignaturePolicy{}, nil); err != nil || !cached {
+		t.Errorf("the prefetched copy is not remembered as verified: cached=%v, %v", cached, err)
+	}
 
 	// --latest: the newest generation of every key; web1 stays as it was.
 	out, _ = mustRun(t, exitOK, "--store", ts.root, "--json", "prefetch", "--cache", cache, "--latest")
