@@ -48,6 +48,31 @@ func addRestoreFiles(c *container, dir string, phases map[string]float64) error 
 	return copyFile(filepath.Join(c.bundle, "config.json"), filepath.Join(dir, specDumpFile))
 }
 
+// publishPrereqs is what a checkpoint needs from the node and the handler:
+// the node's fingerprint (which requires a usable CRIU) and, with a store,
+// the signing and encryption keys. They are loaded before anything is
+// frozen, checkpointed on the GPU or dumped, so a missing CRIU or a bad key
+// fails the checkpoint while the container is untouched.
+type publishPrereqs struct {
+	node   storage.Fingerprint
+	signer *storage.SigningKey
+	enc    *crypt.Key
+}
+
+func loadPublishPrereqs(o options.Options) (pp publishPrereqs, err error) {
+	if pp.node, err = nodeFingerprint(o); err != nil {
+		return pp, err
+	}
+	if o.Store == "" {
+		return pp, nil
+	}
+	if pp.signer, err = signingKey(o); err != nil {
+		return pp, err
+	}
+	pp.enc, err = encryptionKey(o)
+	return pp, err
+}
+
 // publish puts a finished checkpoint (the directory containerd gave the
 // Checkpoint RPC, completed by addRestoreFiles) into the handler's store with
 // a manifest, signed when the handler has a signing key, and publishes it
@@ -55,15 +80,8 @@ func addRestoreFiles(c *container, dir string, phases map[string]float64) error 
 // so no bytes move; with an encryption key each file is instead encrypted
 // into the staging directory (phase "encrypt"), so the store never holds a
 // plaintext byte, not even before the rename that publishes it.
-func (s *Service) publish(ctx context.Context, c *container, dir string, gpus storage.GPUNode, phases map[string]float64) error {
-	signer, err := signingKey(c.options)
-	if err != nil {
-		return err
-	}
-	enc, err := encryptionKey(c.options)
-	if err != nil {
-		return err
-	}
+func (s *Service) publish(ctx context.Context, c *container, dir string, gpus storage.GPUNode, pp publishPrereqs, phases map[string]float64) error {
+	signer, enc := pp.signer, pp.enc
 	store, err := storage.Open(c.options.Store)
 	if err != nil {
 		return err
@@ -86,12 +104,8 @@ func (s *Service) publish(ctx context.Context, c *container, dir string, gpus st
 	if err != nil {
 		return fmt.Errorf("checkpoint %s: %w", phase, err)
 	}
-	node, err := nodeFingerprint(c.options)
-	if err != nil {
-		return err
-	}
 	key, fields := identity(c)
-	m := &storage.Manifest{Key: key, Identity: fields, Node: node, Phases: phases, GPUs: gpus.GPUs, DriverVersion: gpus.DriverVersion,
+	m := &storage.Manifest{Key: key, Identity: fields, Node: pp.node, Phases: phases, GPUs: gpus.GPUs, DriverVersion: gpus.DriverVersion,
 		Source: storage.Source{ContainerID: c.id, Namespace: c.namespace, Hostname: c.spec.Hostname}}
 	if enc != nil {
 		m.Encryption = &storage.Encryption{Algorithm: crypt.Algorithm, KeyID: enc.ID}

@@ -205,9 +205,8 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 // checkpoint runs the checkpoint flow for one of this shim's containers,
 // recording each phase's duration in phases.
 func (s *Service) checkpoint(ctx context.Context, c *container, r *taskAPI.CheckpointTaskRequest, phases map[string]float64) (*ptypes.Empty, error) {
-	// A missing or too old CRIU is refused before anything is frozen,
-	// checkpointed on the GPU or dumped.
-	if _, err := nodeFingerprint(c.options); err != nil {
+	pp, err := loadPublishPrereqs(c.options)
+	if err != nil {
 		return nil, fmt.Errorf("checkpoint refused: %w", err)
 	}
 	if err := prepareCRIUConfigForDump(c, r); err != nil {
@@ -221,7 +220,7 @@ func (s *Service) checkpoint(ctx context.Context, c *container, r *taskAPI.Check
 		gpus     storage.GPUNode
 		start    = time.Now()
 	)
-	err := thawedFor(ctx, c, thawForGPU, func() (err error) {
+	err = thawedFor(ctx, c, thawForGPU, func() (err error) {
 		rollback, gpus, err = s.gpuCheckpoint(ctx, c)
 		return err
 	})
@@ -239,7 +238,7 @@ func (s *Service) checkpoint(ctx context.Context, c *container, r *taskAPI.Check
 		err = addRestoreFiles(c, r.Path, phases)
 	}
 	if err == nil && c.options.Store != "" {
-		if err = s.publish(ctx, c, r.Path, gpus, phases); err != nil {
+		if err = s.publish(ctx, c, r.Path, gpus, pp, phases); err != nil {
 			log.G(ctx).WithError(err).WithField("id", r.ID).Error("checkpoint not published to the store")
 		}
 	}
