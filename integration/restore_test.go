@@ -6,8 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -70,12 +68,7 @@ func podNetns(t *testing.T, id string) string {
 }
 
 // workloadState is one answer of the stateful workload.
-type workloadState struct {
-	Count       int
-	File, Child string
-}
-
-var stateLine = regexp.MustCompile(`count=(\d+) file=(\S*) child=(\w+)`)
+type workloadState = testbed.StatefulAnswer
 
 // query asks the workload over its TCP socket, from inside the container.
 func query(t *testing.T, id string) (workloadState, error) {
@@ -86,15 +79,7 @@ func query(t *testing.T, id string) (workloadState, error) {
 	return parseAnswer(out)
 }
 
-// parseAnswer reads one line of the stateful workload.
-func parseAnswer(out string) (workloadState, error) {
-	m := stateLine.FindStringSubmatch(out)
-	if m == nil {
-		return workloadState{}, fmt.Errorf("unexpected answer %q", out)
-	}
-	n, _ := strconv.Atoi(m[1])
-	return workloadState{Count: n, File: m[2], Child: m[3]}, nil
-}
+var parseAnswer = testbed.ParseStatefulAnswer
 
 // waitWarm waits until the workload answers with at least count.
 func waitWarm(t *testing.T, id string, count int) workloadState {

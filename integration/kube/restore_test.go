@@ -6,7 +6,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -108,12 +107,7 @@ func events(ns, name string) string {
 	return b.String()
 }
 
-type workloadState struct {
-	Count       int
-	File, Child string
-}
-
-var stateLine = regexp.MustCompile(`count=(\d+) file=(\S*) child=(\w+)`)
+type workloadState = testbed.StatefulAnswer
 
 // query asks the workload over its TCP socket, from inside its container,
 // through kubectl-style exec (apiserver -> kubelet -> CRI).
@@ -124,12 +118,7 @@ func query(pod string) (workloadState, error) {
 	if err != nil {
 		return workloadState{}, err
 	}
-	m := stateLine.FindStringSubmatch(out)
-	if m == nil {
-		return workloadState{}, fmt.Errorf("unexpected answer %q", out)
-	}
-	n, _ := strconv.Atoi(m[1])
-	return workloadState{Count: n, File: m[2], Child: m[3]}, nil
+	return testbed.ParseStatefulAnswer(out)
 }
 
 // waitAnswer waits until the workload answers with at least count.
