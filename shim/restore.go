@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	goruntime "runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -327,18 +329,23 @@ func timeoutReason(ctx context.Context, o options.Options, err error) error {
 	return err
 }
 
-// criuHugePagesEnv is read by the project's CRIU patch (contrib/criu): runc
+// The variables read by the project's CRIU patches (contrib/criu): runc
 // hands the shim's environment on to CRIU. One shim serves one pod, whose
 // containers share the handler, so a process-wide setting is per handler.
-const criuHugePagesEnv = "CRIU_RESTORE_HUGEPAGES"
+const (
+	criuHugePagesEnv = "CRIU_RESTORE_HUGEPAGES"
+	criuThreadsEnv   = "CRIU_RESTORE_THREADS"
+)
 
-// adviseHugePages tells the next CRIU restore whether to use huge pages.
-func adviseHugePages(o options.Options) {
+// tuneCRIURestore tells the next CRIU restore whether to use huge pages and
+// how many threads to read pages with.
+func tuneCRIURestore(o options.Options) {
 	v := "0"
 	if o.RestoreHugePages {
 		v = "1"
 	}
 	os.Setenv(criuHugePagesEnv, v)
+	os.Setenv(criuThreadsEnv, strconv.Itoa(o.CRIURestoreThreads(goruntime.NumCPU())))
 }
 
 // restore runs the restore phases in order, each timed; ctx carries the
@@ -347,7 +354,7 @@ func adviseHugePages(o options.Options) {
 // the restore ends, restored or not, before any cold start.
 func (s *Service) restore(ctx context.Context, c *container, r *taskAPI.StartRequest) (resp *taskAPI.StartResponse, err error) {
 	plan := c.plan
-	adviseHugePages(c.options)
+	tuneCRIURestore(c.options)
 	if plan.key != nil {
 		defer removePlaintext(ctx, c)
 		if err := plan.timed("decrypt", func() error { return decryptCheckpoint(ctx, c) }); err != nil {

@@ -285,7 +285,7 @@ func (s *Service) startExplicitCheckpoint(ctx context.Context, c *container, r *
 	if err := runtime.ApplyRootfsDiff(c.create.Checkpoint, filepath.Join(c.bundle, "rootfs")); err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("applying the checkpoint's writable layer: %w", err))
 	}
-	adviseHugePages(c.options)
+	tuneCRIURestore(c.options)
 	return s.TTRPCTaskService.Start(ctx, r)
 }
 

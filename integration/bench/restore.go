@@ -15,11 +15,17 @@ import (
 
 	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/floor"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/testbed"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/shim/options"
 )
 
 // restoreResult holds one run of the restore benchmark.
 type restoreResult struct {
-	cold, checkpoint, restore, restoreHuge, plainRestore time.Duration
+	cold, checkpoint, restoreHuge time.Duration
+	// medians of warmRuns interleaved restores with the image in the page
+	// cache: the shim with its default restore_threads, the shim with
+	// restore_threads = 1 (CRIU's single reader), and plain `criu restore`
+	restore, restoreOneThread, plainRestore time.Duration
+	restoreThreads                          int // what the default means here
 	// restores with the page cache dropped first, with and without the
 	// shim's prefetch readers
 	droppedCache, droppedCacheNoPrefetch time.Duration
@@ -55,16 +61,9 @@ func restoreBench(bed *testbed.Bed, dir string, stateMB, warmup int) (*restoreRe
 	r.checkpoint = time.Since(start)
 	stopContainer(bed, "bench-cold")
 	r.imageBytes = dirBytes(store)
-	if r.restore, err = runToAnswer(bed, "bench-restored", options, env); err != nil {
+	if err := warmRestores(bed, &r, dir, body, env); err != nil {
 		return nil, err
 	}
-	defer removeNetns("bench-restored")
-	status, _ := os.ReadFile("/run/containerd-shim-snapshot/bench-restored/snapshot-status")
-	r.phases = strings.TrimSpace(string(status))
-	if !strings.Contains(r.phases, `"restored"`) {
-		return nil, fmt.Errorf("second container was not restored: %s", r.phases)
-	}
-	stopContainer(bed, "bench-restored")
 	// The same restore with restore_huge_pages = true.
 	optionsHuge := filepath.Join(dir, "handler-huge.toml")
 	if err := os.WriteFile(optionsHuge, []byte(body+"restore_huge_pages = true\n"), 0o600); err != nil {
@@ -94,9 +93,11 @@ func restoreBench(bed *testbed.Bed, dir string, stateMB, warmup int) (*restoreRe
 		off = append(off, d)
 	}
 	r.droppedCache, r.droppedCacheNoPrefetch = median(on), median(off)
-	if r.plainRestore, err = plainCRIU(dir, env); err != nil {
+	plain, err := plainCRIU(dir, env, warmRuns)
+	if err != nil {
 		return nil, err
 	}
+	r.plainRestore = median(plain)
 	if r.parallel, err = parallelRestores(bed, options, env, []int{1, 2, 4}); err != nil {
 		return nil, err
 	}
@@ -104,8 +105,55 @@ func restoreBench(bed *testbed.Bed, dir string, stateMB, warmup int) (*restoreRe
 	return &r, nil
 }
 
-// droppedRuns is how often each restore from a dropped page cache runs.
-var droppedRuns = 3
+// droppedRuns is how often each restore from a dropped page cache runs;
+// warmRuns how often each restore with the image in the page cache runs.
+var droppedRuns, warmRuns = 3, 3
+
+// warmRestores times restores with the image in the page cache, the
+// handler's default restore_threads against restore_threads = 1,
+// interleaved; the first restore's status gives the phases.
+func warmRestores(bed *testbed.Bed, r *restoreResult, dir, body string, env []string) error {
+	dflt, oneThread := filepath.Join(dir, "handler.toml"), filepath.Join(dir, "handler-one-thread.toml")
+	if err := os.WriteFile(oneThread, []byte(body+"restore_threads = 1\n"), 0o600); err != nil {
+		return err
+	}
+	r.restoreThreads = options.Default().CRIURestoreThreads(runtime.NumCPU())
+	var threads, one []time.Duration
+	for i := range warmRuns {
+		for _, run := range []struct {
+			name, options string
+			times         *[]time.Duration
+		}{{"bench-restored", dflt, &threads}, {"bench-restored-1t", oneThread, &one}} {
+			id := fmt.Sprintf("%s-%d", run.name, i)
+			d, err := runToAnswer(bed, id, run.options, env)
+			removeNetns(id)
+			if err == nil {
+				err = checkRestored(id, &r.phases)
+			}
+			stopContainer(bed, id)
+			if err != nil {
+				return err
+			}
+			*run.times = append(*run.times, d)
+		}
+	}
+	r.restore, r.restoreOneThread = median(threads), median(one)
+	return nil
+}
+
+// checkRestored fails unless the container's status says it was restored;
+// the first status read is kept in phases.
+func checkRestored(id string, phases *string) error {
+	data, _ := os.ReadFile(filepath.Join("/run/containerd-shim-snapshot", id, "snapshot-status"))
+	status := strings.TrimSpace(string(data))
+	if !strings.Contains(status, `"restored"`) {
+		return fmt.Errorf("%s was not restored: %s", id, status)
+	}
+	if *phases == "" {
+		*phases = status
+	}
+	return nil
+}
 
 // restoreDroppedCache drops the page cache and times one restore to its
 // first answer.
@@ -228,13 +276,37 @@ func waitAnswer(start time.Time, probe ...string) (time.Duration, error) {
 }
 
 // plainCRIU runs the same workload as a plain host process, dumps it with
-// `criu dump`, and times `criu restore` to its first answer: the floor the
-// shim's restore is compared with.
-func plainCRIU(dir string, env []string) (time.Duration, error) {
+// `criu dump`, and times runs restores with `criu restore` to the first
+// answer, killing each restored process before the next: the baseline the
+// shim's restore is compared with. CRIU runs as upstream's (none of the
+// project patches' variables set).
+func plainCRIU(dir string, env []string, runs int) ([]time.Duration, error) {
 	images := filepath.Join(dir, "plain-images")
 	if err := os.MkdirAll(images, 0o700); err != nil {
-		return 0, err
+		return nil, err
 	}
+	pid, err := dumpPlain(dir, images, env)
+	if err != nil {
+		return nil, err
+	}
+	var took []time.Duration
+	for range runs {
+		d, err := restorePlain(images)
+		syscall.Kill(-pid, syscall.SIGKILL)
+		if err != nil {
+			return nil, err
+		}
+		if err := waitGone(pid); err != nil {
+			return nil, err
+		}
+		took = append(took, d)
+	}
+	return took, nil
+}
+
+// dumpPlain starts the workload as a host process and dumps it into images;
+// it returns the workload's PID, which CRIU restores it with.
+func dumpPlain(dir, images string, env []string) (int, error) {
 	cmd := exec.Command(filepath.Join(dir, "build", "stateful"))
 	cmd.Env = append(os.Environ(), append(env, "STATE_FILE="+filepath.Join(dir, "plain-state.txt"), "GODEBUG=multipathtcp=0")...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -244,22 +316,30 @@ func plainCRIU(dir string, env []string) (time.Duration, error) {
 	exited := make(chan struct{})
 	go func() { cmd.Wait(); close(exited) }()
 	pid := cmd.Process.Pid
-	defer syscall.Kill(-pid, syscall.SIGKILL)
 	if _, err := waitAnswer(time.Now(), "busybox", "nc", "127.0.0.1", "8080"); err != nil {
+		syscall.Kill(-pid, syscall.SIGKILL)
 		return 0, err
 	}
 	if out, err := exec.Command("criu", "dump", "-t", fmt.Sprint(pid), "-D", images).CombinedOutput(); err != nil {
+		syscall.Kill(-pid, syscall.SIGKILL)
 		return 0, fmt.Errorf("criu dump: %v: %s", err, out)
 	}
 	// The dumped process must be reaped before its PID can be restored.
 	<-exited
-	// Right after a dump the old PIDs can still be taken for a moment
-	// (FACTS.md: "Can't fork for PID: File exists"); retry, timing the
-	// attempt that succeeds.
+	return pid, nil
+}
+
+// restorePlain times one `criu restore` of images to the first answer.
+// Right after the process was dumped or killed its PIDs can still be taken
+// for a moment (FACTS.md: "Can't fork for PID: File exists"); it retries,
+// timing the attempt that succeeds.
+func restorePlain(images string) (time.Duration, error) {
 	var start time.Time
 	for attempt := 1; ; attempt++ {
 		start = time.Now()
-		out, err := exec.Command("criu", "restore", "-d", "-D", images).CombinedOutput()
+		cmd := exec.Command("criu", "restore", "-d", "-D", images)
+		cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "CRIU_RESTORE_") })
+		out, err := cmd.CombinedOutput()
 		if err == nil {
 			break
 		}
@@ -269,6 +349,17 @@ func plainCRIU(dir string, env []string) (time.Duration, error) {
 		time.Sleep(500 * time.Millisecond)
 	}
 	return waitAnswer(start, "busybox", "nc", "127.0.0.1", "8080")
+}
+
+// waitGone waits until the killed process pid has been reaped.
+func waitGone(pid int) error {
+	for range 500 {
+		if err := syscall.Kill(pid, 0); err == syscall.ESRCH {
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return fmt.Errorf("restored process %d still there 5 s after SIGKILL", pid)
 }
 
 func dirBytes(dir string) int64 {
@@ -288,11 +379,12 @@ func reportRestore(r *restoreResult, stateMB, warmup int) {
 		stateMB, warmup, host, time.Now().UTC().Format(time.RFC3339))
 	fmt.Printf("  checkpoint image in store: %.2f GiB (checkpoint took %s)\n", float64(r.imageBytes)/(1<<30), r.checkpoint.Round(time.Millisecond))
 	fmt.Printf("  %-44s %10s\n", "cold start to first answer (shim)", r.cold.Round(time.Millisecond))
-	fmt.Printf("  %-44s %10s\n", "restore to first answer (shim, from store)", r.restore.Round(time.Millisecond))
+	fmt.Printf("  %-44s %10s\n", fmt.Sprintf("restore (shim, %d CRIU threads, median)", r.restoreThreads), r.restore.Round(time.Millisecond))
+	fmt.Printf("  %-44s %10s\n", "  the same with restore_threads = 1 (median)", r.restoreOneThread.Round(time.Millisecond))
 	fmt.Printf("  %-44s %10s\n", "  the same with restore_huge_pages = true", r.restoreHuge.Round(time.Millisecond))
 	fmt.Printf("  %-44s %10s\n", "restore, page cache dropped, prefetch on (median)", r.droppedCache.Round(time.Millisecond))
 	fmt.Printf("  %-44s %10s\n", "restore, page cache dropped, prefetch off (median)", r.droppedCacheNoPrefetch.Round(time.Millisecond))
-	fmt.Printf("  %-44s %10s\n", "plain `criu restore` to first answer", r.plainRestore.Round(time.Millisecond))
+	fmt.Printf("  %-44s %10s\n", "plain `criu restore` to first answer (median)", r.plainRestore.Round(time.Millisecond))
 	speedup := float64(r.cold) / float64(r.restore)
 	overhead := float64(r.restore)/float64(r.plainRestore) - 1
 	fmt.Printf("  restore is %.1fx faster than cold start (goal >= 10x)\n", speedup)
@@ -324,6 +416,7 @@ func writeRestoreJSON(path string, r *restoreResult, stateMB, warmup int) error 
 		"image_bytes": r.imageBytes,
 		"cold_s":      r.cold.Seconds(), "checkpoint_s": r.checkpoint.Seconds(),
 		"shim_restore_warm_s": r.restore.Seconds(), "shim_restore_warm_huge_s": r.restoreHuge.Seconds(),
+		"restore_threads": r.restoreThreads, "shim_restore_warm_one_thread_s": r.restoreOneThread.Seconds(),
 		"shim_restore_dropped_cache_s": r.droppedCache.Seconds(), "shim_restore_dropped_cache_no_prefetch_s": r.droppedCacheNoPrefetch.Seconds(),
 		"plain_restore_warm_s": r.plainRestore.Seconds(), "floor": floors, "parallel_restore_s": parallelSeconds(r.parallel),
 	}

@@ -8,18 +8,24 @@
 #   - restore through the shim to first answer, with the page cache dropped
 #     (checkpoint on the store's disk) and with the checkpoint in the page
 #     cache (a warm node-local copy), each with the shim's phase timings,
-#     with restore_huge_pages off (default) and on;
+#     with restore_huge_pages off (default) and on; with the page cache warm
+#     also with restore_threads = 1 (CRIU's single page reader) and 16
+#     against the default (one per CPU, at most 8);
 #   - the baseline: plain CRIU + driver checkpoint API on a host process
 #     (cudactl + criu dump/restore), cold and warm cache;
 #   - the floor: read bandwidth of the store's disk (O_DIRECT, 1 and 8
 #     streams) and of the page cache, memory copy, and host-to-device copy
 #     (pinned and pageable), measured here and now.
-# Writes $OUT/bench-gpu.json (raw results) and prints a table.
+# Writes $OUT/bench-gpu.json (raw results) and prints a table. With
+# BENCH_QUICK=1 (the size sweep) only the cold start, the checkpoint, the
+# warm restores with the default settings and with huge pages, and the
+# floor are measured.
 set -u
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/bench.log") 2>&1
 WEIGHTS_GIB=${WEIGHTS_GIB:-8}
+BENCH_QUICK=${BENCH_QUICK:-0}
 . integration/gpu/lib.sh
 R=$OUT/bench-gpu.json
 declare -A T
@@ -35,6 +41,10 @@ cat /sys/kernel/mm/transparent_hugepage/enabled
 # production path, and no archive through containerd's content store.
 printf 'store = "%s"\ncontrol_dir = "/run/gpusnap"\nauto_checkpoint = "on-ready"\n' $W/store >$W/handler.toml
 printf 'store = "%s"\ncontrol_dir = "/run/gpusnap"\nrestore_huge_pages = true\n' $W/store >$W/handler-huge.toml
+for n in 1 16; do
+  printf 'store = "%s"\ncontrol_dir = "/run/gpusnap"\nrestore_huge_pages = true\nrestore_threads = %d\n' $W/store $n >$W/handler-huge-$n.toml
+done
+record restore_threads $(( $(nproc) < 8 ? $(nproc) : 8 ))  # restore_threads = 0: one per CPU, at most 8
 ENV=(CONTROL_DIR=/run/gpusnap)
 
 step "cold start (page cache dropped), checkpoint on ready"
@@ -76,12 +86,19 @@ PY
   grep AnonHugePages /proc/$(pgrep -f /app/server.py | head -1)/smaps_rollup
   remove_worker $id
 }
-step "restore through the shim, page cache dropped"; drop_caches; shim_restore shim_restore_cold
-step "the same with restore_huge_pages = true"; drop_caches; HANDLER=$W/handler-huge.toml shim_restore shim_restore_cold_huge
+if [ "$BENCH_QUICK" != 1 ]; then
+  step "restore through the shim, page cache dropped"; drop_caches; shim_restore shim_restore_cold
+  step "the same with restore_huge_pages = true"; drop_caches; HANDLER=$W/handler-huge.toml shim_restore shim_restore_cold_huge
+fi
 step "restore through the shim, checkpoint in the page cache"; cat $CK/checkpoint/* >/dev/null; shim_restore shim_restore_warm
 step "the same with restore_huge_pages = true"; HANDLER=$W/handler-huge.toml shim_restore shim_restore_warm_huge
-step "again with huge pages (order effects)"; HANDLER=$W/handler-huge.toml shim_restore shim_restore_warm_huge_again
+if [ "$BENCH_QUICK" != 1 ]; then
+  step "the same with restore_threads = 1 (CRIU's single reader)"; HANDLER=$W/handler-huge-1.toml shim_restore shim_restore_warm_huge_one_thread
+  step "the same with restore_threads = 16"; HANDLER=$W/handler-huge-16.toml shim_restore shim_restore_warm_huge_16_threads
+  step "again with huge pages and the default threads (order effects)"; HANDLER=$W/handler-huge.toml shim_restore shim_restore_warm_huge_again
+fi
 
+if [ "$BENCH_QUICK" != 1 ]; then
 step "baseline: plain CRIU + driver API on a host process"
 P=$W/plain; mkdir -p $P/images
 (cd $P && PORT=8001 WEIGHTS_GIB=$WEIGHTS_GIB PYTHONUNBUFFERED=1 LD_LIBRARY_PATH=/usr/local/nvidia/lib64 \
@@ -93,7 +110,7 @@ t1=$(now); record plain_checkpoint_s $(dt $t0 $t1)
 plain_restore() {
   local t0 t1 a pid
   t0=$(now)
-  criu restore -d -D $P/images -o restore.log || { tail $P/images/restore.log; return 1; }
+  env -u CRIU_RESTORE_THREADS -u CRIU_RESTORE_HUGEPAGES criu restore -d -D $P/images -o restore.log || { tail $P/images/restore.log; return 1; }
   pid=$(pgrep -f "contrib/examples/pytorch-server/server.py" | head -1)
   SNAPSHOT_LIBCUDA=/usr/local/nvidia/lib64/libcuda.so.1 cudactl restore $pid || return 1
   a=$(first_answer 8001); t1=$(now)
@@ -103,6 +120,7 @@ plain_restore() {
 }
 drop_caches; plain_restore plain_restore_cold_s
 cat $P/images/* >/dev/null; plain_restore plain_restore_warm_s
+fi
 
 step "floor"
 floor -json -path $CK/checkpoint -streams 8 >$OUT/floor.json && python3 -c "
@@ -125,14 +143,14 @@ cat $OUT/h2d.json
 step "results"
 {
   echo "{"
-  echo "\"kind\": \"gpu-restore\", \"command\": \"integration/gpu/bench.sh (make bench-gpu), WEIGHTS_GIB=$WEIGHTS_GIB\","
+  echo "\"kind\": \"gpu-restore\", \"command\": \"integration/gpu/bench.sh (make bench-gpu), WEIGHTS_GIB=$WEIGHTS_GIB BENCH_QUICK=$BENCH_QUICK\","
   echo "\"machine\": \"$(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(nvidia-smi -L | wc -l) GPU(s)\","
   echo "\"date\": \"$(date -u +%FT%TZ)\", \"weights_gib\": $WEIGHTS_GIB,"
   echo "\"gpu\": \"$(nvidia-smi --query-gpu=name --format=csv,noheader -i 0)\", \"driver\": \"$(nvidia-smi --query-gpu=driver_version --format=csv,noheader -i 0)\","
   echo "\"kernel\": \"$(uname -r)\", \"thp\": \"$(cat /sys/kernel/mm/transparent_hugepage/enabled)\","
   for k in "${!T[@]}"; do echo "\"$k\": ${T[$k]},"; done
   echo "\"checkpoint_phases\": $(python3 -c "import json;print(json.dumps(json.load(open('$CK/manifest.json')).get('phases')))"),"
-  for n in cold cold_huge warm warm_huge warm_huge_again; do
+  for n in cold cold_huge warm warm_huge warm_huge_again warm_huge_one_thread warm_huge_16_threads; do
     echo "\"status_shim_restore_$n\": $(cat $OUT/status-shim_restore_$n.json 2>/dev/null | grep . || echo null),"
   done
   echo "\"floor\": $(cat $OUT/floor.json 2>/dev/null || echo null),"

@@ -75,6 +75,13 @@ type Options struct {
 	// areas keep the MADV_HUGEPAGE mark afterwards. A CRIU without the patch
 	// ignores it.
 	RestoreHugePages bool `toml:"restore_huge_pages"`
+	// RestoreThreads is how many threads CRIU reads a restored process's
+	// pages back with (the project's CRIU patch, contrib/criu): once the
+	// image is in memory, CRIU's single reader bounds the restore. 0, the
+	// default, means one per CPU the shim may run on, at most
+	// DefaultRestoreThreadsMax; 1 is CRIU's own single reader. A CRIU
+	// without the patch ignores it.
+	RestoreThreads int `toml:"restore_threads"`
 	// CacheDir is a node-local store (local disk or tmpfs, root's, 0700)
 	// holding copies of the store's checkpoints, filled by `gpusnap
 	// prefetch`. A restore reads the copy there when it has the same
@@ -150,6 +157,18 @@ func Default() Options {
 		DecryptDir:        DefaultDecryptDir,
 		Source:            "defaults",
 	}
+}
+
+// DefaultRestoreThreadsMax caps restore_threads = 0 (one per CPU).
+const DefaultRestoreThreadsMax = 8
+
+// CRIURestoreThreads is the number of threads restore_threads asks for,
+// given the CPUs the shim may run on.
+func (o Options) CRIURestoreThreads(cpus int) int {
+	if o.RestoreThreads > 0 {
+		return o.RestoreThreads
+	}
+	return max(1, min(cpus, DefaultRestoreThreadsMax))
 }
 
 // DefaultDecryptDir is decrypt_dir's default: beside the control
@@ -236,6 +255,9 @@ func (o Options) validate() error {
 	}
 	if o.AutoCheckpoint == AutoCheckpointOnReady && (o.Store == "" || o.ControlDir == "") {
 		return fmt.Errorf("auto_checkpoint = %q needs store and control_dir", o.AutoCheckpoint)
+	}
+	if o.RestoreThreads < 0 || o.RestoreThreads > 64 {
+		return fmt.Errorf("restore_threads = %d: must be 0 (one per CPU, at most %d) to 64", o.RestoreThreads, DefaultRestoreThreadsMax)
 	}
 	if o.PrefetchReaders < 0 || o.PrefetchReaders > 64 {
 		return fmt.Errorf("prefetch_readers = %d: must be 0 (off) to 64", o.PrefetchReaders)

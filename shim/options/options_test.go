@@ -55,6 +55,9 @@ decrypt_dir = "/var/lib/gpusnap-decrypted"`},
 		{name: "required without store", body: `restore = "required"`, wantErr: `needs a store`},
 		{name: "on-ready without control_dir", body: `store = "/s"` + "\n" + `auto_checkpoint = "on-ready"`, wantErr: `needs store and control_dir`},
 		{name: "not toml", body: `store = `, wantErr: `/etc/snap.toml`},
+		{name: "restore_threads 64", body: `restore_threads = 64`},
+		{name: "negative restore_threads", body: `restore_threads = -1`, wantErr: `restore_threads = -1: must be 0 (one per CPU, at most 8) to 64`},
+		{name: "too many restore_threads", body: `restore_threads = 65`, wantErr: `restore_threads = 65`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -130,5 +133,22 @@ func TestCacheDirChecks(t *testing.T) {
 	}
 	if _, err := Parse([]byte("store = \"/s\"\ncache_dir = \"/c\"\n"), "test.toml"); err != nil {
 		t.Errorf("a separate cache_dir: %v", err)
+	}
+}
+
+func TestCRIURestoreThreads(t *testing.T) {
+	for _, tt := range []struct{ set, cpus, want int }{
+		{set: 0, cpus: 2, want: 2},
+		{set: 0, cpus: 1, want: 1},
+		{set: 0, cpus: 32, want: DefaultRestoreThreadsMax},
+		{set: 0, cpus: 0, want: 1},
+		{set: 1, cpus: 32, want: 1},
+		{set: 16, cpus: 2, want: 16},
+	} {
+		o := Default()
+		o.RestoreThreads = tt.set
+		if got := o.CRIURestoreThreads(tt.cpus); got != tt.want {
+			t.Errorf("restore_threads = %d on %d CPUs: %d threads, want %d", tt.set, tt.cpus, got, tt.want)
+		}
 	}
 }

@@ -50,6 +50,8 @@ func gpuTable(b *strings.Builder, r *result) {
 	row("shim restore, image in the page cache", r.ShimWarm, cacheFloor)
 	row("shim restore, image in the page cache, `restore_huge_pages = true`", r.ShimWarmHuge, cacheFloor)
 	row("the same, second run", r.ShimWarmHuge2, cacheFloor)
+	row("the same, `restore_threads = 1` (CRIU's single reader)", r.ShimWarmHuge1T, cacheFloor)
+	row("the same, `restore_threads = 16`", r.ShimWarmHuge16T, cacheFloor)
 	row("plain CRIU + driver API, page cache dropped", r.PlainCold, diskFloor)
 	row("plain CRIU + driver API, image in the page cache", r.PlainWarm, cacheFloor)
 	fmt.Fprintf(b, "| floor from disk (%.2f GB/s read, %.1f GB/s pinned copy) | %.2f | | |\n", r.bandwidth("disk_read_1"), r.H2D["h2d_pinned"], diskFloor)
@@ -72,8 +74,11 @@ func cpuTable(b *strings.Builder, r *result) {
 	for _, x := range []struct {
 		name string
 		v    float64
-	}{{"shim restore (image in the page cache)", r.ShimWarm}, {"shim restore, `restore_huge_pages = true`", r.ShimWarmHuge}, {"plain `criu restore`", r.PlainWarm}} {
-		fmt.Fprintf(b, "| %s | %.2f | %s | %s |\n", x.name, x.v, ratio(r.Cold, x.v), ratio(x.v, cacheFloor))
+	}{{"shim restore (image in the page cache)", r.ShimWarm}, {"shim restore, `restore_threads = 1` (CRIU's single reader)", r.ShimWarm1T},
+		{"shim restore, `restore_huge_pages = true`", r.ShimWarmHuge}, {"plain `criu restore`", r.PlainWarm}} {
+		if x.v > 0 {
+			fmt.Fprintf(b, "| %s | %.2f | %s | %s |\n", x.name, x.v, ratio(r.Cold, x.v), ratio(x.v, cacheFloor))
+		}
 	}
 	for _, n := range []string{"1", "2", "4"} {
 		if v, ok := r.Parallel[n]; ok {
@@ -88,6 +93,13 @@ func cpuTable(b *strings.Builder, r *result) {
 func note(b *strings.Builder, r *result) {
 	if r.Note != "" {
 		fmt.Fprintf(b, "Note: %s\n\n", r.Note)
+	}
+	if r.Threads > 0 {
+		fmt.Fprintf(b, "The shim's default `restore_threads` meant %d CRIU threads here; rows that name no setting use it.", r.Threads)
+		if r.Kind == "cpu-restore" {
+			b.WriteString(" Restores with the image in the page cache (shim and plain CRIU): medians of 3 interleaved runs.")
+		}
+		b.WriteString("\n\n")
 	}
 }
 

@@ -1,0 +1,107 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestRestoreThreads: with restore_threads = 2, CRIU reads the restored
+// pages with two threads (the project's CRIU patch, contrib/criu/0002), and
+// the process it restores is the one CRIU's single reader restores: the
+// same memory (the checksum over 64 MiB of state), the same writable layer
+// and child, and the same address space, area for area (the alignment gaps
+// the patch reserves while reading are gone).
+func TestRestoreThreads(t *testing.T) {
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	env := "STATE_MB=64"
+	optionsWith := func(threads int) string {
+		path := filepath.Join(dir, fmt.Sprintf("threads-%d.toml", threads))
+		body := fmt.Sprintf("store = %q\ncontrol_dir = %q\nrestore_threads = %d\n", store, controlDir, threads)
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	one, two := optionsWith(1), optionsWith(2)
+
+	runStateful(t, "threads-source", one, env)
+	before := waitWarm(t, "threads-source", 30)
+	if before.State == "" {
+		t.Fatalf("workload gave no state checksum: %+v", before)
+	}
+	if out, err := bed.Ctr("tasks", "checkpoint", "threads-source"); err != nil {
+		t.Fatalf("ctr tasks checkpoint: %v: %s", err, out)
+	}
+
+	maps := map[int][]string{}
+	for _, c := range []struct {
+		threads int
+		options string
+	}{{1, one}, {2, two}} {
+		id := fmt.Sprintf("threads-restored-%d", c.threads)
+		runStateful(t, id, c.options, env)
+		got := waitWarm(t, id, 0)
+		if st := statusOf(t, id); st["decision"] != "restored" {
+			t.Fatalf("%s: status %v", id, st)
+		}
+		if got.State != before.State || got.Count < before.Count || got.File != "written-before-checkpoint" || got.Child != "alive" {
+			t.Fatalf("%s: restored workload %+v does not continue from %+v", id, got, before)
+		}
+		log := criuRestoreLog(t, id)
+		parallel := strings.Contains(log, "page runs with 2 threads")
+		if parallel != (c.threads == 2) {
+			t.Errorf("%s: restore_threads = %d, CRIU's log says two threads read pages: %v", id, c.threads, parallel)
+		}
+		maps[c.threads] = addressSpace(t, id)
+	}
+	if a, b := strings.Join(maps[1], "\n"), strings.Join(maps[2], "\n"); a != b {
+		t.Fatalf("address spaces differ:\none thread:\n%s\ntwo threads:\n%s", a, b)
+	}
+}
+
+// criuRestoreLog is CRIU's log of the restore of task id, from the task's
+// work directory.
+func criuRestoreLog(t *testing.T, id string) string {
+	t.Helper()
+	path := filepath.Join(bed.Dir, "state", "io.containerd.runtime.v2.task", bed.Namespace, id, "work", "restore.log")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("CRIU's restore log: %v", err)
+	}
+	return string(data)
+}
+
+// addressSpace lists the areas (range and permissions) of the workload's
+// main process in task id.
+func addressSpace(t *testing.T, id string) []string {
+	t.Helper()
+	pid := taskPID(t, id)
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%s/maps", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var areas []string
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 {
+			areas = append(areas, f[0]+" "+f[1])
+		}
+	}
+	return areas
+}
+
+// taskPID is the PID column of `ctr tasks list` for one task.
+func taskPID(t *testing.T, id string) string {
+	t.Helper()
+	out, _ := bed.Ctr("tasks", "list")
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) == 3 && f[0] == id {
+			return f[1]
+		}
+	}
+	t.Fatalf("task %s not listed: %s", id, out)
+	return ""
+}
