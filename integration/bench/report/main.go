@@ -43,16 +43,16 @@ type result struct {
 	ShimWarmHuge2 float64            `json:"shim_restore_warm_huge_again_s"`
 	// restore_threads: the default's thread count, and the lever measured
 	// against it (CRIU's single reader, and 16 threads on the GPU machine)
-	Threads         int     `json:"restore_threads"`
-	ShimWarm1T      float64 `json:"shim_restore_warm_one_thread_s"`
-	ShimWarmHuge1T  float64 `json:"shim_restore_warm_huge_one_thread_s"`
-	ShimWarmHuge16T float64 `json:"shim_restore_warm_huge_16_threads_s"`
-	PlainCold     float64            `json:"plain_restore_cold_s"`
-	PlainWarm     float64            `json:"plain_restore_warm_s"`
-	H2D           map[string]float64 `json:"h2d"`
-	Parallel      map[string]float64 `json:"parallel_restore_s"`
-	FloorCPU      map[string]float64 `json:"-"`
-	FloorGPU      *struct {
+	Threads         int                `json:"restore_threads"`
+	ShimWarm1T      float64            `json:"shim_restore_warm_one_thread_s"`
+	ShimWarmHuge1T  float64            `json:"shim_restore_warm_huge_one_thread_s"`
+	ShimWarmHuge16T float64            `json:"shim_restore_warm_huge_16_threads_s"`
+	PlainCold       float64            `json:"plain_restore_cold_s"`
+	PlainWarm       float64            `json:"plain_restore_warm_s"`
+	H2D             map[string]float64 `json:"h2d"`
+	Parallel        map[string]float64 `json:"parallel_restore_s"`
+	FloorCPU        map[string]float64 `json:"-"`
+	FloorGPU        *struct {
 		Results []struct {
 			Name string  `json:"name"`
 			GBps float64 `json:"gbps"`
