@@ -587,6 +587,23 @@ func TestContainerdReadsDropin(t *testing.T) {
 	}
 }
 
+// TestIntOptions: restore_threads and prefetch_readers are written as TOML
+// integers, and a value that is not one is refused with the key named.
+func TestIntOptions(t *testing.T) {
+	h, err := ParseHandler("name=snapshot,store=/var/lib/gpusnap/store,restore_threads=4,prefetch_readers=2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := Config{OptionsDir: "/etc/containerd-shim-snapshot"}.renderOptions(h)
+	if err != nil || !strings.Contains(string(data), "restore_threads = 4\n") || !strings.Contains(string(data), "prefetch_readers = 2\n") {
+		t.Fatalf("rendered %q, %v", data, err)
+	}
+	h, _ = ParseHandler("name=snapshot,store=/var/lib/gpusnap/store,restore_threads=many")
+	if _, err := (Config{OptionsDir: "/etc/containerd-shim-snapshot"}).renderOptions(h); err == nil || !strings.Contains(err.Error(), "restore_threads") {
+		t.Fatalf("want an error naming restore_threads, got %v", err)
+	}
+}
+
 // TestBoolOption: restore_huge_pages is written as a TOML boolean, and a
 // value that is not one is refused with the key named.
 func TestBoolOption(t *testing.T) {
@@ -596,6 +613,14 @@ func TestBoolOption(t *testing.T) {
 	}
 	data, err := Config{OptionsDir: "/etc/containerd-shim-snapshot"}.renderOptions(h)
 	if err != nil || !strings.Contains(string(data), "restore_huge_pages = false\n") {
+		t.Fatalf("rendered %q, %v", data, err)
+	}
+	h, err = ParseHandler("name=snapshot,store=/var/lib/gpusnap/store,require_signature=true,trusted_keys=/k/a.pub:/k/b.pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err = Config{OptionsDir: "/etc/containerd-shim-snapshot"}.renderOptions(h)
+	if err != nil || !strings.Contains(string(data), "require_signature = true\n") || !strings.Contains(string(data), `trusted_keys = ["/k/a.pub", "/k/b.pub"]`) {
 		t.Fatalf("rendered %q, %v", data, err)
 	}
 	h, _ = ParseHandler("name=snapshot,store=/var/lib/gpusnap/store,restore_huge_pages=maybe")

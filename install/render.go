@@ -3,16 +3,19 @@ package install
 import (
 	"fmt"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/gpusnap/containerd-shim-snapshot-v2/shim/options"
 )
 
 // listKeys are the options keys whose TOML value is an array of strings;
-// boolKeys those whose value is a TOML boolean (written bare: true/false).
+// boolKeys those whose value is a TOML boolean (written bare: true/false);
+// intKeys those whose value is a TOML integer (written bare).
 var (
-	listKeys = map[string]bool{"ignore_env": true}
-	boolKeys = map[string]bool{"restore_huge_pages": true}
+	listKeys = map[string]bool{"ignore_env": true, "trusted_keys": true}
+	boolKeys = map[string]bool{"restore_huge_pages": true, "require_signature": true}
+	intKeys  = map[string]bool{"restore_threads": true, "prefetch_readers": true}
 )
 
 // optionsPath is where a handler's options file lives on the node.
@@ -48,6 +51,9 @@ func (c Config) renderOptions(h Handler) ([]byte, error) {
 // rendered as strings and then refused by options.Parse by name.
 func tomlValue(o Option) string {
 	if boolKeys[o.Key] && (o.Value == "true" || o.Value == "false") {
+		return o.Value
+	}
+	if _, err := strconv.Atoi(o.Value); intKeys[o.Key] && err == nil {
 		return o.Value
 	}
 	if !listKeys[o.Key] {

@@ -9,8 +9,9 @@
 #     (checkpoint on the store's disk) and with the checkpoint in the page
 #     cache (a warm node-local copy), each with the shim's phase timings,
 #     with restore_huge_pages off (default) and on; with the page cache warm
-#     also with restore_threads = 1 (CRIU's single page reader) and 16
-#     against the default (one per CPU, at most 8);
+#     also with restore_threads = 1 (CRIU's single page reader; from the
+#     dropped page cache too) and 16 against the default (one per CPU, at
+#     most 16);
 #   - the baseline: plain CRIU + driver checkpoint API on a host process
 #     (cudactl + criu dump/restore), cold and warm cache;
 #   - the floor: read bandwidth of the store's disk (O_DIRECT, 1 and 8
@@ -19,7 +20,7 @@
 # Writes $OUT/bench-gpu.json (raw results) and prints a table. With
 # BENCH_QUICK=1 (the size sweep) only the cold start, the checkpoint, the
 # warm restores with the default settings and with huge pages, and the
-# floor are measured.
+# floor are measured, plus EXTRA_THREADS.
 set -u
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
@@ -41,10 +42,13 @@ cat /sys/kernel/mm/transparent_hugepage/enabled
 # production path, and no archive through containerd's content store.
 printf 'store = "%s"\ncontrol_dir = "/run/gpusnap"\nauto_checkpoint = "on-ready"\n' $W/store >$W/handler.toml
 printf 'store = "%s"\ncontrol_dir = "/run/gpusnap"\nrestore_huge_pages = true\n' $W/store >$W/handler-huge.toml
-for n in 1 16; do
+# EXTRA_THREADS: more restore_threads values to time warm, with huge pages
+# (shim_restore_warm_huge_N_threads), in either mode.
+EXTRA_THREADS=${EXTRA_THREADS:-}
+for n in 1 16 $EXTRA_THREADS; do
   printf 'store = "%s"\ncontrol_dir = "/run/gpusnap"\nrestore_huge_pages = true\nrestore_threads = %d\n' $W/store $n >$W/handler-huge-$n.toml
 done
-record restore_threads $(( $(nproc) < 8 ? $(nproc) : 8 ))  # restore_threads = 0: one per CPU, at most 8
+record restore_threads $(( $(nproc) < 16 ? $(nproc) : 16 ))  # restore_threads = 0: one per CPU, at most 16
 ENV=(CONTROL_DIR=/run/gpusnap)
 
 step "cold start (page cache dropped), checkpoint on ready"
@@ -89,6 +93,7 @@ PY
 if [ "$BENCH_QUICK" != 1 ]; then
   step "restore through the shim, page cache dropped"; drop_caches; shim_restore shim_restore_cold
   step "the same with restore_huge_pages = true"; drop_caches; HANDLER=$W/handler-huge.toml shim_restore shim_restore_cold_huge
+  step "the same with restore_threads = 1 (CRIU's single reader)"; drop_caches; HANDLER=$W/handler-huge-1.toml shim_restore shim_restore_cold_huge_one_thread
 fi
 step "restore through the shim, checkpoint in the page cache"; cat $CK/checkpoint/* >/dev/null; shim_restore shim_restore_warm
 step "the same with restore_huge_pages = true"; HANDLER=$W/handler-huge.toml shim_restore shim_restore_warm_huge
@@ -97,6 +102,9 @@ if [ "$BENCH_QUICK" != 1 ]; then
   step "the same with restore_threads = 16"; HANDLER=$W/handler-huge-16.toml shim_restore shim_restore_warm_huge_16_threads
   step "again with huge pages and the default threads (order effects)"; HANDLER=$W/handler-huge.toml shim_restore shim_restore_warm_huge_again
 fi
+for n in $EXTRA_THREADS; do
+  step "the same with restore_threads = $n"; HANDLER=$W/handler-huge-$n.toml shim_restore shim_restore_warm_huge_${n}_threads
+done
 
 if [ "$BENCH_QUICK" != 1 ]; then
 step "baseline: plain CRIU + driver API on a host process"
@@ -150,7 +158,7 @@ step "results"
   echo "\"kernel\": \"$(uname -r)\", \"thp\": \"$(cat /sys/kernel/mm/transparent_hugepage/enabled)\","
   for k in "${!T[@]}"; do echo "\"$k\": ${T[$k]},"; done
   echo "\"checkpoint_phases\": $(python3 -c "import json;print(json.dumps(json.load(open('$CK/manifest.json')).get('phases')))"),"
-  for n in cold cold_huge warm warm_huge warm_huge_again warm_huge_one_thread warm_huge_16_threads; do
+  for n in cold cold_huge cold_huge_one_thread warm warm_huge warm_huge_again warm_huge_one_thread warm_huge_16_threads $(printf 'warm_huge_%s_threads ' $EXTRA_THREADS); do
     echo "\"status_shim_restore_$n\": $(cat $OUT/status-shim_restore_$n.json 2>/dev/null | grep . || echo null),"
   done
   echo "\"floor\": $(cat $OUT/floor.json 2>/dev/null || echo null),"

@@ -160,7 +160,7 @@ func Default() Options {
 }
 
 // DefaultRestoreThreadsMax caps restore_threads = 0 (one per CPU).
-const DefaultRestoreThreadsMax = 8
+const DefaultRestoreThreadsMax = 16
 
 // CRIURestoreThreads is the number of threads restore_threads asks for,
 // given the CPUs the shim may run on.

@@ -56,7 +56,7 @@ decrypt_dir = "/var/lib/gpusnap-decrypted"`},
 		{name: "on-ready without control_dir", body: `store = "/s"` + "\n" + `auto_checkpoint = "on-ready"`, wantErr: `needs store and control_dir`},
 		{name: "not toml", body: `store = `, wantErr: `/etc/snap.toml`},
 		{name: "restore_threads 64", body: `restore_threads = 64`},
-		{name: "negative restore_threads", body: `restore_threads = -1`, wantErr: `restore_threads = -1: must be 0 (one per CPU, at most 8) to 64`},
+		{name: "negative restore_threads", body: `restore_threads = -1`, wantErr: `restore_threads = -1: must be 0 (one per CPU, at most 16) to 64`},
 		{name: "too many restore_threads", body: `restore_threads = 65`, wantErr: `restore_threads = 65`},
 	}
 	for _, tt := range tests {

@@ -13,7 +13,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -43,10 +45,12 @@ type result struct {
 	ShimWarmHuge2 float64            `json:"shim_restore_warm_huge_again_s"`
 	// restore_threads: the default's thread count, and the lever measured
 	// against it (CRIU's single reader, and 16 threads on the GPU machine)
-	Threads         int                `json:"restore_threads"`
-	ShimWarm1T      float64            `json:"shim_restore_warm_one_thread_s"`
-	ShimWarmHuge1T  float64            `json:"shim_restore_warm_huge_one_thread_s"`
-	ShimWarmHuge16T float64            `json:"shim_restore_warm_huge_16_threads_s"`
+	Threads        int     `json:"restore_threads"`
+	ShimWarm1T     float64 `json:"shim_restore_warm_one_thread_s"`
+	ShimWarmHuge1T float64 `json:"shim_restore_warm_huge_one_thread_s"`
+	// WarmHugeThreads: shim_restore_warm_huge_N_threads_s, by N
+	WarmHugeThreads map[int]float64    `json:"-"`
+	ShimColdHuge1T  float64            `json:"shim_restore_cold_huge_one_thread_s"`
 	PlainCold       float64            `json:"plain_restore_cold_s"`
 	PlainWarm       float64            `json:"plain_restore_warm_s"`
 	H2D             map[string]float64 `json:"h2d"`
@@ -80,6 +84,10 @@ func main() {
 	}
 	fmt.Printf("wrote %s and %s from %d result(s)\n", *out, *plot, len(results))
 }
+
+// warmHugeThreads names the warm restores with huge pages and a given
+// restore_threads (integration/gpu/bench.sh).
+var warmHugeThreads = regexp.MustCompile(`^shim_restore_warm_huge_(\d+)_threads_s$`)
 
 // load reads every result file, newest first.
 func load(dir string) ([]*result, error) {
@@ -121,6 +129,15 @@ func loadOne(file string) (*result, error) {
 			json.Unmarshal(v, &r.FloorCPU)
 		case k == "floor":
 			json.Unmarshal(v, &r.FloorGPU)
+		case warmHugeThreads.MatchString(k):
+			n, _ := strconv.Atoi(warmHugeThreads.FindStringSubmatch(k)[1])
+			var seconds float64
+			if json.Unmarshal(v, &seconds) == nil {
+				if r.WarmHugeThreads == nil {
+					r.WarmHugeThreads = map[int]float64{}
+				}
+				r.WarmHugeThreads[n] = seconds
+			}
 		case strings.HasPrefix(k, "status_"):
 			var st struct {
 				Phases map[string]float64 `json:"phases_seconds"`
