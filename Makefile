@@ -5,7 +5,7 @@ BIN       ?= bin
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build deps deps-k8s test test-unit fuzz test-integration test-kube soak bench benchmarks bench-cold gpu-bundle test-gpu bench-gpu demo clean
+.PHONY: all build deps deps-k8s test test-unit fuzz test-integration test-kube soak bench benchmarks bench-cold bench-encryption gpu-bundle test-gpu bench-gpu demo clean
 
 all: build
 
@@ -67,6 +67,10 @@ benchmarks:
 ## bench-cold: 30 interleaved `ctr run --rm` through runc and this shim
 bench-cold:
 	$(GO) run ./integration/bench -mode cold -runs 30
+
+## bench-encryption: checkpoint and restore of 2 GiB of state in the clear against encrypted at rest
+bench-encryption:
+	$(GO) run ./integration/bench -mode encryption -state-mb 2048 -warmup 20
 
 ## gpu-bundle: pack the binaries integration/gpu/run.sh carries to the GPU machine
 gpu-bundle:

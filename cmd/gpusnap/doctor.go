@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"flag"
 	"fmt"
@@ -29,7 +30,8 @@ func init() {
 		summary: "Check that this node can checkpoint and restore: CRIU (found, version, `criu check`),\n" +
 			"kernel, cgroup version, iptables-restore or nft for CRIU's network lock, a containerd\n" +
 			"handler with runtime_type \"" + shimRuntimeType + "\" and valid options, the store's\n" +
-			"ownership and mode, and the NVIDIA driver (absent is fine on CPU nodes).\n" +
+			"ownership and mode, the keys the handlers name (signing, trusted, encryption), whether\n" +
+			"CRIU carries the project's patches, and the NVIDIA driver (absent is fine on CPU nodes).\n" +
 			"Exits 1 if any check FAILs.",
 		setup: func(fs *flag.FlagSet) runFunc {
 			config := fs.String("containerd-config", defaultContainerdConfig, "containerd's config `FILE`")
@@ -84,12 +86,14 @@ func runDoctor(e *env, args []string, containerdConfig string) int {
 			add(fail("handler options", "%v", err))
 		} else {
 			add(pass("handler options", "%s is valid", e.handlerConfig))
+			add(keyChecks(e.handlerConfig, *o)...)
 			criuPath, stores = o.CRIUPath, appendStore(stores, o.Store)
 		}
 	}
 	stores = appendStore(stores, e.store)
 	for _, h := range handlers {
 		if h.opts != nil {
+			add(keyChecks("handler "+h.name, *h.opts)...)
 			criuPath = or(criuPath, h.opts.CRIUPath)
 			stores = appendStore(stores, h.opts.Store)
 		}
@@ -148,7 +152,7 @@ func criuChecks(path string) []check {
 	if err != nil {
 		return []check{fail("criu version", "%v", err)}
 	}
-	checks := []check{pass("criu", "criu %s at %s (need %s or newer)", v, bin, criu.MinVersion)}
+	checks := []check{pass("criu", "criu %s at %s (need %s or newer)", v, bin, criu.MinVersion), criuPatchCheck(bin)}
 	if os.Geteuid() != 0 {
 		return append(checks, warn("criu check", "skipped: `criu check` needs root; run doctor as root"))
 	}
@@ -156,6 +160,63 @@ func criuChecks(path string) []check {
 		return append(checks, fail("criu check", "%v", err))
 	}
 	return append(checks, pass("criu check", "`%s check` passed", bin))
+}
+
+// criuPatches are the environment variables the project's CRIU patches
+// (contrib/criu) read, with the handler option each serves.
+var criuPatches = []struct{ env, option string }{
+	{"CRIU_RESTORE_HUGEPAGES", "restore_huge_pages"},
+	{"CRIU_RESTORE_THREADS", "restore_threads"},
+}
+
+// criuPatchCheck says whether the CRIU binary carries the project's patches,
+// by the variables' names in it: a CRIU without them ignores
+// restore_huge_pages and restore_threads, and restores at its single
+// reader's speed.
+func criuPatchCheck(bin string) check {
+	data, err := os.ReadFile(bin)
+	if err != nil {
+		return warn("criu patches", "%v", err)
+	}
+	var missing []string
+	for _, p := range criuPatches {
+		if !bytes.Contains(data, []byte(p.env)) {
+			missing = append(missing, p.option)
+		}
+	}
+	if len(missing) > 0 {
+		verb := "has"
+		if len(missing) > 1 {
+			verb = "have"
+		}
+		return warn("criu patches", "%s lacks the project's CRIU patches (contrib/criu), so %s %s no effect; "+
+			"install the CRIU that `make deps` builds", bin, strings.Join(missing, " and "), verb)
+	}
+	return pass("criu patches", "%s carries the project's patches (restore_huge_pages, restore_threads)", bin)
+}
+
+// keyChecks loads the keys a handler's options name, as the shim does
+// before a checkpoint or a restore: a key that does not load would fail
+// every checkpoint, or turn restores into cold starts.
+func keyChecks(handler string, o options.Options) []check {
+	var checks []check
+	try := func(what, path string, load func() error) {
+		if err := load(); err != nil {
+			checks = append(checks, fail(what, "%s: %v", handler, err))
+		} else {
+			checks = append(checks, pass(what, "%s: %s loads", handler, path))
+		}
+	}
+	if o.SigningKey != "" {
+		try("signing key", o.SigningKey, func() error { _, err := storage.LoadSigningKey(o.SigningKey); return err })
+	}
+	if len(o.TrustedKeys) > 0 {
+		try("trusted keys", strings.Join(o.TrustedKeys, ", "), func() error { _, err := storage.LoadTrustedKeys(o.TrustedKeys); return err })
+	}
+	if o.EncryptionKey != "" {
+		try("encryption key", o.EncryptionKey, func() error { _, err := storage.LoadEncryptionKey(o.EncryptionKey); return err })
+	}
+	return checks
 }
 
 func kernelCheck() check {

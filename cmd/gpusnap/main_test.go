@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpusnap/containerd-shim-snapshot-v2/shim/options"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
 )
 
@@ -642,4 +643,45 @@ func TestParseInterleaved(t *testing.T) {
 	}
 	_, errOut := mustRun(t, exitFail, "--store", ts.root, "rm", "--", "--all")
 	contains(t, "stderr", errOut, `checkpoint "--all" not found`)
+}
+
+// TestCRIUPatchCheck: a CRIU binary is known to carry the project's patches
+// by the variables they read; one without them is a warning naming the
+// options that have no effect.
+func TestCRIUPatchCheck(t *testing.T) {
+	dir := t.TempDir()
+	patched, upstream, half := filepath.Join(dir, "patched"), filepath.Join(dir, "upstream"), filepath.Join(dir, "half")
+	write(t, patched, "\x7fELF...CRIU_RESTORE_HUGEPAGES\x00...CRIU_RESTORE_THREADS\x00")
+	write(t, upstream, "\x7fELF...CRIU_LOG\x00")
+	write(t, half, "\x7fELF...CRIU_RESTORE_HUGEPAGES\x00")
+	contains(t, "checks", formatChecks([]check{criuPatchCheck(patched)}), "PASS criu patches: "+patched+" carries the project's patches")
+	contains(t, "checks", formatChecks([]check{criuPatchCheck(upstream)}), "WARN criu patches: "+upstream+" lacks the project's CRIU patches (contrib/criu), so restore_huge_pages and restore_threads have no effect")
+	contains(t, "checks", formatChecks([]check{criuPatchCheck(half)}), "WARN criu patches: "+half+" lacks the project's CRIU patches (contrib/criu), so restore_threads has no effect")
+	contains(t, "checks", formatChecks([]check{criuPatchCheck(filepath.Join(dir, "none"))}), "WARN criu patches: open "+filepath.Join(dir, "none"))
+}
+
+// TestKeyChecks: doctor loads the keys a handler names as the shim would,
+// and fails the ones that do not load with the handler and the reason.
+func TestKeyChecks(t *testing.T) {
+	dir := t.TempDir()
+	prefix, enc := filepath.Join(dir, "handler"), filepath.Join(dir, "handler.enc")
+	mustRun(t, exitOK, "keygen", prefix)
+	mustRun(t, exitOK, "enckey", enc)
+	o := options.Default()
+	o.SigningKey, o.TrustedKeys, o.EncryptionKey = prefix+".key", []string{prefix + ".pub"}, enc
+	contains(t, "checks", formatChecks(keyChecks("handler snapshot", o)),
+		"PASS signing key: handler snapshot: "+prefix+".key loads",
+		"PASS trusted keys: handler snapshot: "+prefix+".pub loads",
+		"PASS encryption key: handler snapshot: "+enc+" loads")
+
+	missing := filepath.Join(dir, "missing.pub")
+	o.TrustedKeys = []string{prefix + ".pub", missing}
+	if err := os.Chmod(enc, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	text := formatChecks(keyChecks("handler snapshot", o))
+	contains(t, "checks", text, "PASS signing key: handler snapshot:", "FAIL trusted keys: handler snapshot: ", missing, "FAIL encryption key: handler snapshot: ")
+	if n := len(keyChecks("plain", options.Default())); n != 0 {
+		t.Errorf("a handler without keys gets %d key checks", n)
+	}
 }
