@@ -629,6 +629,8 @@ func TestHelmChartVariants(t *testing.T) {
     options:
       ignore_env: [POD_IP, POD_NAME]
       lock_timeout: 60s
+      restore_huge_pages: true
+      restore_threads: 16
   - name: snapshot-strict
     store: /var/lib/gpusnap/store/strict
     restore: required
@@ -650,7 +652,7 @@ example:
 			name:       "two handlers",
 			args:       []string{"-f", values},
 			claim:      "gpusnap-store",
-			handlers:   []string{handlerArg + ",ignore_env=POD_IP:POD_NAME,lock_timeout=60s", "--handler=name=snapshot-strict,store=/var/lib/gpusnap/store/strict,restore=required"},
+			handlers:   []string{handlerArg + ",ignore_env=POD_IP:POD_NAME,lock_timeout=60s,restore_huge_pages=true,restore_threads=16", "--handler=name=snapshot-strict,store=/var/lib/gpusnap/store/strict,restore=required"},
 			runtimeCls: []string{"snapshot", "snapshot-strict"},
 		},
 		{
