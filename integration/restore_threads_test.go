@@ -45,8 +45,8 @@ func TestRestoreThreads(t *testing.T) {
 		id := fmt.Sprintf("threads-restored-%d", c.threads)
 		runStateful(t, id, c.options, env)
 		got := waitWarm(t, id, 0)
-		if st := statusOf(t, id); st["decision"] != "restored" {
-			t.Fatalf("%s: status %v", id, st)
+		if st := statusOf(t, id); st["decision"] != "restored" || st["criu_threads"] != float64(c.threads) {
+			t.Fatalf("%s: status %v, want restored with criu_threads %d", id, st, c.threads)
 		}
 		if got.State != before.State || got.Count < before.Count || got.File != "written-before-checkpoint" || got.Child != "alive" {
 			t.Fatalf("%s: restored workload %+v does not continue from %+v", id, got, before)

@@ -48,6 +48,8 @@ type restorePlan struct {
 	left time.Duration
 	// prefetch brings the checkpoint into the page cache from Create on.
 	prefetch *prefetch.Prefetch
+	// criuThreads is how many threads CRIU was asked to read pages with.
+	criuThreads int
 }
 
 // startPrefetch starts reading the chosen checkpoint's files ahead of CRIU.
@@ -282,9 +284,13 @@ type snapshotStatus struct {
 	Checkpoint string `json:"checkpoint,omitempty"`
 	// From is the directory a restore read the checkpoint from: the
 	// store's, or its copy in cache_dir.
-	From   string             `json:"from,omitempty"`
-	At     time.Time          `json:"at"`
-	Phases map[string]float64 `json:"phases_seconds,omitempty"`
+	From string    `json:"from,omitempty"`
+	At   time.Time `json:"at"`
+	// CRIUThreads is how many threads CRIU was asked to read the restored
+	// pages with (restore_threads); a CRIU without the project's patch
+	// reads with one.
+	CRIUThreads int                `json:"criu_threads,omitempty"`
+	Phases      map[string]float64 `json:"phases_seconds,omitempty"`
 }
 
 // declineRestore records why a container is not restored; under
@@ -338,14 +344,16 @@ const (
 )
 
 // tuneCRIURestore tells the next CRIU restore whether to use huge pages and
-// how many threads to read pages with.
-func tuneCRIURestore(o options.Options) {
+// how many threads to read pages with, and returns that number.
+func tuneCRIURestore(o options.Options) int {
 	v := "0"
 	if o.RestoreHugePages {
 		v = "1"
 	}
 	os.Setenv(criuHugePagesEnv, v)
-	os.Setenv(criuThreadsEnv, strconv.Itoa(o.CRIURestoreThreads(goruntime.NumCPU())))
+	threads := o.CRIURestoreThreads(goruntime.NumCPU())
+	os.Setenv(criuThreadsEnv, strconv.Itoa(threads))
+	return threads
 }
 
 // restore runs the restore phases in order, each timed; ctx carries the
@@ -354,7 +362,7 @@ func tuneCRIURestore(o options.Options) {
 // the restore ends, restored or not, before any cold start.
 func (s *Service) restore(ctx context.Context, c *container, r *taskAPI.StartRequest) (resp *taskAPI.StartResponse, err error) {
 	plan := c.plan
-	tuneCRIURestore(c.options)
+	plan.criuThreads = tuneCRIURestore(c.options)
 	if plan.key != nil {
 		defer removePlaintext(ctx, c)
 		if err := plan.timed("decrypt", func() error { return decryptCheckpoint(ctx, c) }); err != nil {
@@ -386,7 +394,8 @@ func (s *Service) restore(ctx context.Context, c *container, r *taskAPI.StartReq
 	if err := writeControlFile(c.controlDir, RestoreCompleteFile, done); err != nil {
 		log.G(ctx).WithError(err).Warn("snapshot: writing restore-complete")
 	}
-	writeControlFile(c.controlDir, StatusFile, snapshotStatus{Decision: "restored", Checkpoint: plan.checkpoint.Name, From: plan.checkpoint.Dir, At: time.Now(), Phases: plan.phases})
+	writeControlFile(c.controlDir, StatusFile, snapshotStatus{Decision: "restored", Checkpoint: plan.checkpoint.Name, From: plan.checkpoint.Dir, At: time.Now(),
+		CRIUThreads: plan.criuThreads, Phases: plan.phases})
 	recordEvent(ctx, c, events.Event{Kind: events.KindRestore, Outcome: events.OutcomeRestored, Checkpoint: plan.checkpoint.Name,
 		Phases: plan.phases, BytesRead: plan.checkpoint.Size()})
 	log.G(ctx).WithField("id", c.id).WithField("phases", plan.phases).Info("snapshot: restored")
