@@ -9,15 +9,6 @@ import (
 	"github.com/gpusnap/containerd-shim-snapshot-v2/shim/options"
 )
 
-// listKeys are the options keys whose TOML value is an array of strings;
-// boolKeys those whose value is a TOML boolean (written bare: true/false);
-// intKeys those whose value is a TOML integer (written bare).
-var (
-	listKeys = map[string]bool{"ignore_env": true, "trusted_keys": true}
-	boolKeys = map[string]bool{"restore_huge_pages": true, "require_signature": true}
-	intKeys  = map[string]bool{"restore_threads": true, "prefetch_readers": true}
-)
-
 // optionsPath is where a handler's options file lives on the node.
 func (c Config) optionsPath(name string) string {
 	return filepath.Join(c.OptionsDir, name+".toml")
@@ -47,20 +38,31 @@ func (c Config) renderOptions(h Handler) ([]byte, error) {
 	return data, nil
 }
 
-// tomlValue renders an option value; keys the shim does not know are
-// rendered as strings and then refused by options.Parse by name.
+// tomlValue renders an option value as the shim's options type it
+// (options.ValueKind): booleans and integers bare, lists as arrays of
+// strings split at ':'. Keys the shim does not know, and values that are
+// not of their key's kind, are rendered as strings and then refused by
+// options.Parse by name.
 func tomlValue(o Option) string {
-	if boolKeys[o.Key] && (o.Value == "true" || o.Value == "false") {
-		return o.Value
+	switch options.ValueKind(o.Key) {
+	case options.KindBool:
+		if o.Value == "true" || o.Value == "false" {
+			return o.Value
+		}
+	case options.KindInt:
+		if _, err := strconv.Atoi(o.Value); err == nil {
+			return o.Value
+		}
+	case options.KindList:
+		return tomlList(o.Value)
 	}
-	if _, err := strconv.Atoi(o.Value); intKeys[o.Key] && err == nil {
-		return o.Value
-	}
-	if !listKeys[o.Key] {
-		return tomlString(o.Value)
-	}
+	return tomlString(o.Value)
+}
+
+// tomlList renders a ':'-separated value as a TOML array of strings.
+func tomlList(value string) string {
 	var items []string
-	for _, v := range strings.Split(o.Value, ":") {
+	for _, v := range strings.Split(value, ":") {
 		if v != "" {
 			items = append(items, tomlString(v))
 		}

@@ -290,3 +290,36 @@ func knownKeys() []string {
 	}
 	return keys
 }
+
+// How a key's value is written in TOML (ValueKind).
+const (
+	KindString = "string" // also durations ("30s")
+	KindBool   = "bool"
+	KindInt    = "int"
+	KindList   = "list" // of strings
+)
+
+// ValueKind says how key's value is written in TOML, from the Options
+// field that holds it; "" for a key the shim does not know. Tools that
+// write options files (the installer) use it so a new option needs no
+// second list of types.
+func ValueKind(key string) string {
+	t := reflect.TypeFor[Options]()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if f.Tag.Get("toml") != key || key == "" || key == "-" {
+			continue
+		}
+		switch f.Type.Kind() {
+		case reflect.Bool:
+			return KindBool
+		case reflect.Int:
+			return KindInt
+		case reflect.Slice:
+			return KindList
+		default:
+			return KindString
+		}
+	}
+	return ""
+}

@@ -152,3 +152,15 @@ func TestCRIURestoreThreads(t *testing.T) {
 		}
 	}
 }
+
+func TestValueKind(t *testing.T) {
+	for key, want := range map[string]string{
+		"store": KindString, "lock_timeout": KindString, "restore_huge_pages": KindBool, "require_signature": KindBool,
+		"restore_threads": KindInt, "prefetch_readers": KindInt, "ignore_env": KindList, "trusted_keys": KindList,
+		"stor": "", "": "", "-": "",
+	} {
+		if got := ValueKind(key); got != want {
+			t.Errorf("ValueKind(%q) = %q, want %q", key, got, want)
+		}
+	}
+}
