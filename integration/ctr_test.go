@@ -140,14 +140,20 @@ func startDetached(t *testing.T, rt, id string, args ...string) {
 
 // taskStatus is the STATUS column of `ctr tasks list` for one task.
 func taskStatus(id string) string {
+	_, status := taskRow(id)
+	return status
+}
+
+// taskRow is the PID and STATUS columns of `ctr tasks list` for one task;
+// empty when it is not listed.
+func taskRow(id string) (pid, status string) {
 	out, _ := bed.Ctr("tasks", "list")
 	for _, line := range strings.Split(out, "\n") {
-		f := strings.Fields(line)
-		if len(f) == 3 && f[0] == id {
-			return f[2]
+		if f := strings.Fields(line); len(f) == 3 && f[0] == id {
+			return f[1], f[2]
 		}
 	}
-	return ""
+	return "", ""
 }
 
 func waitTaskStatus(t *testing.T, id, want string) {

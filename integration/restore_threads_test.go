@@ -96,12 +96,9 @@ func addressSpace(t *testing.T, id string) []string {
 // taskPID is the PID column of `ctr tasks list` for one task.
 func taskPID(t *testing.T, id string) string {
 	t.Helper()
-	out, _ := bed.Ctr("tasks", "list")
-	for _, line := range strings.Split(out, "\n") {
-		if f := strings.Fields(line); len(f) == 3 && f[0] == id {
-			return f[1]
-		}
+	pid, _ := taskRow(id)
+	if pid == "" {
+		t.Fatalf("task %s not listed", id)
 	}
-	t.Fatalf("task %s not listed: %s", id, out)
-	return ""
+	return pid
 }

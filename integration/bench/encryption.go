@@ -84,7 +84,7 @@ func encryptionBench(bed *testbed.Bed, dir string, stateMB, warmup int, decryptD
 				Decision string             `json:"decision"`
 				Phases   map[string]float64 `json:"phases_seconds"`
 			}
-			data, _ := os.ReadFile(filepath.Join("/run/containerd-shim-snapshot", id, "snapshot-status"))
+			data := statusFile(id)
 			json.Unmarshal(data, &status)
 			stopContainer(bed, id)
 			removeNetns(id)

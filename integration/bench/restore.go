@@ -141,11 +141,17 @@ func warmRestores(bed *testbed.Bed, r *restoreResult, dir, body string, env []st
 	return nil
 }
 
+// statusFile is the shim's snapshot-status of container id (empty if
+// there is none).
+func statusFile(id string) []byte {
+	data, _ := os.ReadFile(filepath.Join("/run/containerd-shim-snapshot", id, "snapshot-status"))
+	return data
+}
+
 // checkRestored fails unless the container's status says it was restored;
 // the first status read is kept in phases.
 func checkRestored(id string, phases *string) error {
-	data, _ := os.ReadFile(filepath.Join("/run/containerd-shim-snapshot", id, "snapshot-status"))
-	status := strings.TrimSpace(string(data))
+	status := strings.TrimSpace(string(statusFile(id)))
 	if !strings.Contains(status, `"restored"`) {
 		return fmt.Errorf("%s was not restored: %s", id, status)
 	}
@@ -236,7 +242,7 @@ func runToAnswer(bed *testbed.Bed, id, options string, env []string) (time.Durat
 	}
 	took, err := waitAnswer(start, "nsenter", "--net="+netns, "busybox", "nc", "127.0.0.1", "8080")
 	if err != nil {
-		status, _ := os.ReadFile(filepath.Join("/run/containerd-shim-snapshot", id, "snapshot-status"))
+		status := statusFile(id)
 		tasks, _ := bed.Ctr("tasks", "ls")
 		rules, _ := exec.Command("ip", "netns", "exec", id, "iptables", "-S").CombinedOutput()
 		err = fmt.Errorf("%s: %w\nstatus: %s\ntasks:\n%s\niptables in its namespace:\n%s", id, err, status, tasks, rules)
