@@ -2,7 +2,6 @@ package crypt
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -84,15 +83,11 @@ func (k *Key) DecryptFile(ctx context.Context, src, dst, name string, workers in
 	if err != nil {
 		return err
 	}
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+	out, err := createOutput(dst)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if err = errors.Join(err, out.Close()); err != nil {
-			os.Remove(dst)
-		}
-	}()
+	defer closeOutput(out, &err)
 	if err := out.Truncate(l.size); err != nil {
 		return err
 	}

@@ -61,18 +61,29 @@ func (k *Key) EncryptFile(src, dst, name string) (err error) {
 		return err
 	}
 	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+	out, err := createOutput(dst)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if err = errors.Join(err, out.Close()); err != nil {
-			os.Remove(dst)
-		}
-	}()
+	defer closeOutput(out, &err)
 	bw := bufio.NewWriterSize(out, 4<<20)
 	if err := k.Encrypt(bw, in, name); err != nil {
 		return fmt.Errorf("encrypting %s: %w", name, err)
 	}
 	return bw.Flush()
+}
+
+// createOutput creates dst for EncryptFile or DecryptFile: a new file (never
+// an existing one or a symlink), readable by its owner only.
+func createOutput(dst string) (*os.File, error) {
+	return os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+}
+
+// closeOutput closes a file from createOutput and removes it when *err
+// (the caller's result, joined with the close error) says the write failed,
+// so no partial output is left behind.
+func closeOutput(out *os.File, err *error) {
+	if *err = errors.Join(*err, out.Close()); *err != nil {
+		os.Remove(out.Name())
+	}
 }

@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -33,16 +32,7 @@ func TestLoadEncryptionKey(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := filepath.Join(t.TempDir(), "enc.key")
-			if err := os.WriteFile(p, tt.data, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			os.Chmod(p, tt.mode)
-			if tt.uid != 0 {
-				if err := os.Chown(p, tt.uid, tt.uid); err != nil {
-					t.Skip("cannot chown:", err)
-				}
-			}
+			p := writeKeyFile(t, "enc.key", tt.data, tt.mode, tt.uid)
 			k, err := LoadEncryptionKey(p)
 			if tt.contains == "" {
 				if err != nil || k.ID != want.ID {

@@ -294,16 +294,7 @@ func TestLoadKeysRefuses(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := filepath.Join(t.TempDir(), "k")
-			if err := os.WriteFile(p, tt.data, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			os.Chmod(p, tt.mode)
-			if tt.uid != 0 {
-				if err := os.Chown(p, tt.uid, tt.uid); err != nil {
-					t.Skip("cannot chown:", err)
-				}
-			}
+			p := writeKeyFile(t, "k", tt.data, tt.mode, tt.uid)
 			if tt.private {
 				_, err = LoadSigningKey(p)
 			} else {
@@ -329,4 +320,23 @@ func TestSignatureSurvivesCacheMtime(t *testing.T) {
 	if hashed, err := verifyCached(c, cache, policy); err != nil || hashed {
 		t.Fatalf("hashed=%v err=%v after touching manifest.sig", hashed, err)
 	}
+}
+
+// writeKeyFile writes a key file with the given mode and, unless uid is 0,
+// owner (the test skips where it cannot chown).
+func writeKeyFile(t *testing.T, name string, data []byte, mode os.FileMode, uid int) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(p, mode); err != nil {
+		t.Fatal(err)
+	}
+	if uid != 0 {
+		if err := os.Chown(p, uid, uid); err != nil {
+			t.Skip("cannot chown:", err)
+		}
+	}
+	return p
 }
