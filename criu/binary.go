@@ -4,8 +4,10 @@
 package criu
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"strings"
 
@@ -104,4 +106,26 @@ func Check(bin string) error {
 		return fmt.Errorf("%s check failed: %w: %s", bin, err, strings.TrimSpace(string(out)))
 	}
 	return nil
+}
+
+// Patch names one of the project's CRIU patches (contrib/criu) by a string
+// only a CRIU carrying it holds: the environment variable or the option it
+// adds.
+type Patch string
+
+// The project's CRIU patches.
+const (
+	PatchHugePages        Patch = "CRIU_RESTORE_HUGEPAGES" // 0001: restore_huge_pages
+	PatchThreads          Patch = "CRIU_RESTORE_THREADS"   // 0002: restore_threads
+	PatchInheritedDevices Patch = "inherited-devices"      // 0003: leftovers of a CUDA parent
+)
+
+// HasPatch reports whether the CRIU binary at bin carries patch, by the
+// patch's string in the binary: CRIU has no feature query for them.
+func HasPatch(bin string, patch Patch) (bool, error) {
+	data, err := os.ReadFile(bin)
+	if err != nil {
+		return false, err
+	}
+	return bytes.Contains(data, []byte(patch)), nil
 }

@@ -3,9 +3,11 @@ package shim
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
@@ -48,17 +50,24 @@ func addCRIUConfig(spec *specs.Spec, bundle string) (bool, error) {
 }
 
 // prepareCRIUConfigForDump rewrites the container's CRIU configuration for
-// the dump r asks for: connections closed unless it wants them dumped.
-func prepareCRIUConfigForDump(c *container, r *taskAPI.CheckpointTaskRequest) error {
+// the dump r asks for: connections closed unless it wants them dumped, and
+// the GPU leftovers of inherited (pids whose GPU device files came from a
+// CUDA parent) left out. A spec that names its own CRIU configuration
+// cannot carry the leftovers: their dump is refused with the reason.
+func prepareCRIUConfigForDump(c *container, r *taskAPI.CheckpointTaskRequest, inherited []int) error {
 	if c.spec.Annotations[criuConfigAnnotation] != filepath.Join(c.bundle, criuConfigName) {
+		if len(inherited) > 0 {
+			return fmt.Errorf("processes %v inherited GPU device files from a CUDA process, which CRIU must be told about, "+
+				"but the container names its own CRIU configuration (%s): %w", inherited, criuConfigAnnotation, ErrGPUDeviceHeld)
+		}
 		return nil
 	}
-	return writeCRIUConfig(filepath.Join(c.bundle, criuConfigName), !wantsTCPEstablished(r))
+	return writeCRIUConfig(filepath.Join(c.bundle, criuConfigName), !wantsTCPEstablished(r), inherited...)
 }
 
-// writeCRIUConfig writes the node's runc.conf plus skip-in-flight, and
-// tcp-close if asked.
-func writeCRIUConfig(path string, tcpClose bool) error {
+// writeCRIUConfig writes the node's runc.conf plus skip-in-flight, tcp-close
+// if asked, and inherited-devices for the pids given (contrib/criu's 0003).
+func writeCRIUConfig(path string, tcpClose bool, inherited ...int) error {
 	base, err := os.ReadFile(nodeCRIUConfig)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
@@ -71,6 +80,13 @@ func writeCRIUConfig(path string, tcpClose bool) error {
 	b.WriteString("skip-in-flight\n")
 	if tcpClose {
 		b.WriteString("tcp-close\n")
+	}
+	if len(inherited) > 0 {
+		pids := make([]string, len(inherited))
+		for i, pid := range inherited {
+			pids[i] = strconv.Itoa(pid)
+		}
+		fmt.Fprintf(&b, "inherited-devices %s\n", strings.Join(pids, ","))
 	}
 	return os.WriteFile(path, b.Bytes(), 0o600)
 }

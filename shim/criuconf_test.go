@@ -1,6 +1,7 @@
 package shim
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -35,19 +36,31 @@ func TestCRIUConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := prepareCRIUConfigForDump(c, &taskAPI.CheckpointTaskRequest{Options: typeurl.MarshalProto(opts)}); err != nil {
+	if err := prepareCRIUConfigForDump(c, &taskAPI.CheckpointTaskRequest{Options: typeurl.MarshalProto(opts)}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := read(); !endsWith(got, "skip-in-flight\n") {
 		t.Fatalf("tcp-established dump configuration %q", got)
 	}
-	if err := prepareCRIUConfigForDump(c, &taskAPI.CheckpointTaskRequest{}); err != nil || !endsWith(read(), "tcp-close\n") {
+	if err := prepareCRIUConfigForDump(c, &taskAPI.CheckpointTaskRequest{}, nil); err != nil || !endsWith(read(), "tcp-close\n") {
 		t.Fatalf("plain dump configuration %q, %v", read(), err)
+	}
+	// GPU leftovers are named to the patched CRIU, for this dump only.
+	if err := prepareCRIUConfigForDump(c, &taskAPI.CheckpointTaskRequest{}, []int{41, 42}); err != nil ||
+		!endsWith(read(), "tcp-close\ninherited-devices 41,42\n") {
+		t.Fatalf("dump configuration with leftovers %q, %v", read(), err)
+	}
+	if err := prepareCRIUConfigForDump(c, &taskAPI.CheckpointTaskRequest{}, nil); err != nil || !endsWith(read(), "tcp-close\n") {
+		t.Fatalf("the next dump kept the leftovers: %q, %v", read(), err)
 	}
 
 	own := &specs.Spec{Annotations: map[string]string{criuConfigAnnotation: "/etc/mine.conf"}}
 	if changed, err := addCRIUConfig(own, t.TempDir()); changed || err != nil || own.Annotations[criuConfigAnnotation] != "/etc/mine.conf" {
 		t.Fatalf("a spec's own CRIU configuration was replaced: %v %v %v", changed, err, own.Annotations)
+	}
+	mine := &container{bundle: t.TempDir(), spec: own}
+	if err := prepareCRIUConfigForDump(mine, &taskAPI.CheckpointTaskRequest{}, []int{41}); !errors.Is(err, ErrGPUDeviceHeld) {
+		t.Fatalf("leftovers with the spec's own CRIU configuration: %v", err)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/typeurl/v2"
 
+	"github.com/gpusnap/containerd-shim-snapshot-v2/criu"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/cudackpt"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
 )
@@ -28,18 +29,68 @@ func noGPU() error { return nil }
 // CRIU can dump them. The returned rollback puts the state back on the GPU
 // and unlocks (leave-running, or any later failure). A node without a CUDA
 // driver has nothing to do.
-func (s *Service) gpuCheckpoint(ctx context.Context, c *container) (rollback func() error, gpus storage.GPUNode, err error) {
-	drv, pids, err := s.cudaProcesses(ctx, c)
-	if err != nil || len(pids) == 0 {
-		return noGPU, gpus, err
+//
+// Processes without CUDA state that still hold the GPU's device files are
+// judged first, before anything is locked (see gpuLeftovers): leftovers
+// inherited from a CUDA parent are returned for CRIU to leave out, anything
+// else refuses the checkpoint with the process and the files named.
+func (s *Service) gpuCheckpoint(ctx context.Context, c *container) (rollback func() error, gpus storage.GPUNode, leftovers []int, err error) {
+	drv, all, pids, err := s.cudaProcesses(ctx, c)
+	if err != nil || drv == nil {
+		return noGPU, gpus, nil, err
+	}
+	if leftovers, err = gpuLeftovers(c, all, pids); err != nil {
+		return noGPU, gpus, nil, err
+	}
+	if len(pids) == 0 {
+		return noGPU, gpus, leftovers, nil
 	}
 	rollback, err = cudackpt.CheckpointAll(ctx, drv, pids, c.options.LockTimeout.Duration)
 	if err != nil {
-		return noGPU, gpus, fmt.Errorf("checkpointing the GPU state: %w", err)
+		return noGPU, gpus, nil, fmt.Errorf("checkpointing the GPU state: %w", err)
 	}
-	log.G(ctx).WithField("id", c.id).WithField("pids", pids).Info("snapshot: GPU state checkpointed")
-	return rollback, c.gpuNode(), nil
+	log.G(ctx).WithField("id", c.id).WithField("pids", pids).WithField("leftovers", leftovers).Info("snapshot: GPU state checkpointed")
+	return rollback, c.gpuNode(), leftovers, nil
 }
+
+// gpuLeftovers finds the container's processes that hold the GPU driver's
+// device files without CUDA state the driver can checkpoint. The driver's
+// checkpoint leaves their files in place and CRIU cannot dump those. A
+// process whose device files all came from a CUDA process through fork()
+// (torch.compile's worker pool, forked after its parent initialised CUDA)
+// can never use them, so CRIU is asked (contrib/criu's --inherited-devices)
+// to leave its device mappings out and reopen its device files by path;
+// their pids are returned. Any other holder (a live NVML handle, a device
+// opened by hand) refuses the checkpoint, naming the process and what it
+// holds, as does a node CRIU without that patch.
+func gpuLeftovers(c *container, all, cuda []int) ([]int, error) {
+	holders, err := cudackpt.FindDeviceHolders(all, cuda)
+	if err != nil || len(holders) == 0 {
+		return nil, err
+	}
+	var pids []int
+	for _, h := range holders {
+		if !h.Inherited {
+			return nil, fmt.Errorf("checkpoint refused: %s but has no CUDA state the driver can checkpoint, "+
+				"and did not inherit them from a CUDA process (an NVML handle or a device opened by hand?): "+
+				"CRIU cannot dump its device files; close them before the checkpoint: %w", h, ErrGPUDeviceHeld)
+		}
+		pids = append(pids, h.PID)
+	}
+	bin, err := criu.Find(c.options.CRIUPath)
+	if err != nil {
+		return nil, err
+	}
+	if ok, err := criu.HasPatch(bin, criu.PatchInheritedDevices); err != nil || !ok {
+		return nil, errors.Join(err, fmt.Errorf("checkpoint refused: %s (inherited from a CUDA process), and %s lacks "+
+			"contrib/criu/0003-inherited-devices.patch, which leaves such leftovers out: %w", holders[0], bin, ErrGPUDeviceHeld))
+	}
+	return pids, nil
+}
+
+// ErrGPUDeviceHeld marks a checkpoint refused because a process without
+// CUDA state holds the GPU's device files in a way CRIU cannot dump.
+var ErrGPUDeviceHeld = errors.New("GPU device files held without CUDA state")
 
 // gpuRestore puts the GPU state of a CRIU-restored container back, onto the
 // GPUs this container was given (source UUIDs from the manifest mapped in
@@ -49,7 +100,7 @@ func (s *Service) gpuRestore(ctx context.Context, c *container) error {
 	var drv *cudackpt.Driver
 	var pids []int
 	err := c.plan.timed("cuda_restore", func() (err error) {
-		if drv, pids, err = s.cudaProcesses(ctx, c); err != nil || len(pids) == 0 {
+		if drv, _, pids, err = s.cudaProcesses(ctx, c); err != nil || len(pids) == 0 {
 			return err
 		}
 		pairs, err := gpuPairs(c.plan.checkpoint.Manifest.GPUs, c.gpuNode().GPUs)
@@ -64,26 +115,26 @@ func (s *Service) gpuRestore(ctx context.Context, c *container) error {
 	return c.plan.timed("cuda_unlock", func() error { return cudackpt.UnlockAll(drv, pids) })
 }
 
-// cudaProcesses lists the container's processes whose CUDA state the driver
-// can read; nil without a driver.
-func (s *Service) cudaProcesses(ctx context.Context, c *container) (*cudackpt.Driver, []int, error) {
-	drv, err := cudackpt.Load("")
+// cudaProcesses lists the container's processes (all) and those whose CUDA
+// state the driver can read (cuda); a nil driver without one.
+func (s *Service) cudaProcesses(ctx context.Context, c *container) (drv *cudackpt.Driver, all, cuda []int, err error) {
+	drv, err = cudackpt.Load("")
 	if errors.Is(err, cudackpt.ErrNoDriver) {
-		return nil, nil, nil
+		return nil, nil, nil, nil
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	resp, err := s.TTRPCTaskService.Pids(ctx, &taskAPI.PidsRequest{ID: c.id})
 	if err != nil {
-		return nil, nil, fmt.Errorf("listing the container's processes: %w", err)
+		return nil, nil, nil, fmt.Errorf("listing the container's processes: %w", err)
 	}
-	pids := make([]int, 0, len(resp.Processes))
+	all = make([]int, 0, len(resp.Processes))
 	for _, p := range resp.Processes {
-		pids = append(pids, int(p.Pid))
+		all = append(all, int(p.Pid))
 	}
-	cuda, err := cudackpt.FindCUDAProcesses(drv, pids)
-	return drv, cuda, err
+	cuda, err = cudackpt.FindCUDAProcesses(drv, all)
+	return drv, all, cuda, err
 }
 
 // containerGPUs are the GPUs the container was given, as NVML describes

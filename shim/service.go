@@ -209,19 +209,17 @@ func (s *Service) checkpoint(ctx context.Context, c *container, r *taskAPI.Check
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint refused: %w", err)
 	}
-	if err := prepareCRIUConfigForDump(c, r); err != nil {
-		return nil, fmt.Errorf("writing the CRIU configuration: %w", err)
-	}
 	wasPaused := s.paused(ctx, r.ID)
 	// The CUDA steps need the container's processes running.
 	thawForGPU := wasPaused && gpuDriverPresent()
 	var (
-		rollback = noGPU
-		gpus     storage.GPUNode
-		start    = time.Now()
+		rollback  = noGPU
+		gpus      storage.GPUNode
+		leftovers []int
+		start     = time.Now()
 	)
 	err = thawedFor(ctx, c, thawForGPU, func() (err error) {
-		rollback, gpus, err = s.gpuCheckpoint(ctx, c)
+		rollback, gpus, leftovers, err = s.gpuCheckpoint(ctx, c)
 		return err
 	})
 	phases["cuda_checkpoint"] = time.Since(start).Seconds()
@@ -229,11 +227,13 @@ func (s *Service) checkpoint(ctx context.Context, c *container, r *taskAPI.Check
 		return nil, err
 	}
 	start = time.Now()
-	resp, err := s.TTRPCTaskService.Checkpoint(ctx, r)
-	phases["criu_dump"] = time.Since(start).Seconds()
-	if err != nil {
+	var resp *ptypes.Empty
+	if err = prepareCRIUConfigForDump(c, r, leftovers); err != nil {
+		err = fmt.Errorf("writing the CRIU configuration: %w", err)
+	} else if resp, err = s.TTRPCTaskService.Checkpoint(ctx, r); err != nil {
 		s.recoverFailedCheckpoint(ctx, c, wasPaused)
 	}
+	phases["criu_dump"] = time.Since(start).Seconds()
 	if err == nil {
 		err = addRestoreFiles(c, r.Path, phases)
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"flag"
 	"fmt"
@@ -162,37 +161,35 @@ func criuChecks(path string) []check {
 	return append(checks, pass("criu check", "`%s check` passed", bin))
 }
 
-// criuPatches are the environment variables the project's CRIU patches
-// (contrib/criu) read, with the handler option each serves.
-var criuPatches = []struct{ env, option string }{
-	{"CRIU_RESTORE_HUGEPAGES", "restore_huge_pages"},
-	{"CRIU_RESTORE_THREADS", "restore_threads"},
+// criuPatches are the project's CRIU patches (contrib/criu), each with what
+// a node whose CRIU lacks it loses.
+var criuPatches = []struct {
+	patch criu.Patch
+	loss  string
+}{
+	{criu.PatchHugePages, "restore_huge_pages has no effect"},
+	{criu.PatchThreads, "restore_threads has no effect (one page reader)"},
+	{criu.PatchInheritedDevices, "containers whose processes inherited GPU device files (torch.compile's workers) cannot be checkpointed"},
 }
 
-// criuPatchCheck says whether the CRIU binary carries the project's patches,
-// by the variables' names in it: a CRIU without them ignores
-// restore_huge_pages and restore_threads, and restores at its single
-// reader's speed.
+// criuPatchCheck says whether the CRIU binary carries the project's patches
+// and, where it does not, what the node loses.
 func criuPatchCheck(bin string) check {
-	data, err := os.ReadFile(bin)
-	if err != nil {
-		return warn("criu patches", "%v", err)
-	}
-	var missing []string
+	var losses []string
 	for _, p := range criuPatches {
-		if !bytes.Contains(data, []byte(p.env)) {
-			missing = append(missing, p.option)
+		ok, err := criu.HasPatch(bin, p.patch)
+		if err != nil {
+			return warn("criu patches", "%v", err)
+		}
+		if !ok {
+			losses = append(losses, p.loss)
 		}
 	}
-	if len(missing) > 0 {
-		verb := "has"
-		if len(missing) > 1 {
-			verb = "have"
-		}
-		return warn("criu patches", "%s lacks the project's CRIU patches (contrib/criu), so %s %s no effect; "+
-			"install the CRIU that `make deps` builds", bin, strings.Join(missing, " and "), verb)
+	if len(losses) > 0 {
+		return warn("criu patches", "%s lacks some of the project's CRIU patches (contrib/criu): %s; "+
+			"install the CRIU that `make deps` builds", bin, strings.Join(losses, "; "))
 	}
-	return pass("criu patches", "%s carries the project's patches (restore_huge_pages, restore_threads)", bin)
+	return pass("criu patches", "%s carries the project's patches (restore_huge_pages, restore_threads, inherited devices)", bin)
 }
 
 // keyChecks loads the keys a handler's options name, as the shim does

@@ -646,17 +646,19 @@ func TestParseInterleaved(t *testing.T) {
 }
 
 // TestCRIUPatchCheck: a CRIU binary is known to carry the project's patches
-// by the variables they read; one without them is a warning naming the
-// options that have no effect.
+// by the variables and options they add; one without them is a warning
+// naming what the node loses.
 func TestCRIUPatchCheck(t *testing.T) {
 	dir := t.TempDir()
 	patched, upstream, half := filepath.Join(dir, "patched"), filepath.Join(dir, "upstream"), filepath.Join(dir, "half")
-	write(t, patched, "\x7fELF...CRIU_RESTORE_HUGEPAGES\x00...CRIU_RESTORE_THREADS\x00")
+	write(t, patched, "\x7fELF...CRIU_RESTORE_HUGEPAGES\x00...CRIU_RESTORE_THREADS\x00inherited-devices\x00")
 	write(t, upstream, "\x7fELF...CRIU_LOG\x00")
-	write(t, half, "\x7fELF...CRIU_RESTORE_HUGEPAGES\x00")
+	write(t, half, "\x7fELF...CRIU_RESTORE_HUGEPAGES\x00...CRIU_RESTORE_THREADS\x00")
 	contains(t, "checks", formatChecks([]check{criuPatchCheck(patched)}), "PASS criu patches: "+patched+" carries the project's patches")
-	contains(t, "checks", formatChecks([]check{criuPatchCheck(upstream)}), "WARN criu patches: "+upstream+" lacks the project's CRIU patches (contrib/criu), so restore_huge_pages and restore_threads have no effect")
-	contains(t, "checks", formatChecks([]check{criuPatchCheck(half)}), "WARN criu patches: "+half+" lacks the project's CRIU patches (contrib/criu), so restore_threads has no effect")
+	contains(t, "checks", formatChecks([]check{criuPatchCheck(upstream)}), "WARN criu patches: "+upstream+
+		" lacks some of the project's CRIU patches (contrib/criu): restore_huge_pages has no effect; restore_threads has no effect (one page reader); containers whose processes inherited GPU device files")
+	contains(t, "checks", formatChecks([]check{criuPatchCheck(half)}), "WARN criu patches: "+half+
+		" lacks some of the project's CRIU patches (contrib/criu): containers whose processes inherited GPU device files (torch.compile's workers) cannot be checkpointed;")
 	contains(t, "checks", formatChecks([]check{criuPatchCheck(filepath.Join(dir, "none"))}), "WARN criu patches: open "+filepath.Join(dir, "none"))
 }
 
