@@ -12,7 +12,7 @@ dt() { python3 -c "print(round($2 - $1, 2))"; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
 cleanup_earlier() {
-  pkill -9 -f "containerd-shim-snapshot-v2" 2>/dev/null; pkill -9 -f "/app/server.py" 2>/dev/null
+  pkill -9 -f "containerd-shim-snapshot-v2" 2>/dev/null; pkill -9 -f "/app/server.py" 2>/dev/null; pkill -9 -f "/examples/" 2>/dev/null
   pkill -9 -f "contrib/examples/pytorch-server/server.py" 2>/dev/null; pkill -f "containerd --config $W" 2>/dev/null
   sleep 1; grep " $W" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l; rm -rf $W
 }
@@ -71,13 +71,36 @@ run_worker() {
     "${extra[@]}" --rootfs $W/rootfs "$id" python3 /app/server.py
 }
 
-# first_answer [PORT]: waits up to 120 s for the worker's first answer,
+# run_example ID GPU SCRIPT [ENV=value...]: an example of contrib/examples
+# (SCRIPT relative to it, e.g. two-process-server/frontend.py) in a
+# container given GPU index GPU, with contrib/examples at /examples and
+# $MODELS (written by transformers-server/write_model.py) at /models.
+run_example() {
+  local id=$1 gpu=$2 script=$3; shift 3
+  local extra=()
+  for e in "$@"; do extra+=(--env "$e"); done
+  mkdir -p $MODELS
+  ctr run -d --runtime io.containerd.snapshot.v2 --runtime-config-path ${HANDLER:-$W/handler.toml} --net-host \
+    --mount type=bind,src=/usr,dst=/usr,options=bind:ro --mount type=bind,src=/etc,dst=/etc,options=bind:ro \
+    --mount type=bind,src=/opt,dst=/opt,options=bind:ro --mount type=bind,src=/var,dst=/var,options=bind:ro \
+    --mount type=bind,src=/usr/local/nvidia,dst=/usr/local/nvidia,options=bind:ro \
+    --mount type=bind,src=$REPO/contrib/examples,dst=/examples,options=rbind:ro \
+    --mount type=bind,src=$MODELS,dst=/models,options=rbind:ro \
+    --mount type=tmpfs,src=tmpfs,dst=/tmp,options=rw \
+    --device /dev/nvidia$gpu --device /dev/nvidiactl --device /dev/nvidia-uvm --device /dev/nvidia-uvm-tools \
+    --env PATH=/opt/torch/.venv/bin:/usr/local/bin:/usr/bin:/bin --env LD_LIBRARY_PATH=/usr/local/nvidia/lib64 \
+    --env HOME=/tmp --env PYTHONUNBUFFERED=1 --env NVIDIA_VISIBLE_DEVICES=$gpu \
+    "${extra[@]}" --rootfs $W/rootfs "$id" python3 /examples/$script
+}
+MODELS=${MODELS:-/var/tmp/snapmodels}
+
+# first_answer [PORT]: waits up to $FIRST_ANSWER_TIMEOUT s (120) for the worker's first answer,
 # asking every 10 ms from one process (a new python per attempt and 0.1 s
 # between attempts added up to 0.15 s to the times measured).
 first_answer() {
-  python3 - "${1:-8000}" <<'PY'
+  python3 - "${1:-8000}" "${FIRST_ANSWER_TIMEOUT:-120}" <<'PY'
 import sys, time, urllib.request
-url, deadline = "http://127.0.0.1:%s/" % sys.argv[1], time.time() + 120
+url, deadline = "http://127.0.0.1:%s/" % sys.argv[1], time.time() + float(sys.argv[2])
 while time.time() < deadline:
     try:
         print(urllib.request.urlopen(url, timeout=2).read().decode())

@@ -1,0 +1,66 @@
+"""A transformers causal-LM server, the shape of a real inference worker.
+
+At start it imports torch and transformers, loads a Qwen3-style model from
+safetensors on disk (MODEL_DIR), compiles its forward pass with
+torch.compile(mode="reduce-overhead") under PyTorch's default settings
+(inductor's parallel compile workers on), warms up with a static KV cache
+(CUDA graphs captured), and answers HTTP GET / with the greedy generation
+of a fixed prompt. The weights are random, written once by write_model.py;
+what matters is the work a cold start does, not what the model says.
+
+Environment: MODEL_DIR (default /models/qwen3), NEW_TOKENS (default 32),
+PORT (default 8000), CONTROL_DIR (the shim's control directory: it writes
+ready-for-checkpoint there once warm and, when the shim asks before a
+checkpoint, hands the allocator's free reserve back: common/snapshot_hooks.py).
+"""
+import json
+import os
+import sys
+import time
+
+T0 = time.time()
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from snapshot_hooks import serve  # noqa: E402
+
+T_IMPORT = time.time()
+MODEL_DIR = os.environ.get("MODEL_DIR", "/models/qwen3")
+NEW_TOKENS = int(os.environ.get("NEW_TOKENS", "32"))
+# A fixed prompt of token ids: no tokenizer is needed to tell answers apart.
+PROMPT = torch.tensor([[151644, 872, 198, 3838, 374, 279, 6722, 315, 9625, 30, 151645, 198, 151644, 77091, 198]])
+
+model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.bfloat16, device_map="cuda")
+model.eval()
+torch.cuda.synchronize()
+T_WEIGHTS = time.time()
+model.generation_config.cache_implementation = "static"
+model.forward = torch.compile(model.forward, mode="reduce-overhead")
+
+
+def generate():
+    with torch.inference_mode():
+        out = model.generate(PROMPT.to("cuda"), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                             do_sample=False, pad_token_id=0)
+    torch.cuda.synchronize()
+    return out[0, PROMPT.shape[1]:].tolist()
+
+
+for _ in range(3):  # compile, record the CUDA graphs, replay them
+    generate()
+T_WARM = time.time()
+TIMES = {"import_s": round(T_IMPORT - T0, 2), "weights_s": round(T_WEIGHTS - T_IMPORT, 2),
+         "compile_and_warmup_s": round(T_WARM - T_WEIGHTS, 2), "start_to_warm_s": round(T_WARM - T0, 2)}
+print("warm: %s" % json.dumps(TIMES), flush=True)
+
+def release():
+    """Before a checkpoint: hand the caching allocator's free reserve back to
+    the driver, so the checkpoint does not carry it; it regrows on demand."""
+    before = torch.cuda.memory_reserved()
+    torch.cuda.empty_cache()
+    return {"reserved_before": before, "reserved_after": torch.cuda.memory_reserved(),
+            "allocated": torch.cuda.memory_allocated()}
+
+
+serve(lambda: {"tokens": generate()}, TIMES, release=release)
