@@ -210,23 +210,33 @@ func (s *Service) checkpoint(ctx context.Context, c *container, r *taskAPI.Check
 		return nil, fmt.Errorf("checkpoint refused: %w", err)
 	}
 	wasPaused := s.paused(ctx, r.ID)
-	// The CUDA steps need the container's processes running.
-	thawForGPU := wasPaused && gpuDriverPresent()
+	prepare := wantsPrepare(c)
+	if prepare {
+		defer checkpointDone(ctx, c) // after the GPU state is back
+	}
+	// The prepare exchange and the CUDA steps need the container's
+	// processes running.
+	thaw := wasPaused && (prepare || gpuDriverPresent())
 	var (
 		rollback  = noGPU
 		gpus      storage.GPUNode
 		leftovers []int
-		start     = time.Now()
 	)
-	err = thawedFor(ctx, c, thawForGPU, func() (err error) {
+	err = thawedFor(ctx, c, thaw, func() (err error) {
+		if prepare {
+			start := time.Now()
+			prepareWorkload(ctx, c)
+			phases["prepare"] = time.Since(start).Seconds()
+		}
+		start := time.Now()
 		rollback, gpus, leftovers, err = s.gpuCheckpoint(ctx, c)
+		phases["cuda_checkpoint"] = time.Since(start).Seconds()
 		return err
 	})
-	phases["cuda_checkpoint"] = time.Since(start).Seconds()
 	if err != nil {
 		return nil, err
 	}
-	start = time.Now()
+	start := time.Now()
 	var resp *ptypes.Empty
 	if err = prepareCRIUConfigForDump(c, r, leftovers); err != nil {
 		err = fmt.Errorf("writing the CRIU configuration: %w", err)
@@ -243,7 +253,7 @@ func (s *Service) checkpoint(ctx context.Context, c *container, r *taskAPI.Check
 		}
 	}
 	if err != nil || !exitsAfterCheckpoint(r) {
-		if rbErr := thawedFor(ctx, c, thawForGPU, rollback); rbErr != nil {
+		if rbErr := thawedFor(ctx, c, thaw, rollback); rbErr != nil {
 			err = errors.Join(err, fmt.Errorf("putting the GPU state back: %w", rbErr))
 		}
 	}

@@ -138,7 +138,7 @@ func summary(evts []events.Event) string {
 
 // phaseOrder is the order the shim runs its phases in; others follow, sorted.
 var phaseOrder = []string{
-	"lookup", "verify", "cuda_checkpoint", "criu_dump", "rootfs_diff", "copy_images",
+	"lookup", "verify", "prepare", "cuda_checkpoint", "criu_dump", "rootfs_diff", "copy_images",
 	"criu_restore", "cuda_restore", "cuda_unlock",
 }
 

@@ -60,6 +60,10 @@ type Options struct {
 	LockTimeout Duration `toml:"lock_timeout"`
 	// CheckpointTimeout bounds a whole checkpoint.
 	CheckpointTimeout Duration `toml:"checkpoint_timeout"`
+	// PrepareTimeout bounds the wait for a workload that asked to prepare
+	// before each checkpoint (prepare-on-checkpoint in its control
+	// directory) to answer; one that does not is checkpointed as it is.
+	PrepareTimeout Duration `toml:"prepare_timeout"`
 	// RestoreTimeout bounds a whole restore attempt: verification at Create
 	// plus the rootfs diff, CRIU and CUDA restore at Start (the wait between
 	// Create and Start does not count). When it runs out, runc and CRIU are
@@ -153,6 +157,7 @@ func Default() Options {
 		IgnoreEnv:         []string{"HOSTNAME"},
 		LockTimeout:       Duration{30 * time.Second},
 		CheckpointTimeout: Duration{10 * time.Minute},
+		PrepareTimeout:    Duration{30 * time.Second},
 		RestoreTimeout:    Duration{5 * time.Minute},
 		DecryptDir:        DefaultDecryptDir,
 		Source:            "defaults",
