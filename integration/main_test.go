@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/gpusnap/containerd-shim-snapshot-v2/cudackpt"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/testbed"
 )
 
@@ -52,7 +53,8 @@ func runWithBed(m *testing.M, dir string) int {
 	eventsDir = filepath.Join(dir, "events")
 	cliPath = filepath.Join(dir, "build", testbed.CLIBinary)
 	bed, err = testbed.Prepare(dir, "", criHandlerOptions(filepath.Join(dir, "stores")), "SNAPSHOT_LIBCUDA="+lib,
-		"CRIU_CALL_LOG="+filepath.Join(fakeCUDAState, "calls.log"), "SNAPSHOT_EVENTS_DIR="+eventsDir)
+		"CRIU_CALL_LOG="+filepath.Join(fakeCUDAState, "calls.log"), "SNAPSHOT_EVENTS_DIR="+eventsDir,
+		cudackpt.EnvDeviceMajors+"="+standInDeviceMajor)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "integration: preparing the test bed:", err)
 		return 1

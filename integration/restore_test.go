@@ -38,9 +38,16 @@ func handlerOptions(t *testing.T, extra string) (path, store string) {
 // network namespace given by path with loopback up, as CRI gives pods.
 func runStateful(t *testing.T, id, optionsPath string, env ...string) {
 	t.Helper()
+	runStatefulWith(t, id, optionsPath, nil, env...)
+}
+
+// runStatefulWith is runStateful with more ctr run flags (e.g. --device).
+func runStatefulWith(t *testing.T, id, optionsPath string, flags []string, env ...string) {
+	t.Helper()
 	netns := podNetns(t, id)
 	args := []string{"run", "-d", "--runtime", testbed.SnapshotRuntime, "--runtime-config-path", optionsPath,
 		"--with-ns", "network:" + netns}
+	args = append(args, flags...)
 	for _, e := range env {
 		args = append(args, "--env", e)
 	}

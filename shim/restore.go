@@ -312,6 +312,8 @@ func declineRestore(ctx context.Context, c *container, reason error, phases map[
 // startRestored restores a planned container; when that fails it cleans up
 // and cold-starts the same container (restore = auto) or fails.
 func (s *Service) startRestored(ctx context.Context, c *container, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
+	held := holdIO(c.create) // the client keeps reading through a fallback
+	defer held.release()
 	rctx, cancel := context.WithTimeout(ctx, c.plan.left)
 	resp, err := s.restore(rctx, c, r)
 	cancel()

@@ -9,6 +9,12 @@
 // With CONTROL_DIR set, it writes ready-for-checkpoint there once the counter
 // reaches READY_AT (default 20), the workload side of the shim's contract.
 //
+// For the GPU tests with the fake driver: FAKE_CUDA_TOKEN makes the main
+// process a CUDA process (its child is started without it); with
+// CUDA_CHILD_TOKEN a second child is a CUDA process of its own, and with
+// DEVICE_CHILD=PATH a third child opens the device file PATH itself and
+// keeps it open, as a process holding an NVML handle would.
+//
 // With HOLD_CONNECTION=1 it also connects to itself once and keeps that
 // connection open (its far end closed after the answer), as servers keep
 // client and probe connections: CRIU must then be told what to do with
@@ -35,6 +41,11 @@ import (
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "child" {
+		if len(os.Args) > 2 {
+			if _, err := os.Open(os.Args[2]); err != nil {
+				fail(err)
+			}
+		}
 		for {
 			time.Sleep(time.Hour)
 		}
@@ -51,6 +62,12 @@ func main() {
 	}
 	if err := child.Start(); err != nil {
 		fail(err)
+	}
+	if token := os.Getenv("CUDA_CHILD_TOKEN"); token != "" {
+		startChild(append(child.Env, "FAKE_CUDA_TOKEN="+token))
+	}
+	if path := os.Getenv("DEVICE_CHILD"); path != "" {
+		startChild(child.Env, path)
 	}
 	state := warmUp()
 	ln, err := net.Listen("tcp", ":8080")
@@ -127,6 +144,16 @@ func serve(ln net.Listener, count *atomic.Int64, childPID int, state []uint64) {
 		}
 		fmt.Fprintf(conn, "count=%d file=%s child=%s state=%x\n", count.Load(), data, child, checksum(state))
 		conn.Close()
+	}
+}
+
+// startChild starts one more child that sleeps (holding path open, if
+// given) with env.
+func startChild(env []string, path ...string) {
+	c := exec.Command(os.Args[0], append([]string{"child"}, path...)...)
+	c.Env = env
+	if err := c.Start(); err != nil {
+		fail(err)
 	}
 }
 
