@@ -15,6 +15,11 @@
 // DEVICE_CHILD=PATH a third child opens the device file PATH itself and
 // keeps it open, as a process holding an NVML handle would.
 //
+// With PREPARE_ON_CHECKPOINT=1 it takes part in the shim's prepare
+// exchange and logs each step to prepare-log in its control directory
+// ("prepared", then "resumed by checkpoint-done" or "resumed by
+// restore-complete"); with =mute it asks for the exchange but never answers.
+//
 // With HOLD_CONNECTION=1 it also connects to itself once and keeps that
 // connection open (its far end closed after the answer), as servers keep
 // client and probe connections: CRIU must then be told what to do with
@@ -93,6 +98,12 @@ func main() {
 	}
 	fmt.Println("warm")
 	if dir := os.Getenv("CONTROL_DIR"); dir != "" {
+		if mode := os.Getenv("PREPARE_ON_CHECKPOINT"); mode != "" {
+			os.WriteFile(filepath.Join(dir, "prepare-on-checkpoint"), nil, 0o644)
+			if mode == "1" {
+				go answerPrepare(dir)
+			}
+		}
 		os.WriteFile(filepath.Join(dir, "ready-for-checkpoint"), []byte("warm\n"), 0o644)
 	}
 	select {}
@@ -144,6 +155,35 @@ func serve(ln net.Listener, count *atomic.Int64, childPID int, state []uint64) {
 		}
 		fmt.Fprintf(conn, "count=%d file=%s child=%s state=%x\n", count.Load(), data, child, checksum(state))
 		conn.Close()
+	}
+}
+
+// answerPrepare is the workload's side of the prepare exchange: it answers
+// each checkpoint-prepare and waits for the word to grow back.
+func answerPrepare(dir string) {
+	exists := func(name string) bool { _, err := os.Stat(filepath.Join(dir, name)); return err == nil }
+	logStep := func(step string) {
+		f, err := os.OpenFile(filepath.Join(dir, "prepare-log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err == nil {
+			fmt.Fprintln(f, step)
+			f.Close()
+		}
+	}
+	for {
+		time.Sleep(20 * time.Millisecond)
+		if !exists("checkpoint-prepare") || exists("checkpoint-prepared") {
+			continue
+		}
+		logStep("prepared")
+		os.WriteFile(filepath.Join(dir, "checkpoint-prepared"), nil, 0o644)
+		for !exists("checkpoint-done") && !exists("restore-complete") {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if exists("restore-complete") {
+			logStep("resumed by restore-complete")
+		} else {
+			logStep("resumed by checkpoint-done")
+		}
 	}
 }
 
