@@ -5,7 +5,7 @@ BIN       ?= bin
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build deps deps-k8s test test-unit fuzz test-integration test-kube soak bench benchmarks bench-cold bench-encryption gpu-bundle test-gpu bench-gpu demo clean
+.PHONY: all build deps deps-k8s test test-unit fuzz test-integration test-kube soak bench benchmarks bench-cold bench-encryption gpu-bundle test-gpu bench-gpu bench-gpu-synthetic demo clean
 
 all: build
 
@@ -76,13 +76,20 @@ bench-encryption:
 gpu-bundle:
 	contrib/scripts/gpu-bundle.sh
 
-## test-gpu: the GPU end to end; run it ON the GPU machine, after make gpu-bundle here
+## test-gpu: the GPU end to end (the synthetic worker on one and two GPUs, then
+## every example of contrib/examples); run it ON the GPU machine, after make gpu-bundle here
 test-gpu:
 	integration/gpu/run.sh
+	integration/gpu/examples.sh
 
-## bench-gpu: restore against cold start, plain CRIU and the floor; ON the GPU machine
-## (copy its $$OUT/bench-gpu.json into bench/results/, then make benchmarks)
+## bench-gpu: the transformers server (torch.compile, weights from disk): cold start
+## against restore from disk and from the page cache, with phases; ON the GPU machine
+## (copy its $$OUT/examples.json into bench/results/, then make benchmarks)
 bench-gpu:
+	integration/gpu/examples.sh transformers
+
+## bench-gpu-synthetic: the synthetic worker's size sweep against plain CRIU and the floor
+bench-gpu-synthetic:
 	integration/gpu/bench.sh
 
 ## demo: start a private containerd with the shim and run a container through it
