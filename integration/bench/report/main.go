@@ -65,6 +65,9 @@ type result struct {
 	Status map[string]*struct {
 		Phases map[string]float64 `json:"phases_seconds"`
 	} `json:"-"`
+	// gpu-examples (integration/gpu/examples.sh)
+	Torch    string     `json:"torch"`
+	Examples []*example `json:"-"`
 }
 
 func main() {
@@ -119,6 +122,10 @@ func loadOne(file string) (*result, error) {
 	var raw map[string]json.RawMessage
 	if err := json.Unmarshal(data, &raw); err != nil {
 		return nil, err
+	}
+	if r.Kind == "gpu-examples" {
+		r.Examples = loadExamples(raw)
+		return r, nil
 	}
 	r.Status = map[string]*struct {
 		Phases map[string]float64 `json:"phases_seconds"`

@@ -25,9 +25,12 @@ func markdown(results []*result, plot, out string) string {
 	rel, _ := filepath.Rel(filepath.Dir(out), plot)
 	fmt.Fprintf(&b, "![restore time against checkpoint size](%s)\n\n", filepath.ToSlash(rel))
 	for _, r := range results {
-		if r.Kind == "gpu-restore" {
+		switch r.Kind {
+		case "gpu-examples":
+			examplesTable(&b, r)
+		case "gpu-restore":
 			gpuTable(&b, r)
-		} else {
+		default:
 			cpuTable(&b, r)
 		}
 	}
@@ -125,7 +128,7 @@ func phases(b *strings.Builder, r *result) {
 }
 
 func phaseList(p map[string]float64) string {
-	order := []string{"lookup", "verify", "rootfs_diff", "criu_restore", "cuda_restore", "cuda_unlock", "cuda_checkpoint", "criu_dump", "copy_images"}
+	order := []string{"lookup", "verify", "rootfs_diff", "criu_restore", "cuda_restore", "cuda_unlock", "prepare", "cuda_checkpoint", "criu_dump", "copy_images"}
 	var parts []string
 	for _, n := range order {
 		if v, ok := p[n]; ok {
