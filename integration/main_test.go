@@ -45,6 +45,13 @@ func TestMain(m *testing.M) {
 
 func runWithBed(m *testing.M, dir string) int {
 	defer os.RemoveAll(dir)
+	// Start from a fresh machine's /run/netns (a plain directory): the bed
+	// must make it a mount point itself (testbed.ShareNetnsDir), or CRI
+	// pods' namespaces are left mounted at teardown.
+	if err := testbed.UnmountEmptyNetnsDir(); err != nil {
+		fmt.Fprintln(os.Stderr, "integration:", err)
+		return 1
+	}
 	lib, err := buildFakeCUDA(filepath.Join(dir, "fakecuda"))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "integration: fake libcuda:", err)

@@ -3,7 +3,9 @@
 //
 //	go run ./integration/devbed -dir /var/tmp/devbed
 //
-// It prints the socket to pass to ctr --address and crictl.
+// It builds the shim (and the test images) as the other beds do, unless
+// -shim names a built one, and prints the socket to pass to ctr --address
+// and crictl.
 package main
 
 import (
@@ -19,7 +21,7 @@ import (
 
 func main() {
 	dir := flag.String("dir", "/var/tmp/devbed", "directory for the bed")
-	shim := flag.String("shim", "", "built containerd-shim-snapshot-v2")
+	shim := flag.String("shim", "", "built containerd-shim-snapshot-v2 (default: build it, with the test images)")
 	options := flag.String("options", "", "snapshot handler options TOML file")
 	flag.Parse()
 	body := ""
@@ -31,8 +33,7 @@ func main() {
 		}
 		body = string(data)
 	}
-	abs, _ := filepath.Abs(*shim)
-	bed, err := testbed.Start(testbed.Config{Dir: *dir, ShimPath: abs, ShimOptions: body})
+	bed, err := startBed(*dir, *shim, body)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
@@ -48,4 +49,17 @@ func main() {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 	}
+}
+
+// startBed starts the bed on the shim at shim, or on one built from this
+// checkout (testbed.Prepare, which also imports the test images).
+func startBed(dir, shim, options string) (*testbed.Bed, error) {
+	if shim == "" {
+		return testbed.Prepare(dir, options, nil)
+	}
+	abs, err := filepath.Abs(shim)
+	if err != nil {
+		return nil, err
+	}
+	return testbed.Start(testbed.Config{Dir: dir, ShimPath: abs, ShimOptions: options})
 }

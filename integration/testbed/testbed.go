@@ -88,6 +88,9 @@ func Start(cfg Config) (*Bed, error) {
 	if err := b.writeConfig(); err != nil {
 		return nil, err
 	}
+	if err := ShareNetnsDir(); err != nil {
+		return nil, err
+	}
 	if err := b.startDaemon(); err != nil {
 		return nil, err
 	}
