@@ -87,7 +87,7 @@ build_kube() {
     done
     local start
     for name in "${missing[@]}"; do
-      log "kubernetes $K8S_VERSION: building $name (from an empty build cache on 2 cores: kube-apiserver about 6 minutes, kubelet 2.5, the others under 1)"
+      log "kubernetes $K8S_VERSION: building $name (from an empty build cache on 2 cores: kube-apiserver 7 to 15 minutes, kubelet 2 to 4, the others under 2)"
       start=$SECONDS
       CGO_ENABLED=0 go build -trimpath -ldflags="$ldflags" -o out/ "k8s.io/kubernetes/cmd/$name" >"build-$name.log" 2>&1 ||
         { tail -30 "build-$name.log" >&2; exit 1; }
