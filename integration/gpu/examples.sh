@@ -53,6 +53,29 @@ gpu_holders() {
   done
 }
 
+# gpu_files_shared PID...: for every /dev/nvidia* fd of each pid, the fds
+# of the other pids that are the same open file (kcmp), to tell inherited
+# device files from a process's own.
+gpu_files_shared() {
+  python3 - "$@" <<'PY'
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+pids = [int(p) for p in sys.argv[1:]]
+def fds(p):
+    out = {}
+    for fd in os.listdir("/proc/%d/fd" % p):
+        try: target = os.readlink("/proc/%d/fd/%s" % (p, fd))
+        except OSError: continue
+        if target.startswith("/dev/nvidia"): out[int(fd)] = target
+    return out
+held = {p: fds(p) for p in pids}
+for p in pids:
+    for fd, target in sorted(held[p].items()):
+        same = ["%d:%d" % (q, qfd) for q in pids if q != p for qfd in held[q] if libc.syscall(312, p, q, 0, fd, qfd) == 0]
+        print(p, fd, target, "same open file as", " ".join(same[:6]) or "none", "(%d)" % len(same))
+PY
+}
+
 # wait_checkpoint ID: waits for the on-ready checkpoint of ID in its store.
 wait_checkpoint() {
   for i in $(seq 1200); do
@@ -104,6 +127,7 @@ for NAME in $EXAMPLES; do
     result PASS "$NAME: checkpointed on ready with PyTorch's default settings"
   else
     result FAIL "$NAME: no checkpoint: $(status_of $NAME-src)"
+    gpu_files_shared $(ctr t ps $NAME-src | awk 'NR>1 {print $1}') >$OUT/shared-$NAME.txt 2>&1; head -20 $OUT/shared-$NAME.txt
     tail -30 $W/state/io.containerd.runtime.v2.task/gpu/$NAME-src/criu-dump.log 2>/dev/null
     grep -i "snapshot" $OUT/containerd.log | grep -i "refused\|failed\|error" | tail -5
     remove_worker $NAME-src; continue
