@@ -108,24 +108,37 @@ func Check(bin string) error {
 	return nil
 }
 
-// Patch names one of the project's CRIU patches (contrib/criu) by a string
-// only a CRIU carrying it holds: the environment variable or the option it
-// adds.
-type Patch string
+// Patch names one of the project's CRIU patches (contrib/criu) by what
+// only a CRIU carrying it has: the environment variable it reads or the
+// option it adds.
+type Patch struct {
+	Name   string
+	option bool // Name is an option, which `criu --help` lists
+}
 
 // The project's CRIU patches.
-const (
-	PatchHugePages        Patch = "CRIU_RESTORE_HUGEPAGES" // 0001: restore_huge_pages
-	PatchThreads          Patch = "CRIU_RESTORE_THREADS"   // 0002: restore_threads
-	PatchInheritedDevices Patch = "inherited-devices"      // 0003: leftovers of a CUDA parent
+var (
+	PatchHugePages        = Patch{Name: "CRIU_RESTORE_HUGEPAGES"}          // 0001: restore_huge_pages
+	PatchThreads          = Patch{Name: "CRIU_RESTORE_THREADS"}            // 0002: restore_threads
+	PatchInheritedDevices = Patch{Name: "inherited-devices", option: true} // 0003: leftovers of a CUDA parent
 )
 
-// HasPatch reports whether the CRIU binary at bin carries patch, by the
-// patch's string in the binary: CRIU has no feature query for them.
+// HasPatch reports whether the CRIU at bin carries patch; CRIU has no
+// feature query for them. An option is looked for in `criu --help`, which
+// also answers through a wrapper script (a node whose CRIU needs its own
+// libraries); an environment variable, which no output names, in the
+// binary itself.
 func HasPatch(bin string, patch Patch) (bool, error) {
+	if patch.option {
+		out, err := reaped.Output(exec.Command(bin, "--help"))
+		if err != nil {
+			return false, fmt.Errorf("%s --help: %w", bin, err)
+		}
+		return bytes.Contains(out, []byte("--"+patch.Name)), nil
+	}
 	data, err := os.ReadFile(bin)
 	if err != nil {
 		return false, err
 	}
-	return bytes.Contains(data, []byte(patch)), nil
+	return bytes.Contains(data, []byte(patch.Name)), nil
 }

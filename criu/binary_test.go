@@ -3,6 +3,7 @@ package criu
 import (
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -128,4 +129,29 @@ func TestFind(t *testing.T) {
 			t.Errorf(`Find("") = %q, %v; want %q`, got, err, filepath.Join(dir, "criu"))
 		}
 	})
+}
+
+// TestHasPatch: the installed CRIU (make deps) carries every patch of
+// contrib/criu, found through a wrapper script too (as the GPU machine runs
+// CRIU with its own libraries).
+func TestHasPatch(t *testing.T) {
+	bin, err := exec.LookPath("criu")
+	if err != nil {
+		t.Skip("no criu installed (make deps)")
+	}
+	wrapper := filepath.Join(t.TempDir(), "criu")
+	if err := os.WriteFile(wrapper, []byte("#!/bin/sh\nexec "+bin+" \"$@\"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []Patch{PatchHugePages, PatchThreads, PatchInheritedDevices} {
+		if ok, err := HasPatch(bin, p); !ok || err != nil {
+			t.Errorf("%s lacks %s: %v", bin, p.Name, err)
+		}
+	}
+	if ok, err := HasPatch(wrapper, PatchInheritedDevices); !ok || err != nil {
+		t.Errorf("through a wrapper script: %v, %v", ok, err)
+	}
+	if ok, _ := HasPatch(wrapper, PatchThreads); ok {
+		t.Errorf("a wrapper script claims to carry %s", PatchThreads.Name)
+	}
 }

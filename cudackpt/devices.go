@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -28,12 +29,14 @@ const EnvDeviceMajors = "SNAPSHOT_GPU_DEVICE_MAJORS"
 // leaves such files in place, and CRIU cannot dump them on its own.
 type DeviceHolder struct {
 	PID     int
+	NSPID   int      // its PID in the container's PID namespace (stable across CRIU restores)
 	Command string   // the process's name (comm)
 	Files   []string // what it holds, e.g. "/dev/nvidiactl (fd 7)", "/dev/nvidia0 (mapped, 3 areas)"
 	// Inherited: every device file it has open is the same open file as one
 	// of a CUDA process (inherited through fork() after the parent
-	// initialised CUDA, which CUDA never lets a child use). Its mappings
-	// and files are then leftovers, safe to leave out of the image.
+	// initialised CUDA, which CUDA never lets a child use), or it was found
+	// so before (see FindDeviceHolders). Its mappings and files are then
+	// leftovers, safe to leave out of the image.
 	Inherited bool
 }
 
@@ -45,7 +48,14 @@ func (h DeviceHolder) String() string {
 // CUDA processes cuda and hold the GPU driver's device files, judging each
 // against the open files of the CUDA processes. A node without GPU devices
 // has none.
-func FindDeviceHolders(all, cuda []int) ([]DeviceHolder, error) {
+//
+// known are the container PIDs (NSPID) of processes found to hold inherited
+// files at an earlier checkpoint of the container, or of the checkpoint it
+// was restored from: a leftover stays one, though its files stop being the
+// CUDA process's once that process has been checkpointed (the driver
+// reopens its own) or the container restored (CRIU reopened the
+// leftovers').
+func FindDeviceHolders(all, cuda, known []int) ([]DeviceHolder, error) {
 	majors, err := deviceMajors()
 	if err != nil || len(majors) == 0 {
 		return nil, err
@@ -58,7 +68,7 @@ func FindDeviceHolders(all, cuda []int) ([]DeviceHolder, error) {
 	}
 	var holders []DeviceHolder
 	for _, pid := range minus(all, cuda) {
-		h, err := deviceHolder(pid, majors, cudaFDs)
+		h, err := deviceHolder(pid, majors, cudaFDs, known)
 		if err != nil {
 			if !processExists(pid) {
 				continue
@@ -73,8 +83,12 @@ func FindDeviceHolders(all, cuda []int) ([]DeviceHolder, error) {
 }
 
 // deviceHolder describes what GPU device files pid holds.
-func deviceHolder(pid int, majors map[uint32]bool, cudaFDs map[int][]deviceFD) (DeviceHolder, error) {
-	h := DeviceHolder{PID: pid, Command: command(pid)}
+func deviceHolder(pid int, majors map[uint32]bool, cudaFDs map[int][]deviceFD, known []int) (DeviceHolder, error) {
+	nspid, err := NSPID(pid)
+	if err != nil {
+		return DeviceHolder{}, err
+	}
+	h := DeviceHolder{PID: pid, NSPID: nspid, Command: command(pid)}
 	fds, err := deviceFDs(pid, majors)
 	if err != nil {
 		return h, err
@@ -90,6 +104,7 @@ func deviceHolder(pid int, majors map[uint32]bool, cudaFDs map[int][]deviceFD) (
 			h.Inherited = false
 		}
 	}
+	h.Inherited = h.Inherited || slices.Contains(known, nspid)
 	h.Files = append(h.Files, maps...)
 	return h, nil
 }
@@ -225,6 +240,25 @@ func nvidiaMajors(r io.Reader) map[uint32]bool {
 		}
 	}
 	return majors
+}
+
+// NSPID is pid's PID in its innermost PID namespace (the last NSpid field
+// of /proc/PID/status): a container's PIDs, which CRIU restores as they
+// were.
+func NSPID(pid int) (int, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "NSpid:"); ok {
+			f := strings.Fields(rest)
+			if len(f) > 0 {
+				return strconv.Atoi(f[len(f)-1])
+			}
+		}
+	}
+	return 0, fmt.Errorf("/proc/%d/status has no NSpid", pid)
 }
 
 // command is pid's comm, or "?" once it has gone.

@@ -68,7 +68,7 @@ func TestFindDeviceHolders(t *testing.T) {
 	t.Setenv(EnvDeviceMajors, "1")
 	shared := openNull(t)
 	cuda, child, own := startHolder(t, shared), startHolder(t, shared), startHolder(t, openNull(t))
-	holders, err := FindDeviceHolders([]int{cuda, child, own}, []int{cuda})
+	holders, err := FindDeviceHolders([]int{cuda, child, own}, []int{cuda}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +89,7 @@ func TestFindDeviceHolders(t *testing.T) {
 	}
 
 	t.Setenv(EnvDeviceMajors, "")
-	if holders, err := FindDeviceHolders([]int{cuda, child, own}, []int{cuda}); err != nil || len(holders) != 0 {
+	if holders, err := FindDeviceHolders([]int{cuda, child, own}, []int{cuda}, nil); err != nil || len(holders) != 0 {
 		t.Errorf("without GPU devices: %+v, %v", holders, err)
 	}
 }

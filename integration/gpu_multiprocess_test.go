@@ -186,3 +186,60 @@ func TestGPUDeviceHeldWithoutCUDA(t *testing.T) {
 		t.Fatalf("workload not serving: %+v", got)
 	}
 }
+
+// TestGPUInheritedDeviceFiles: the CUDA process holds a GPU device file (as
+// the driver's files are held; the fake driver makes it let go at
+// checkpoint and take it back at restore) and its child, without CUDA,
+// inherited the open file, as torch.compile's compile workers inherit the
+// driver's files from the pool process. The shim names the child to CRIU
+// (patch 0003), so the container checkpoints, leaving it running, and
+// restores into a new container whose child holds the device again, at the
+// same fd, reopened by path.
+func TestGPUInheritedDeviceFiles(t *testing.T) {
+	if _, err := os.Stat(standInDevice); err != nil {
+		t.Skipf("no %s to stand in for a GPU device: %v", standInDevice, err)
+	}
+	opts, store := handlerOptions(t, "")
+	const id, token = "gpu-inherited", "tok-inherited"
+	env := []string{"FAKE_CUDA_TOKEN=" + token, "FAKE_CUDA_DEVICE=" + standInDevice}
+	flags := []string{"--device", standInDevice}
+	runStatefulWith(t, id, opts, flags, env...)
+	before := waitWarm(t, id, 5)
+	if out, err := bed.Ctr("tasks", "checkpoint", id); err != nil {
+		t.Fatalf("checkpoint: %v: %s", err, out)
+	}
+	if n := len(checkpoints(t, store)); n != 1 {
+		t.Fatalf("%d checkpoints published, want 1", n)
+	}
+	expectRecord(t, token, map[string]string{"state": "RUNNING", "checkpoint": "1", "restore": "1"})
+	waitWarm(t, id, before.Count+1)
+	if _, err := bed.Ctr("tasks", "checkpoint", "--exit", id); err != nil {
+		t.Fatalf("checkpoint --exit: %v", err)
+	}
+
+	runStatefulWith(t, "gpu-inherited-restored", opts, flags, env...)
+	got := waitWarm(t, "gpu-inherited-restored", 0)
+	if got.Count < before.Count || got.Child != "alive" {
+		t.Fatalf("restored %+v does not continue from %+v", got, before)
+	}
+	expectRecord(t, token, map[string]string{"state": "RUNNING"})
+	// Every process of the restored container holds the device again: the
+	// child's file reopened by CRIU, the main process's taken back at the
+	// fake driver's restore.
+	out, err := bed.Ctr("tasks", "exec", "--exec-id", "fds", "gpu-inherited-restored", "sh", "-c",
+		"for p in $(pgrep stateful); do ls -l /proc/$p/fd | grep -c "+standInDevice+"; done")
+	if err != nil || strings.Fields(out) == nil || strings.Contains(out, "0") {
+		t.Fatalf("device files in the restored processes (one count each): %q, %v", out, err)
+	}
+	// The child's file is now CRIU's reopen, no longer the CUDA process's
+	// open file: the checkpoint it was restored from still names it a
+	// leftover, so the restored container checkpoints too.
+	if out, err := bed.Ctr("tasks", "checkpoint", "gpu-inherited-restored"); err != nil {
+		t.Fatalf("checkpoint of the restored container: %v: %s", err, out)
+	}
+	for _, ck := range checkpoints(t, store) {
+		if len(ck.Manifest.GPULeftovers) != 1 {
+			t.Errorf("checkpoint %s names leftovers %v: want the child", ck.Name, ck.Manifest.GPULeftovers)
+		}
+	}
+}

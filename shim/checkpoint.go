@@ -105,7 +105,7 @@ func (s *Service) publish(ctx context.Context, c *container, dir string, gpus st
 		return fmt.Errorf("checkpoint %s: %w", phase, err)
 	}
 	key, fields := identity(c)
-	m := &storage.Manifest{Key: key, Identity: fields, Node: pp.node, Phases: phases, GPUs: gpus.GPUs, DriverVersion: gpus.DriverVersion,
+	m := &storage.Manifest{Key: key, Identity: fields, Node: pp.node, Phases: phases, GPUs: gpus.GPUs, DriverVersion: gpus.DriverVersion, GPULeftovers: c.gpuLeftovers,
 		Source: storage.Source{ContainerID: c.id, Namespace: c.namespace, Hostname: c.spec.Hostname}}
 	if enc != nil {
 		m.Encryption = &storage.Encryption{Algorithm: crypt.Algorithm, KeyID: enc.ID}

@@ -64,18 +64,18 @@ func (s *Service) gpuCheckpoint(ctx context.Context, c *container) (rollback fun
 // opened by hand) refuses the checkpoint, naming the process and what it
 // holds, as does a node CRIU without that patch.
 func gpuLeftovers(c *container, all, cuda []int) ([]int, error) {
-	holders, err := cudackpt.FindDeviceHolders(all, cuda)
+	holders, err := cudackpt.FindDeviceHolders(all, cuda, c.gpuLeftovers)
 	if err != nil || len(holders) == 0 {
 		return nil, err
 	}
-	var pids []int
+	var pids, nspids []int
 	for _, h := range holders {
 		if !h.Inherited {
 			return nil, fmt.Errorf("checkpoint refused: %s but has no CUDA state the driver can checkpoint, "+
 				"and did not inherit them from a CUDA process (an NVML handle or a device opened by hand?): "+
 				"CRIU cannot dump its device files; close them before the checkpoint: %w", h, ErrGPUDeviceHeld)
 		}
-		pids = append(pids, h.PID)
+		pids, nspids = append(pids, h.PID), append(nspids, h.NSPID)
 	}
 	bin, err := criu.Find(c.options.CRIUPath)
 	if err != nil {
@@ -85,6 +85,7 @@ func gpuLeftovers(c *container, all, cuda []int) ([]int, error) {
 		return nil, errors.Join(err, fmt.Errorf("checkpoint refused: %s (inherited from a CUDA process), and %s lacks "+
 			"contrib/criu/0003-inherited-devices.patch, which leaves such leftovers out: %w", holders[0], bin, ErrGPUDeviceHeld))
 	}
+	c.gpuLeftovers = nspids
 	return pids, nil
 }
 

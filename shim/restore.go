@@ -387,6 +387,7 @@ func (s *Service) restore(ctx context.Context, c *container, r *taskAPI.StartReq
 		return nil, err
 	}
 	c.restored = true
+	c.gpuLeftovers = plan.checkpoint.Manifest.GPULeftovers
 	hostname, _ := os.Hostname()
 	if c.spec.Hostname != "" {
 		hostname = c.spec.Hostname

@@ -59,6 +59,10 @@ type container struct {
 	// restored is set once a restore succeeded.
 	restored  bool
 	stopWatch func()
+	// gpuLeftovers are the container PIDs of processes found to hold
+	// inherited GPU device files (cudackpt.FindDeviceHolders): at this
+	// container's last checkpoint, or in the checkpoint it was restored from.
+	gpuLeftovers []int
 	// gpus caches containerGPUs: NVML is asked once per container.
 	gpus     storage.GPUNode
 	gpusOnce sync.Once

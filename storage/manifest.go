@@ -35,7 +35,11 @@ type Manifest struct {
 	Phases        map[string]float64 `json:"phases,omitempty"`
 	GPUs          []GPU              `json:"gpus,omitempty"`
 	DriverVersion string             `json:"driver_version,omitempty"`
-	Labels        map[string]string  `json:"labels,omitempty"`
+	// GPULeftovers are the container PIDs of processes without CUDA state
+	// whose GPU device files were inherited leftovers (docs/gpu.md); a
+	// restored container's later checkpoints treat them so again.
+	GPULeftovers []int             `json:"gpu_leftovers,omitempty"`
+	Labels       map[string]string `json:"labels,omitempty"`
 	// Encryption is set when every file is encrypted (package crypt); Files
 	// then record the encrypted files, which is what the store holds and
 	// Verify hashes. A build that predates it refuses the manifest as

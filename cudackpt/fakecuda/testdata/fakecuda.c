@@ -24,6 +24,13 @@
 //                   <token>.fail-<op> holding <code>; op is lock, checkpoint,
 //                   restore, unlock or state. Lock with code 909 first waits
 //                   for the lock's timeout (not at all for timeout 0).
+// Device files: the real driver's checkpoint makes the process let go of its
+// /dev/nvidia* files (its own driver thread closes them) and its restore
+// takes them back. A fake CUDA process whose environment names a device file
+// in FAKE_CUDA_DEVICE plays that part: after a checkpoint the fake sends it
+// SIGUSR1 and waits until it holds no file of that device, after a restore
+// SIGUSR2 and waits until it holds one again (5 s, else
+// CUDA_ERROR_OPERATING_SYSTEM).
 // A new token starts RUNNING on GPU $FAKE_CUDA_GPU of the target process's
 // environment, else the first present GPU. Restore onto a GPU that is not
 // present, and GPU pairs that do not map the process's current GPU, give
@@ -35,6 +42,7 @@
 // unlock is also appended to <state dir>/calls.log as
 // "<op> <token> <pid> <result>".
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -264,6 +272,39 @@ static CUresult with_record(int pid, const char *op, step_fn fn, const void *arg
 	return res;
 }
 
+// holds_device reports whether pid has a file of device rdev open.
+static int holds_device(int pid, dev_t rdev) {
+	char dir[64], fd[320];
+	snprintf(dir, sizeof dir, "/proc/%d/fd", pid);
+	DIR *d = opendir(dir);
+	if (!d) return 0;
+	struct dirent *e;
+	struct stat st;
+	int found = 0;
+	while (!found && (e = readdir(d))) {
+		snprintf(fd, sizeof fd, "%s/%s", dir, e->d_name);
+		found = e->d_name[0] != '.' && stat(fd, &st) == 0 && S_ISCHR(st.st_mode) && st.st_rdev == rdev;
+	}
+	closedir(d);
+	return found;
+}
+
+// device_step makes pid let go of (hold = 0) or take back (hold = 1) its
+// FAKE_CUDA_DEVICE, as the driver's thread in a real CUDA process does.
+static CUresult device_step(int pid, int sig, int hold) {
+	char path[4096];
+	struct stat st;
+	if (environ_value(pid, "FAKE_CUDA_DEVICE", path, sizeof path) != 0 || !*path) return SUCCESS;
+	if (stat(path, &st) != 0) return OPERATING_SYSTEM;
+	kill(pid, sig);
+	for (int i = 0; i < 500; i++) {
+		if (holds_device(pid, st.st_rdev) == hold) return SUCCESS;
+		struct timespec ts = {0, 10 * 1000000};
+		nanosleep(&ts, NULL);
+	}
+	return OPERATING_SYSTEM;
+}
+
 static CUresult do_lock(struct record *r, const void *args) {
 	(void)args;
 	if (r->state != RUNNING) return ILLEGAL_STATE;
@@ -274,6 +315,8 @@ static CUresult do_lock(struct record *r, const void *args) {
 static CUresult do_checkpoint(struct record *r, const void *args) {
 	(void)args;
 	if (r->state != LOCKED) return ILLEGAL_STATE;
+	CUresult res = device_step(r->pid, SIGUSR1, 0);
+	if (res != SUCCESS) return res;
 	r->state = CHECKPOINTED;
 	return SUCCESS;
 }
@@ -295,6 +338,8 @@ static CUresult do_restore(struct record *r, const void *args) {
 		if (!mapped) return INVALID_VALUE;
 	}
 	if (target[0] && !gpu_present(target)) return INVALID_VALUE; // as driver 580 answers, not INVALID_DEVICE
+	CUresult res = device_step(r->pid, SIGUSR2, 1);
+	if (res != SUCCESS) return res;
 	snprintf(r->gpu, sizeof r->gpu, "%s", target);
 	r->state = LOCKED;
 	return SUCCESS;

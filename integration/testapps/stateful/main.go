@@ -13,7 +13,11 @@
 // process a CUDA process (its child is started without it); with
 // CUDA_CHILD_TOKEN a second child is a CUDA process of its own, and with
 // DEVICE_CHILD=PATH a third child opens the device file PATH itself and
-// keeps it open, as a process holding an NVML handle would.
+// keeps it open, as a process holding an NVML handle would. With
+// FAKE_CUDA_DEVICE=PATH the main process holds PATH open as a CUDA process
+// holds the GPU's device files: it closes it on SIGUSR1 and opens it again
+// on SIGUSR2 (the fake driver's checkpoint and restore), and its first child
+// inherits the open file, as torch.compile's workers inherit theirs.
 //
 // With PREPARE_ON_CHECKPOINT=1 it takes part in the shim's prepare
 // exchange and logs each step to prepare-log in its control directory
@@ -36,6 +40,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -59,6 +64,9 @@ func main() {
 		fail(err)
 	}
 	child := exec.Command(os.Args[0], "child")
+	if path := os.Getenv("FAKE_CUDA_DEVICE"); path != "" && os.Getenv("FAKE_CUDA_TOKEN") != "" {
+		child.ExtraFiles = []*os.File{holdDevice(path)}
+	}
 	// Only the main process plays a CUDA process for the fake driver.
 	for _, e := range os.Environ() {
 		if !strings.HasPrefix(e, "FAKE_CUDA_TOKEN=") {
@@ -185,6 +193,35 @@ func answerPrepare(dir string) {
 			logStep("resumed by checkpoint-done")
 		}
 	}
+}
+
+// holdDevice opens the device file at path and keeps a file of it open as
+// the driver would: let go on SIGUSR1, taken back on SIGUSR2. It returns
+// the first file, for a child to inherit.
+func holdDevice(path string) *os.File {
+	open := func() *os.File {
+		f, err := os.Open(path)
+		if err != nil {
+			fail(err)
+		}
+		return f
+	}
+	first := open()
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGUSR2)
+	go func() {
+		held := first
+		for sig := range sigs {
+			switch {
+			case sig == syscall.SIGUSR1 && held != nil:
+				held.Close()
+				held = nil
+			case sig == syscall.SIGUSR2 && held == nil:
+				held = open()
+			}
+		}
+	}()
+	return first
 }
 
 // startChild starts one more child that sleeps (holding path open, if
