@@ -65,8 +65,12 @@ func (s *Service) gpuCheckpoint(ctx context.Context, c *container) (rollback fun
 // holds, as does a node CRIU without that patch.
 func gpuLeftovers(c *container, all, cuda []int) ([]int, error) {
 	holders, err := cudackpt.FindDeviceHolders(all, cuda, c.gpuLeftovers)
-	if err != nil || len(holders) == 0 {
+	if err != nil {
 		return nil, err
+	}
+	if len(holders) == 0 {
+		c.gpuLeftovers = nil // the leftovers have exited: none to name in this checkpoint
+		return nil, nil
 	}
 	var pids, nspids []int
 	for _, h := range holders {
