@@ -26,6 +26,11 @@ var hints = []struct {
 	{regexp.MustCompile(`No space left on device`), "the checkpoint destination is full"},
 }
 
+// harmless are error lines CRIU logs on every run of some nodes and that
+// explain no failure: as root without CAP_SYS_RESOURCE (containers, some
+// VMs) it cannot raise its own open-file limit, and goes on.
+var harmless = regexp.MustCompile(`rlimit: Can't setup RLIMIT_NOFILE for self`)
+
 // errorLine matches CRIU's error lines, with or without a PID column:
 //
 //	(00.012345) Error (criu/cr-restore.c:1234): Can't fork for 123: File exists
@@ -73,7 +78,7 @@ func ExplainLog(path string) error {
 	r := bufio.NewReader(f) // not a Scanner: CRIU lines have no length limit
 	for {
 		line, err := r.ReadString('\n')
-		if m := errorLine.FindStringSubmatch(line); m != nil {
+		if m := errorLine.FindStringSubmatch(line); m != nil && !harmless.MatchString(m[1]) {
 			e.add(strings.TrimSpace(m[1]), seen)
 		}
 		if errors.Is(err, io.EOF) {

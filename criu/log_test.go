@@ -103,3 +103,18 @@ func TestExplainLogMessage(t *testing.T) {
 		t.Errorf("Error() =\n %s\nwant\n %s", got, want)
 	}
 }
+
+// TestExplainLogSkipsHarmless: the open-file-limit error CRIU logs on every
+// run without CAP_SYS_RESOURCE is not quoted as a cause.
+func TestExplainLogSkipsHarmless(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "dump.log")
+	log := "(00.001) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\n" +
+		"(00.090) Error (criu/files-ext.c:94): Can't dump file 3 of that type [20600] (chr 7:0)\n"
+	if err := os.WriteFile(path, []byte(log), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var e *LogError
+	if !errors.As(ExplainLog(path), &e) || len(e.Errors) != 1 || !strings.Contains(e.Errors[0], "chr 7:0") {
+		t.Fatalf("quoted %+v", e)
+	}
+}

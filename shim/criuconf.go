@@ -12,6 +12,8 @@ import (
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/gpusnap/containerd-shim-snapshot-v2/criu"
 )
 
 // CRIU configuration per container. runc hands CRIU the file named by the
@@ -113,4 +115,27 @@ func useCRIU(criuPath string) {
 		return
 	}
 	os.Setenv("PATH", dir+":"+path)
+}
+
+// Where CRIU's logs of a container end up: containerd's runc shim copies a
+// failed dump's log into the bundle, and runc restores with the bundle's
+// work directory as CRIU's work path.
+const (
+	criuDumpLog    = "criu-dump.log"
+	criuRestoreLog = "work/restore.log"
+)
+
+// explainCRIU adds CRIU's own error lines (criu.ExplainLog) to the error of
+// a failed dump or restore, so that the status file, the event and the
+// error returned to containerd say what went wrong, not only where the log
+// is. Without a log (runc failed before CRIU ran) err is returned as is.
+func explainCRIU(err error, logPath string) error {
+	if _, statErr := os.Stat(logPath); statErr != nil {
+		return err
+	}
+	var why *criu.LogError
+	if errors.As(criu.ExplainLog(logPath), &why) && len(why.Errors) > 0 {
+		return fmt.Errorf("%w; %v", err, why)
+	}
+	return err
 }

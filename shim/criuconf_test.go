@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
@@ -78,5 +79,24 @@ func TestUseCRIU(t *testing.T) {
 	useCRIU("/opt/criu/sbin/criu")
 	if got := os.Getenv("PATH"); got != "/opt/criu/sbin:/usr/bin:/bin" {
 		t.Fatalf("PATH = %q, want criu_path's directory first, once", got)
+	}
+}
+
+// TestExplainCRIU: a failed dump or restore carries CRIU's own error lines;
+// without a log the error stays as it was.
+func TestExplainCRIU(t *testing.T) {
+	dir := t.TempDir()
+	runcErr := errors.New("criu failed: type DUMP errno 0")
+	logPath := filepath.Join(dir, criuDumpLog)
+	if got := explainCRIU(runcErr, logPath); got != runcErr {
+		t.Fatalf("without a log: %v", got)
+	}
+	log := "(00.001) Warn: something\n(00.002) Error (criu/proc_parse.c:118): handle_device_vma plugin failed\n"
+	if err := os.WriteFile(logPath, []byte(log), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got := explainCRIU(runcErr, logPath)
+	if !errors.Is(got, runcErr) || !strings.Contains(got.Error(), "handle_device_vma plugin failed") || !strings.Contains(got.Error(), logPath) {
+		t.Fatalf("with a log: %v", got)
 	}
 }

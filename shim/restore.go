@@ -377,7 +377,9 @@ func (s *Service) restore(ctx context.Context, c *container, r *taskAPI.StartReq
 		return nil, err
 	}
 	if err := plan.timed("criu_restore", func() (err error) {
-		resp, err = s.TTRPCTaskService.Start(ctx, r)
+		if resp, err = s.TTRPCTaskService.Start(ctx, r); err != nil {
+			err = explainCRIU(err, filepath.Join(c.bundle, criuRestoreLog))
+		}
 		return err
 	}); err != nil {
 		return nil, err
