@@ -34,7 +34,7 @@ changes nothing; containerd is restarted only when its configuration changed.
 
 --handler KEYs are the shim's options keys (store, checkpoint, restore,
 auto_checkpoint, control_dir, criu_path, ignore_env, lock_timeout,
-checkpoint_timeout, restore_timeout); ignore_env takes a ':'-separated list.
+checkpoint_timeout, prepare_timeout, restore_timeout, ...); ignore_env takes a ':'-separated list.
 Example:
   --handler name=snapshot,store=/var/lib/gpusnap/store,restore=auto,auto_checkpoint=on-ready,control_dir=/run/snapshot
 
