@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -53,8 +54,8 @@ func addCRIUConfig(spec *specs.Spec, bundle string) (bool, error) {
 
 // prepareCRIUConfigForDump rewrites the container's CRIU configuration for
 // the dump r asks for: connections closed unless it wants them dumped, and
-// the GPU leftovers of inherited (pids whose GPU device files came from a
-// CUDA parent) left out. A spec that names its own CRIU configuration
+// the processes inherited (whose GPU device files came from a CUDA parent)
+// named to CRIU, which leaves those files out. A spec that names its own CRIU configuration
 // cannot carry the leftovers: their dump is refused with the reason.
 func prepareCRIUConfigForDump(c *container, r *taskAPI.CheckpointTaskRequest, inherited []int) error {
 	if c.spec.Annotations[criuConfigAnnotation] != filepath.Join(c.bundle, criuConfigName) {
@@ -128,9 +129,10 @@ const (
 // explainCRIU adds CRIU's own error lines (criu.ExplainLog) to the error of
 // a failed dump or restore, so that the status file, the event and the
 // error returned to containerd say what went wrong, not only where the log
-// is. Without a log (runc failed before CRIU ran) err is returned as is.
-func explainCRIU(err error, logPath string) error {
-	if _, statErr := os.Stat(logPath); statErr != nil {
+// is. A log older than the step (since) is an earlier run's: runc failed
+// before CRIU ran, and err is returned as is, as it is without a log.
+func explainCRIU(err error, logPath string, since time.Time) error {
+	if st, statErr := os.Stat(logPath); statErr != nil || st.ModTime().Before(since) {
 		return err
 	}
 	var why *criu.LogError

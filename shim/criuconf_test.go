@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
@@ -88,15 +89,20 @@ func TestExplainCRIU(t *testing.T) {
 	dir := t.TempDir()
 	runcErr := errors.New("criu failed: type DUMP errno 0")
 	logPath := filepath.Join(dir, criuDumpLog)
-	if got := explainCRIU(runcErr, logPath); got != runcErr {
+	start := time.Now().Add(-time.Second)
+	if got := explainCRIU(runcErr, logPath, start); got != runcErr {
 		t.Fatalf("without a log: %v", got)
 	}
 	log := "(00.001) Warn: something\n(00.002) Error (criu/proc_parse.c:118): handle_device_vma plugin failed\n"
 	if err := os.WriteFile(logPath, []byte(log), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	got := explainCRIU(runcErr, logPath)
+	got := explainCRIU(runcErr, logPath, start)
 	if !errors.Is(got, runcErr) || !strings.Contains(got.Error(), "handle_device_vma plugin failed") || !strings.Contains(got.Error(), logPath) {
 		t.Fatalf("with a log: %v", got)
+	}
+	// An earlier run's log does not explain this failure.
+	if got := explainCRIU(runcErr, logPath, time.Now().Add(time.Minute)); got != runcErr {
+		t.Fatalf("with a stale log: %v", got)
 	}
 }

@@ -377,8 +377,9 @@ func (s *Service) restore(ctx context.Context, c *container, r *taskAPI.StartReq
 		return nil, err
 	}
 	if err := plan.timed("criu_restore", func() (err error) {
+		start := time.Now()
 		if resp, err = s.TTRPCTaskService.Start(ctx, r); err != nil {
-			err = explainCRIU(err, filepath.Join(c.bundle, criuRestoreLog))
+			err = explainCRIU(err, filepath.Join(c.bundle, criuRestoreLog), start)
 		}
 		return err
 	}); err != nil {

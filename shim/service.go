@@ -245,7 +245,7 @@ func (s *Service) checkpoint(ctx context.Context, c *container, r *taskAPI.Check
 	if err = prepareCRIUConfigForDump(c, r, leftovers); err != nil {
 		err = fmt.Errorf("writing the CRIU configuration: %w", err)
 	} else if resp, err = s.TTRPCTaskService.Checkpoint(ctx, r); err != nil {
-		err = explainCRIU(err, filepath.Join(c.bundle, criuDumpLog))
+		err = explainCRIU(err, filepath.Join(c.bundle, criuDumpLog), start)
 		s.recoverFailedCheckpoint(ctx, c, wasPaused)
 	}
 	phases["criu_dump"] = time.Since(start).Seconds()
