@@ -328,11 +328,15 @@ const CRIUDelayFile = "delay-criu"
 // SIGKILL after a delay. With CRIU_CALL_LOG set in containerd's environment
 // it appends "criu * <pid> 0" to that file for every RPC-mode CRIU (runc's
 // dumps and restores), so tests can check when CRIU ran relative to other
-// calls logged there in the same format (the fake CUDA driver's).
+// calls logged there in the same format (the fake CUDA driver's). The
+// append runs in a subshell: dash closes a builtin's fd 1 while it
+// redirects it, and runc reads /proc/<criu>/fd/1 right after starting CRIU
+// (a restore failed once in ~600 with "readlink /proc/<pid>/fd/1: no such
+// file or directory").
 func criuWrapper(dir string) string {
 	return fmt.Sprintf(`#!/bin/sh
 if [ -n "$CRIU_CALL_LOG" ] && [ "$1" = swrk ]; then
-  echo "criu * $$ 0" >> "$CRIU_CALL_LOG"
+  (echo "criu * $$ 0" >> "$CRIU_CALL_LOG")
 fi
 d=%q
 if [ -f "$d" ] && [ "$1" = swrk ]; then
