@@ -119,7 +119,7 @@ for NAME in $EXAMPLES; do
   step "$NAME: cold start (page cache dropped), checkpoint on ready"
   drop_caches
   t0=$(now); run_example $NAME-src 0 "$SCRIPT" CONTROL_DIR=/run/gpusnap MODEL_DIR=/models/qwen3 || { result FAIL "ctr run $NAME-src"; continue; }
-  A1=$(FIRST_ANSWER_TIMEOUT=900 first_answer) || { result FAIL "$NAME: no answer from the cold start"; ctr t ls; collect_logs; continue; }
+  A1=$(FIRST_ANSWER_TIMEOUT=${COLD_TIMEOUT:-900} first_answer) || { result FAIL "$NAME: no answer from the cold start"; ctr t ls; tail -20 $W/logs/$NAME-src.log; collect_logs; continue; }
   t1=$(now); record ${NAME}_cold_s $(dt $t0 $t1); echo "  answer $A1"
   echo "\"${NAME}_info\": $(curl -s http://127.0.0.1:8000/info || python3 -c "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:8000/info').read().decode())")," >>$R
   gpu_holders $NAME-src | tee $OUT/holders-$NAME.txt | head -8; echo "  ($(wc -l <$OUT/holders-$NAME.txt) processes)"

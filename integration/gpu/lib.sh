@@ -79,8 +79,8 @@ run_example() {
   local id=$1 gpu=$2 script=$3; shift 3
   local extra=()
   for e in "$@"; do extra+=(--env "$e"); done
-  mkdir -p $MODELS
-  ctr run -d --runtime io.containerd.snapshot.v2 --runtime-config-path ${HANDLER:-$W/handler.toml} --net-host \
+  mkdir -p $MODELS $W/logs
+  ctr run -d --log-uri file://$W/logs/$id.log --runtime io.containerd.snapshot.v2 --runtime-config-path ${HANDLER:-$W/handler.toml} --net-host \
     --mount type=bind,src=/usr,dst=/usr,options=bind:ro --mount type=bind,src=/etc,dst=/etc,options=bind:ro \
     --mount type=bind,src=/opt,dst=/opt,options=bind:ro --mount type=bind,src=/var,dst=/var,options=bind:ro \
     --mount type=bind,src=/usr/local/nvidia,dst=/usr/local/nvidia,options=bind:ro \
@@ -125,6 +125,7 @@ status_of() { cat /run/containerd-shim-snapshot/$1/snapshot-status 2>/dev/null; 
 restored() { grep -q "msg=\"snapshot: restored\" id=$1" $OUT/containerd.log; }
 
 collect_logs() {
+  cp $W/logs/*.log "$OUT/" 2>/dev/null
   cp $W/state/io.containerd.runtime.v2.task/gpu/*/*.log "$OUT/" 2>/dev/null
   for f in $(find $W -name "*.log" -path "*criu*" 2>/dev/null | head -4); do cp "$f" "$OUT/$(basename "$(dirname "$f")")-$(basename "$f")"; done
 }
