@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -27,11 +26,12 @@ func (s *Store) Import(ctx context.Context, src *Checkpoint, progress func(done,
 	if src.Manifest == nil || src.raw == nil {
 		return nil, fmt.Errorf("import %s: no readable manifest: %v", src.Name, src.Err)
 	}
-	if have, err := s.Get(src.Name); err == nil {
-		if bytes.Equal(have.raw, src.raw) {
-			return have, nil
+	if _, err := s.Get(src.Name); err == nil {
+		c, err := s.sameOrExists(src.Name, src.raw)
+		if err != nil {
+			return nil, fmt.Errorf("import: %w", err)
 		}
-		return nil, fmt.Errorf("import %s into %s: a different checkpoint of that name is there: %w", src.Name, s.Root, ErrExists)
+		return c, nil
 	}
 	st, err := s.Stage()
 	if err != nil {
@@ -41,30 +41,16 @@ func (s *Store) Import(ctx context.Context, src *Checkpoint, progress func(done,
 	if err := copyCheckpoint(ctx, src, st.dir); err != nil {
 		return nil, fmt.Errorf("import %s: %w", src.Name, err)
 	}
-	staged := &Checkpoint{Name: src.Name, Dir: st.dir, Generation: src.Generation, Manifest: src.Manifest, raw: src.raw}
-	if err := staged.Verify(ctx, progress); err != nil {
-		return nil, fmt.Errorf("import %s: the copy does not match its manifest: %w", src.Name, err)
+	c, err := st.Accept(ctx, src.Name, progress)
+	if err != nil {
+		return nil, fmt.Errorf("import: %w", err)
 	}
-	if err := syncDir(st.dir); err != nil {
-		return nil, err
-	}
-	target := filepath.Join(s.Root, src.Name)
-	if err := os.Rename(st.dir, target); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return s.Get(src.Name) // a concurrent import of the same checkpoint won
-		}
-		return nil, fmt.Errorf("import %s: %w", src.Name, err)
-	}
-	st.dir = ""
-	st.unlock()
-	if err := syncDir(s.Root); err != nil {
-		return nil, err
-	}
-	return s.Get(src.Name)
+	return c, nil
 }
 
 // copyCheckpoint copies the manifest, the signature if any, and every file
-// the manifest lists from src into dir, with the store's modes, flushed.
+// the manifest lists from src into dir, with the store's modes (Accept
+// flushes them).
 func copyCheckpoint(ctx context.Context, src *Checkpoint, dir string) error {
 	names := []string{manifestName}
 	if _, err := os.Lstat(filepath.Join(src.Dir, signatureName)); err == nil {
@@ -103,9 +89,6 @@ func copyFile(from, to string) error {
 		return err
 	}
 	_, err = io.Copy(out, in)
-	if err == nil {
-		err = out.Sync()
-	}
 	return errors.Join(err, out.Close())
 }
 

@@ -1,0 +1,269 @@
+package registry
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
+	"oras.land/oras-go/v2/content"
+	"oras.land/oras-go/v2/registry/remote"
+
+	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
+)
+
+// journalName is the file, inside a pull's staging directory, that lists
+// the chunks already written, so a pull interrupted by a crash, a timeout
+// or a dead registry resumes with the chunks it lacks. Accept would refuse
+// it as a stray file; Pull removes it first.
+const journalName = ".pulled-chunks"
+
+// Pull downloads the checkpoint tagged tag into store. Every blob is checked
+// against its digest as it arrives, and the whole copy against the
+// checkpoint's manifest (per-file SHA-256) before it is renamed into the
+// store: only an intact checkpoint ever becomes visible. A pull interrupted
+// earlier resumes; a concurrent pull of the same checkpoint into the same
+// store is waited for rather than repeated. If the store already holds the
+// checkpoint, nothing is downloaded.
+func (r *Remote) Pull(ctx context.Context, tag string, store *storage.Store, o Options) (*storage.Checkpoint, error) {
+	ref := r.refTo(tag)
+	im, imDesc, err := r.fetchManifest(ctx, tag)
+	if err != nil {
+		return nil, fmt.Errorf("pull %s: %w", ref, err)
+	}
+	raw, err := r.fetchSmall(ctx, im.Config)
+	if err != nil {
+		return nil, fmt.Errorf("pull %s: %s: %w", ref, storage.ManifestFile, err)
+	}
+	m, err := storage.DecodeManifest(raw)
+	if err != nil {
+		return nil, fmt.Errorf("pull %s: %w", ref, err)
+	}
+	if m.Name != tag {
+		return nil, fmt.Errorf("pull %s: the artifact carries checkpoint %s", ref, m.Name)
+	}
+	if have, err := store.Get(m.Name); err == nil && string(have.RawManifest()) == string(raw) {
+		return have, nil
+	}
+	a, err := parseArtifact(im, m)
+	if err != nil {
+		return nil, fmt.Errorf("pull %s: %w", ref, err)
+	}
+	c, err := r.receive(ctx, store, imDesc.Digest.Encoded(), a, raw, m, o)
+	if err != nil {
+		return nil, fmt.Errorf("pull %s: %w", ref, err)
+	}
+	return c, nil
+}
+
+// fetchManifest resolves tag and reads its image manifest, verified.
+func (r *Remote) fetchManifest(ctx context.Context, tag string) (*ocispec.Manifest, ocispec.Descriptor, error) {
+	type got struct {
+		desc ocispec.Descriptor
+		raw  []byte
+	}
+	g, err := firstPull(r, func(repo *remote.Repository) (got, error) {
+		desc, rc, err := repo.FetchReference(ctx, tag)
+		if err != nil {
+			return got{}, err
+		}
+		defer rc.Close()
+		if desc.Size > maxManifestBytes {
+			return got{}, fmt.Errorf("manifest of %d bytes, more than %d", desc.Size, maxManifestBytes)
+		}
+		raw, err := content.ReadAll(rc, desc)
+		return got{desc, raw}, err
+	})
+	if err != nil {
+		return nil, g.desc, err
+	}
+	im := new(ocispec.Manifest)
+	if err := json.Unmarshal(g.raw, im); err != nil {
+		return nil, g.desc, fmt.Errorf("image manifest: %w", err)
+	}
+	return im, g.desc, nil
+}
+
+// fetchSmall reads a small blob (manifest.json, manifest.sig), verified.
+func (r *Remote) fetchSmall(ctx context.Context, d ocispec.Descriptor) ([]byte, error) {
+	if d.Size > maxManifestBytes {
+		return nil, fmt.Errorf("blob of %d bytes, more than %d", d.Size, maxManifestBytes)
+	}
+	return firstPull(r, func(repo *remote.Repository) ([]byte, error) {
+		return content.FetchAll(ctx, repo, d)
+	})
+}
+
+// receive writes the artifact's files into a staging directory of store
+// (resuming one an earlier pull left), then manifest.json and manifest.sig,
+// and has the store accept it.
+func (r *Remote) receive(ctx context.Context, store *storage.Store, id string, a *artifact, raw []byte, m *storage.Manifest, o Options) (*storage.Checkpoint, error) {
+	st, landed, err := stage(ctx, store, id, m.Name)
+	if err != nil || landed != nil {
+		return landed, err
+	}
+	defer st.Abort()
+	if err := r.fetchChunks(ctx, st.Dir(), a, m, o); err != nil {
+		return nil, err
+	}
+	if err := writeFile(filepath.Join(st.Dir(), storage.ManifestFile), raw); err != nil {
+		return nil, err
+	}
+	if a.signature != nil {
+		sig, err := r.fetchSmall(ctx, *a.signature)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", storage.SignatureFile, err)
+		}
+		if err := writeFile(filepath.Join(st.Dir(), storage.SignatureFile), sig); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.Remove(filepath.Join(st.Dir(), journalName)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	return st.Accept(ctx, m.Name, nil)
+}
+
+// fetchChunks creates every file at its size and fills it with the chunks
+// the journal does not list, Parallel at a time.
+func (r *Remote) fetchChunks(ctx context.Context, dir string, a *artifact, m *storage.Manifest, o Options) error {
+	for _, f := range m.Files {
+		if err := createSized(filepath.Join(dir, filepath.FromSlash(f.Path)), f.Size); err != nil {
+			return err
+		}
+	}
+	journal, done, err := openJournal(filepath.Join(dir, journalName))
+	if err != nil {
+		return err
+	}
+	defer journal.Close()
+	var total, moved atomic.Int64
+	for _, c := range a.chunks {
+		total.Add(c.desc.Size)
+	}
+	var mu sync.Mutex
+	advance := func(n int64) {
+		if o.Progress != nil {
+			mu.Lock()
+			o.Progress(moved.Add(n), total.Load())
+			mu.Unlock()
+		}
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(parallel(o))
+	for _, c := range a.chunks {
+		if done[journalLine(c)] {
+			advance(c.desc.Size)
+			continue
+		}
+		g.Go(func() error {
+			if err := r.fetchChunk(gctx, dir, c); err != nil {
+				return err
+			}
+			mu.Lock()
+			_, err := journal.WriteString(journalLine(c) + "\n")
+			mu.Unlock()
+			advance(c.desc.Size)
+			return err
+		})
+	}
+	return g.Wait()
+}
+
+// fetchChunk downloads one chunk into its file at its offset, verifying its
+// digest; a chunk whose bytes do not match is an error, never kept.
+func (r *Remote) fetchChunk(ctx context.Context, dir string, c chunk) error {
+	_, err := firstPull(r, func(repo *remote.Repository) (struct{}, error) {
+		f, err := os.OpenFile(filepath.Join(dir, filepath.FromSlash(c.file)), os.O_WRONLY, 0)
+		if err != nil {
+			return struct{}{}, err
+		}
+		defer f.Close()
+		rc, err := repo.Fetch(ctx, c.desc)
+		if err != nil {
+			return struct{}{}, err
+		}
+		defer rc.Close()
+		vr := content.NewVerifyReader(rc, c.desc)
+		if _, err := io.Copy(io.NewOffsetWriter(f, c.offset), vr); err != nil {
+			return struct{}{}, err
+		}
+		return struct{}{}, vr.Verify()
+	})
+	if err != nil {
+		return fmt.Errorf("%s at %d: %w", c.file, c.offset, err)
+	}
+	return nil
+}
+
+// journalLine identifies a chunk written in full.
+func journalLine(c chunk) string {
+	return c.file + "\t" + strconv.FormatInt(c.offset, 10) + "\t" + c.desc.Digest.String()
+}
+
+// openJournal opens a pull's journal for appending and returns the chunks
+// it lists. A torn last line (a crash mid-write) matches no chunk.
+func openJournal(path string) (*os.File, map[string]bool, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, nil, err
+	}
+	done := make(map[string]bool)
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		done[sc.Text()] = true
+	}
+	if err := sc.Err(); err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return f, done, nil
+}
+
+// createSized creates path (and its directories) with size bytes, keeping
+// what an interrupted pull wrote into it.
+func createSized(path string, size int64) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	return errors.Join(f.Truncate(size), f.Close())
+}
+
+func writeFile(path string, data []byte) error {
+	return os.WriteFile(path, data, 0o600)
+}
+
+// stage opens the store's staging directory for the pull id. While another
+// pull of the same checkpoint holds it, stage waits: that pull's checkpoint
+// is returned when it lands, and if it fails, this pull takes over (resuming
+// its chunks).
+func stage(ctx context.Context, store *storage.Store, id, name string) (*storage.Staging, *storage.Checkpoint, error) {
+	for {
+		if c, err := store.Get(name); err == nil {
+			return nil, c, nil
+		}
+		st, err := store.Receive(id)
+		if !errors.Is(err, storage.ErrBusy) {
+			return st, nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, nil, fmt.Errorf("%w; gave up waiting for it: %w", err, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
