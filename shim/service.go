@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/events"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/internal/reaped"
-	"github.com/gpusnap/containerd-shim-snapshot-v2/runtime"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/rootfs"
 	"path/filepath"
 	"sync"
 	"time"
@@ -297,7 +297,7 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 // has one (a client that restored the layer itself gets the same files
 // again), then runc restores the processes.
 func (s *Service) startExplicitCheckpoint(ctx context.Context, c *container, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
-	if err := runtime.ApplyRootfsDiff(c.create.Checkpoint, filepath.Join(c.bundle, "rootfs")); err != nil {
+	if err := rootfs.ApplyDiff(c.create.Checkpoint, filepath.Join(c.bundle, "rootfs")); err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("applying the checkpoint's writable layer: %w", err))
 	}
 	tuneCRIURestore(c.options)
