@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/containerdconfig"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/events"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/internal/reaped"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/rootfs"
@@ -332,7 +333,7 @@ func readOptions(anyOpts *ptypes.Any) (options.Options, *ptypes.Any, error) {
 		return opts, nil, nil
 	default:
 		return options.Options{}, nil, fmt.Errorf("%w: runtime options of type %q are not understood by %s",
-			errdefs.ErrInvalidArgument, anyOpts.GetTypeUrl(), RuntimeName)
+			errdefs.ErrInvalidArgument, anyOpts.GetTypeUrl(), containerdconfig.RuntimeType)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpusnap/containerd-shim-snapshot-v2/containerdconfig"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/shim/options"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
 )
@@ -496,11 +497,11 @@ options.ConfigPath = "`+good+`"
 
 	write(t, config, "version = 3\n")
 	checks, _ = containerdChecks(config)
-	contains(t, "checks", formatChecks(checks), `FAIL containerd handler: no runtime handler with runtime_type = "io.containerd.snapshot.v2" in `+config)
+	contains(t, "checks", formatChecks(checks), `FAIL containerd handler: no runtime handler with runtime_type = "`+containerdconfig.RuntimeType+`" in `+config)
 	write(t, config, "version = 3\n[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.x]\nruntime_type = \"io.containerd.snapshot.v2\"\nruntime_type = \"again\"\n")
 	checks, _ = containerdChecks(config)
 	contains(t, "checks", formatChecks(checks), "WARN containerd config: "+config+": ",
-		"WARN containerd handler: "+config+` mentions io.containerd.snapshot.v2, but no runtime_type = "io.containerd.snapshot.v2" line was understood`)
+		"WARN containerd handler: "+config+" mentions "+containerdconfig.RuntimeType+`, but no runtime_type = "`+containerdconfig.RuntimeType+`" line was understood`)
 	checks, _ = containerdChecks(filepath.Join(dir, "missing.toml"))
 	contains(t, "checks", formatChecks(checks), "FAIL containerd config: open "+filepath.Join(dir, "missing.toml"))
 }
