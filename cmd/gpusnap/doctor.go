@@ -370,10 +370,11 @@ func containerdChecks(file string) ([]check, []handler) {
 	return checks, handlers
 }
 
-// storeChecks checks that dir exists, is a root-owned directory and is not
-// writable by group or others: a checkpoint is code and memory that the
-// shim restores as root, so whoever can write the store can run code as
-// root on every node that restores from it.
+// storeChecks checks that dir exists and passes the shim's rule for a store
+// (storage.CheckRootOnly: a root-owned directory not writable by group or
+// others, below directories only root can change): a checkpoint is code and
+// memory that the shim restores as root, so whoever can write the store can
+// run code as root on every node that restores from it.
 func storeChecks(dir string) []check {
 	name := "store " + dir
 	fi, err := os.Stat(dir)
@@ -385,18 +386,10 @@ func storeChecks(dir string) []check {
 	case !fi.IsDir():
 		return []check{fail(name, "is not a directory")}
 	}
-	var checks []check
-	mode := fi.Mode().Perm()
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 {
-		checks = append(checks, fail(name, "owned by uid %d, want root: the shim restores checkpoints as root (chown root %s)", st.Uid, dir))
+	if err := storage.CheckRootOnly(dir); err != nil {
+		return untrustedStoreChecks(name, dir, err)
 	}
-	if mode&0o022 != 0 {
-		checks = append(checks, fail(name, "mode %04o is writable by group or others: anyone who can write there can plant "+
-			"a checkpoint that restores as root (chmod go-w %s)", mode, dir))
-	}
-	if len(checks) == 0 {
-		checks = append(checks, pass(name, "owned by root, mode %04o", mode))
-	}
+	checks := []check{pass(name, "owned by root, mode %04o", fi.Mode().Perm())}
 
 	s, err := storage.Open(dir)
 	if err == nil {
@@ -419,6 +412,25 @@ func storeChecks(dir string) []check {
 	}
 	if err != nil {
 		checks = append(checks, fail(name, "%v", err))
+	}
+	return checks
+}
+
+// untrustedStoreChecks says what is wrong with a store that
+// storage.CheckRootOnly refused, and how to fix it.
+func untrustedStoreChecks(name, dir string, err error) []check {
+	var u *storage.UntrustedPathError
+	abs, _ := filepath.Abs(dir)
+	if !errors.As(err, &u) || u.Err != nil || u.Path != abs {
+		return []check{fail(name, "%v", err)} // a directory above it, or stat failed
+	}
+	var checks []check
+	if u.UID != 0 {
+		checks = append(checks, fail(name, "owned by uid %d, want root: the shim restores checkpoints as root (chown root %s)", u.UID, dir))
+	}
+	if mode := u.Mode & 0o777; mode&0o022 != 0 {
+		checks = append(checks, fail(name, "mode %04o is writable by group or others: anyone who can write there can plant "+
+			"a checkpoint that restores as root (chmod go-w %s)", mode, dir))
 	}
 	return checks
 }

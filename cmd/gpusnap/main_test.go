@@ -531,6 +531,13 @@ func TestStoreChecks(t *testing.T) {
 
 	missing := filepath.Join(ts.root, "missing")
 	contains(t, "checks", formatChecks(storeChecks(missing)), "FAIL store "+missing+": does not exist")
+
+	// The store's own mode is fine; the directory above it is not.
+	below := filepath.Join(ts.root, "below")
+	if err := os.Mkdir(below, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	contains(t, "checks", formatChecks(storeChecks(below)), "FAIL store "+below+": untrusted store path: "+ts.root+" is writable by group or others (mode 0777)")
 }
 
 // TestDoctor runs the whole report; what passes depends on the machine, so
