@@ -34,7 +34,7 @@ FUZZTIME ?=
 fuzz:
 	$(GO) test ./storage/ -run='^$$' -fuzz='^FuzzDecodeManifest$$' -fuzztime=$(or $(FUZZTIME),200000x) -fuzzminimizetime=2s
 	$(GO) test ./shim/options/ -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=$(or $(FUZZTIME),100000x) -fuzzminimizetime=2s
-	$(GO) test ./runtime/ -run='^$$' -fuzz='^FuzzApplyRootfsDiff$$' -fuzztime=$(or $(FUZZTIME),5000x) -fuzzminimizetime=2s
+	$(GO) test ./rootfs/ -run='^$$' -fuzz='^FuzzApplyDiff$$' -fuzztime=$(or $(FUZZTIME),5000x) -fuzzminimizetime=2s
 
 test-unit:
 	$(GO) vet ./...

@@ -33,12 +33,11 @@ const (
 
 // Names of what the installer writes.
 const (
-	ShimBinary  = "containerd-shim-snapshot-v2"
-	CLIBinary   = "gpusnap"
-	CRIUBinary  = "criu"
-	RuntimeType = "io.containerd.snapshot.v2"
-	DropinName  = "containerd-shim-snapshot.toml"
-	StateName   = "installed.json"
+	ShimBinary = "containerd-shim-snapshot-v2"
+	CLIBinary  = "gpusnap"
+	CRIUBinary = "criu"
+	DropinName = "containerd-shim-snapshot.toml"
+	StateName  = "installed.json"
 )
 
 // Config is one run of the installer.

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"path/filepath"
 
-	"github.com/BurntSushi/toml"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/containerdconfig"
 )
 
 // importGlob is the import that makes containerd read the drop-in dir.
@@ -89,8 +89,7 @@ func (r *runner) undoImport() error {
 	}
 	out, ok := revertImport(fi.data, *e)
 	if ok {
-		var tree map[string]any
-		_, perr := toml.Decode(string(out), &tree)
+		_, perr := containerdconfig.Parse(out)
 		ok = perr == nil
 	}
 	if !ok {

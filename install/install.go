@@ -9,7 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 
-	"github.com/BurntSushi/toml"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/containerdconfig"
 )
 
 // Result says what a run did.
@@ -159,15 +159,14 @@ func (c Config) desiredFiles() ([]desired, error) {
 // drop-in already declares: containerd merges the tables, and the result
 // would be neither runtime.
 func (c Config) checkConflicts(main mainConfig) error {
-	sources := map[string]map[string]bool{c.ContainerdConfig: runtimes(main.tree)}
+	sources := map[string]map[string]bool{c.ContainerdConfig: main.config.CRIRuntimes()}
 	others, _ := filepath.Glob(c.host(filepath.Join(c.DropinDir, "*.toml")))
 	for _, hp := range others {
 		if filepath.Base(hp) == DropinName {
 			continue
 		}
-		var tree map[string]any
-		if _, err := toml.DecodeFile(hp, &tree); err == nil {
-			sources[filepath.Join(c.DropinDir, filepath.Base(hp))] = runtimes(tree)
+		if f, err := containerdconfig.ReadFile(hp); err == nil {
+			sources[filepath.Join(c.DropinDir, filepath.Base(hp))] = f.CRIRuntimes()
 		}
 	}
 	for _, h := range c.Handlers {

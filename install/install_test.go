@@ -13,6 +13,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/gpusnap/containerd-shim-snapshot-v2/containerdconfig"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/shim/options"
 )
 
@@ -271,7 +272,7 @@ func checkDropin(t *testing.T, body string, want map[string]string) {
 	}
 	for name, cfgPath := range want {
 		rt := rts[name]
-		if rt.RuntimeType != RuntimeType || rt.RuntimePath != "/usr/local/bin/"+ShimBinary || rt.Options["ConfigPath"] != cfgPath ||
+		if rt.RuntimeType != containerdconfig.RuntimeType || rt.RuntimePath != "/usr/local/bin/"+ShimBinary || rt.Options["ConfigPath"] != cfgPath ||
 			len(rt.PodAnnotations) != 1 || rt.PodAnnotations[0] != "gpusnap.io/*" {
 			t.Errorf("runtime %s: %+v", name, rt)
 		}
@@ -579,7 +580,7 @@ func TestContainerdReadsDropin(t *testing.T) {
 	if err != nil {
 		t.Fatalf("containerd config dump: %v\n%s", err, out)
 	}
-	for _, want := range []string{"runtimes.snapshot]", "runtime_type = '" + RuntimeType + "'",
+	for _, want := range []string{"runtimes.snapshot]", "runtime_type = '" + containerdconfig.RuntimeType + "'",
 		"ConfigPath = '" + filepath.Join(dir, "opts", "snapshot.toml") + "'", "runtimes.runc]"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("containerd's merged config lacks %q:\n%s", want, out)

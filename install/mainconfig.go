@@ -8,7 +8,7 @@ import (
 	"regexp"
 	"strings"
 
-	"github.com/BurntSushi/toml"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/containerdconfig"
 )
 
 // minimalConfig is the main config the installer creates when the node
@@ -23,7 +23,7 @@ const minVersion = 3
 // mainConfig is containerd's main config as read from the node.
 type mainConfig struct {
 	fileInfo
-	tree map[string]any
+	config containerdconfig.File
 }
 
 // readMainConfig reads and checks containerd's main config. A missing one
@@ -37,7 +37,7 @@ func (c Config) readMainConfig() (mainConfig, error) {
 		fi.data, fi.mode = []byte(minimalConfig), 0o644
 	}
 	m := mainConfig{fileInfo: fi}
-	if _, err := toml.Decode(string(fi.data), &m.tree); err != nil {
+	if m.config, err = containerdconfig.Parse(fi.data); err != nil {
 		return mainConfig{}, fmt.Errorf("containerd config %s: %w", c.ContainerdConfig, err)
 	}
 	return m, m.checkVersion(c.ContainerdConfig)
@@ -46,12 +46,9 @@ func (c Config) readMainConfig() (mainConfig, error) {
 // checkVersion refuses configs older than version 3. containerd reads a
 // file without "version" as version 1.
 func (m mainConfig) checkVersion(path string) error {
-	v, ok := m.tree["version"].(int64)
-	if _, present := m.tree["version"]; present && !ok {
-		return fmt.Errorf("containerd config %s: version is not an integer", path)
-	}
-	if !ok {
-		v = 1
+	v, err := m.config.Version()
+	if err != nil {
+		return fmt.Errorf("containerd config %s: %w", path, err)
 	}
 	if v < minVersion {
 		return fmt.Errorf("containerd config %s is version %d; the drop-in this installer writes is version %d and containerd needs "+
@@ -62,42 +59,11 @@ func (m mainConfig) checkVersion(path string) error {
 
 // imports returns the main config's import patterns.
 func (m mainConfig) imports(path string) ([]string, error) {
-	raw, ok := m.tree["imports"]
-	if !ok {
-		return nil, nil
-	}
-	list, ok := raw.([]any)
-	var out []string
-	for _, v := range list {
-		s, isString := v.(string)
-		if !isString {
-			ok = false
-		}
-		out = append(out, s)
-	}
-	if !ok {
-		return nil, fmt.Errorf("containerd config %s: imports is not a list of strings", path)
+	out, err := m.config.Imports()
+	if err != nil {
+		return nil, fmt.Errorf("containerd config %s: %w", path, err)
 	}
 	return out, nil
-}
-
-// runtimes returns the names of CRI runtime handlers a config declares.
-func runtimes(tree map[string]any) map[string]bool {
-	names := map[string]bool{}
-	node := any(tree)
-	for _, key := range []string{"plugins", "io.containerd.cri.v1.runtime", "containerd", "runtimes"} {
-		m, ok := node.(map[string]any)
-		if !ok {
-			return names
-		}
-		node = m[key]
-	}
-	if m, ok := node.(map[string]any); ok {
-		for name := range m {
-			names[name] = true
-		}
-	}
-	return names
 }
 
 // covers tells whether one of the patterns makes containerd load file,
@@ -206,11 +172,12 @@ func stringEnd(s string, start int) int {
 // the text edit did exactly one thing: append glob to imports. A config
 // laid out in a way the text edit misreads is refused, never corrupted.
 func verifyImportEdit(before, after []byte, glob string) error {
-	var a, b map[string]any
-	if _, err := toml.Decode(string(before), &a); err != nil {
+	a, err := containerdconfig.Parse(before)
+	if err != nil {
 		return err
 	}
-	if _, err := toml.Decode(string(after), &b); err != nil {
+	b, err := containerdconfig.Parse(after)
+	if err != nil {
 		return fmt.Errorf("edited config does not parse: %w", err)
 	}
 	want := append(asList(a["imports"]), glob)

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/gpusnap/containerd-shim-snapshot-v2/containerdconfig"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/shim/options"
 )
 
@@ -107,7 +108,7 @@ func (c Config) renderDropin() []byte {
 	b.WriteString("version = 3\n")
 	for _, h := range c.Handlers {
 		t := runtimeTable(h.Name)
-		fmt.Fprintf(&b, "\n[%s]\n  runtime_type = %s\n", t, tomlString(RuntimeType))
+		fmt.Fprintf(&b, "\n[%s]\n  runtime_type = %s\n", t, tomlString(containerdconfig.RuntimeType))
 		// The pod's only say: opting out of restore (shim.OptOutAnnotation).
 		b.WriteString("  pod_annotations = [\"gpusnap.io/*\"]\n")
 		if c.Shim != "" {

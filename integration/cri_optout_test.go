@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpusnap/containerd-shim-snapshot-v2/containerdconfig"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/events"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/testbed"
 )
@@ -81,7 +82,7 @@ func setHandlerOptions(t *testing.T, body string) {
 func TestCRIOptOut(t *testing.T) {
 	since := time.Now()
 	store := filepath.Join(t.TempDir(), "store")
-	handler := criHandlers[testbed.SnapshotRuntime]
+	handler := criHandlers[containerdconfig.RuntimeType]
 
 	// A checkpoint of the workload, taken by the shim when it is ready.
 	setHandlerOptions(t, fmt.Sprintf("store = %q\ncontrol_dir = %q\nauto_checkpoint = \"on-ready\"\n", store, controlDir))

@@ -8,12 +8,13 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/gpusnap/containerd-shim-snapshot-v2/containerdconfig"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/testbed"
 )
 
 // criHandlers maps each runtime to its CRI runtime handler (what a
 // Kubernetes RuntimeClass names).
-var criHandlers = map[string]string{testbed.RuncRuntime: "runc", testbed.SnapshotRuntime: "snapshot"}
+var criHandlers = map[string]string{testbed.RuncRuntime: "runc", containerdconfig.RuntimeType: "snapshot"}
 
 // writeJSON writes v as a JSON file for crictl and returns its path.
 func writeJSON(t *testing.T, name string, v any) string {
@@ -85,7 +86,7 @@ func TestCRIPodTwoContainers(t *testing.T) {
 		c2 := crictl(t, "create", podID, containerConfig(t, "second", "sh", "-c", "echo second started; exec sleep 600"), podJSON)
 		crictl(t, "start", c1)
 		crictl(t, "start", c2)
-		if rt == testbed.SnapshotRuntime && !shimRunning(testbed.ShimBinary, "k8s.io") {
+		if rt == containerdconfig.RuntimeType && !shimRunning(testbed.ShimBinary, "k8s.io") {
 			t.Fatalf("no %s serves the pod", testbed.ShimBinary)
 		}
 

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpusnap/containerd-shim-snapshot-v2/containerdconfig"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/testbed"
 )
 
@@ -23,7 +24,7 @@ type result struct {
 
 // short names a runtime in container ids.
 func short(runtime string) string {
-	if runtime == testbed.SnapshotRuntime {
+	if runtime == containerdconfig.RuntimeType {
 		return "snap"
 	}
 	return "runc"
@@ -323,9 +324,9 @@ func TestCtrDelete(t *testing.T) {
 // silently runs runc for both runtimes.
 func TestSnapshotRuntimeIsUsed(t *testing.T) {
 	id := "uses-snapshot-shim"
-	startDetached(t, testbed.SnapshotRuntime, id, "sleep", "600")
+	startDetached(t, containerdconfig.RuntimeType, id, "sleep", "600")
 	info, err := bed.Ctr("containers", "info", id)
-	if err != nil || !strings.Contains(info, testbed.SnapshotRuntime) {
+	if err != nil || !strings.Contains(info, containerdconfig.RuntimeType) {
 		t.Fatalf("container runtime: %v: %s", err, info)
 	}
 	if !shimRunning(testbed.ShimBinary, bed.Namespace) {
@@ -359,8 +360,8 @@ func TestBadOptionsRejected(t *testing.T) {
 			if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			id := containerID(t, testbed.SnapshotRuntime)
-			r := ctrRun(t, testbed.SnapshotRuntime, "", []string{"--runtime-config-path", path}, id, "true")
+			id := containerID(t, containerdconfig.RuntimeType)
+			r := ctrRun(t, containerdconfig.RuntimeType, "", []string{"--runtime-config-path", path}, id, "true")
 			key := strings.SplitN(body, " ", 2)[0]
 			if r.Code == 0 || !strings.Contains(r.Stderr, path) || !strings.Contains(r.Stderr, key) {
 				t.Fatalf("want a failure naming %s and %q, got %+v", path, key, r)

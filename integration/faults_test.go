@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpusnap/containerd-shim-snapshot-v2/containerdconfig"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/testbed"
 )
 
@@ -60,7 +61,7 @@ func TestShimKilledMidRestore(t *testing.T) {
 	withBedFile(t, testbed.CRIUDelayFile, "3", func() {
 		done := make(chan error, 1)
 		go func() {
-			_, err := bed.Ctr("run", "-d", "--runtime", testbed.SnapshotRuntime, "--runtime-config-path", opts,
+			_, err := bed.Ctr("run", "-d", "--runtime", containerdconfig.RuntimeType, "--runtime-config-path", opts,
 				"--with-ns", "network:"+podNetns(t, id), statefulRef, id)
 			done <- err
 		}()
@@ -251,7 +252,7 @@ func TestContainerdRestartedWhileShimsRun(t *testing.T) {
 		go func() {
 			// --null-io: ctr's own stdio FIFOs go when ctr loses containerd
 			// (CRI's live in containerd's state and survive it).
-			_, err := bed.Ctr("run", "-d", "--null-io", "--runtime", testbed.SnapshotRuntime, "--runtime-config-path", opts,
+			_, err := bed.Ctr("run", "-d", "--null-io", "--runtime", containerdconfig.RuntimeType, "--runtime-config-path", opts,
 				"--with-ns", "network:"+podNetns(t, id), statefulRef, id)
 			done <- err
 		}()

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpusnap/containerd-shim-snapshot-v2/containerdconfig"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/testbed"
 )
 
@@ -295,7 +296,7 @@ func TestInstallerOnLiveContainerd(t *testing.T) {
 			readOr(n.path(filepath.Join(nodeDropinDir, "containerd-shim-snapshot.toml"))), readOr(n.path(nodeConfig)))
 	}
 	opts, _ := h["options"].(map[string]any)
-	if h["runtimeType"] != testbed.SnapshotRuntime || h["runtimePath"] != shimPath || opts["ConfigPath"] != optionsPath ||
+	if h["runtimeType"] != containerdconfig.RuntimeType || h["runtimePath"] != shimPath || opts["ConfigPath"] != optionsPath ||
 		!reflect.DeepEqual(h["PodAnnotations"], []any{"gpusnap.io/*"}) {
 		t.Fatalf("crictl info's %q handler: %v", installHandler, h)
 	}

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/gpusnap/containerd-shim-snapshot-v2/containerdconfig"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/cudackpt"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/testbed"
 )
@@ -22,7 +23,7 @@ var bed *testbed.Bed
 
 // runtimes are the two runtimes every scenario runs on: runc is the
 // reference, snapshot must behave the same.
-var runtimes = []string{testbed.RuncRuntime, testbed.SnapshotRuntime}
+var runtimes = []string{testbed.RuncRuntime, containerdconfig.RuntimeType}
 
 func TestMain(m *testing.M) {
 	flag.Parse()

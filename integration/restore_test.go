@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpusnap/containerd-shim-snapshot-v2/containerdconfig"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/testbed"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
 )
@@ -45,7 +46,7 @@ func runStateful(t *testing.T, id, optionsPath string, env ...string) {
 func runStatefulWith(t *testing.T, id, optionsPath string, flags []string, env ...string) {
 	t.Helper()
 	netns := podNetns(t, id)
-	args := []string{"run", "-d", "--runtime", testbed.SnapshotRuntime, "--runtime-config-path", optionsPath,
+	args := []string{"run", "-d", "--runtime", containerdconfig.RuntimeType, "--runtime-config-path", optionsPath,
 		"--with-ns", "network:" + netns}
 	args = append(args, flags...)
 	for _, e := range env {
@@ -181,7 +182,7 @@ func TestRestoreFromStore(t *testing.T) {
 	t.Run("restore required fails clearly", func(t *testing.T) {
 		required := filepath.Join(t.TempDir(), "required.toml")
 		os.WriteFile(required, []byte(fmt.Sprintf("store = %q\ncontrol_dir = %q\nrestore = \"required\"\n", store, controlDir)), 0o600)
-		out, err := bed.Ctr("run", "-d", "--runtime", testbed.SnapshotRuntime, "--runtime-config-path", required,
+		out, err := bed.Ctr("run", "-d", "--runtime", containerdconfig.RuntimeType, "--runtime-config-path", required,
 			"--with-ns", "network:"+podNetns(t, "ckpt-required"), "--env", "READY_AT=26", statefulRef, "ckpt-required")
 		t.Cleanup(func() { bed.Ctr("containers", "delete", "ckpt-required") })
 		if err == nil || !strings.Contains(err.Error(), "restore = required") || !strings.Contains(err.Error(), "READY_AT=26") {
@@ -200,7 +201,7 @@ func TestRestoreFromStore(t *testing.T) {
 		os.WriteFile(manifest, saved[:len(saved)/2], 0o600)
 		required := filepath.Join(t.TempDir(), "required.toml")
 		os.WriteFile(required, []byte(fmt.Sprintf("store = %q\ncontrol_dir = %q\nrestore = \"required\"\ncheckpoint = %q\n", store, controlDir, ck.Name)), 0o600)
-		out, err := bed.Ctr("run", "-d", "--runtime", testbed.SnapshotRuntime, "--runtime-config-path", required,
+		out, err := bed.Ctr("run", "-d", "--runtime", containerdconfig.RuntimeType, "--runtime-config-path", required,
 			"--with-ns", "network:"+podNetns(t, "ckpt-truncated"), statefulRef, "ckpt-truncated")
 		t.Cleanup(func() { bed.Ctr("containers", "delete", "ckpt-truncated") })
 		if err == nil || !strings.Contains(err.Error(), "manifest.json") {
@@ -227,7 +228,7 @@ func TestRestoreFromStore(t *testing.T) {
 	t.Run("the container's opt-out wins over restore = required", func(t *testing.T) {
 		required := filepath.Join(t.TempDir(), "required.toml")
 		os.WriteFile(required, []byte(fmt.Sprintf("store = %q\ncontrol_dir = %q\nrestore = \"required\"\n", store, controlDir)), 0o600)
-		out, err := bed.Ctr("run", "-d", "--runtime", testbed.SnapshotRuntime, "--runtime-config-path", required,
+		out, err := bed.Ctr("run", "-d", "--runtime", containerdconfig.RuntimeType, "--runtime-config-path", required,
 			"--with-ns", "network:"+podNetns(t, "ckpt-opted-out"), "--annotation", "gpusnap.io/restore=never", statefulRef, "ckpt-opted-out")
 		t.Cleanup(func() {
 			bed.Ctr("tasks", "kill", "-s", "SIGKILL", "ckpt-opted-out")
@@ -316,7 +317,7 @@ func ctrCheckpointRestore(t *testing.T, rw bool) {
 			t.Fatalf("ctr %v: %v: %s", args, err, out)
 		}
 	}
-	if info, _ := bed.Ctr("containers", "info", id); !strings.Contains(info, testbed.SnapshotRuntime) {
+	if info, _ := bed.Ctr("containers", "info", id); !strings.Contains(info, containerdconfig.RuntimeType) {
 		t.Fatalf("restored container does not run on the snapshot shim: %s", info)
 	}
 	got := waitWarm(t, id, 0)

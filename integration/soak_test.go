@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpusnap/containerd-shim-snapshot-v2/containerdconfig"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/testbed"
 )
 
@@ -38,7 +39,7 @@ func TestSoakRestoreKill(t *testing.T) {
 	began := time.Now()
 	for i := range cycles {
 		id := fmt.Sprintf("soak-%d", i)
-		if out, err := bed.Ctr("run", "-d", "--null-io", "--runtime", testbed.SnapshotRuntime, "--runtime-config-path", opts,
+		if out, err := bed.Ctr("run", "-d", "--null-io", "--runtime", containerdconfig.RuntimeType, "--runtime-config-path", opts,
 			"--with-ns", "network:"+netns, statefulRef, id); err != nil {
 			t.Fatalf("cycle %d: ctr run: %v: %s", i, err, out)
 		}

@@ -17,7 +17,7 @@ import (
 
 	"github.com/gpusnap/containerd-shim-snapshot-v2/crypt"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/events"
-	"github.com/gpusnap/containerd-shim-snapshot-v2/runtime"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/rootfs"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/shim/options"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
 )
@@ -31,7 +31,7 @@ const specDumpFile = "spec.dump"
 // the Checkpoint RPC (so the checkpoint containerd archives from it is
 // complete), and kept at the top of a store's checkpoint, beside the
 // checkpoint/ directory of images, as containerd's RestoreFromPath expects.
-var restoreFiles = []string{runtime.RootfsDiffFile, runtime.DeletedFilesFile, runtime.OpaqueDirsFile, specDumpFile}
+var restoreFiles = []string{rootfs.DiffFile, rootfs.DeletedFilesFile, rootfs.OpaqueDirsFile, specDumpFile}
 
 // addRestoreFiles writes the rootfs diff and the spec into dir, timing the
 // diff. The container is still frozen (or stopped) while this runs, so the
@@ -39,7 +39,7 @@ var restoreFiles = []string{runtime.RootfsDiffFile, runtime.DeletedFilesFile, ru
 func addRestoreFiles(c *container, dir string, phases map[string]float64) error {
 	if upper, ok := upperDir(c.rootfs); ok {
 		start := time.Now()
-		err := runtime.CaptureRootfsDiff(upper, dir)
+		err := rootfs.CaptureDiff(upper, dir)
 		phases["rootfs_diff"] = time.Since(start).Seconds()
 		if err != nil {
 			return fmt.Errorf("capturing the writable layer: %w", err)
@@ -104,7 +104,7 @@ func (s *Service) publish(ctx context.Context, c *container, dir string, gpus st
 	if err != nil {
 		return fmt.Errorf("checkpoint %s: %w", phase, err)
 	}
-	key, fields := identity(c)
+	key, fields := containerIdentity(c)
 	m := &storage.Manifest{Key: key, Identity: fields, Node: pp.node, Phases: phases, GPUs: gpus.GPUs, DriverVersion: gpus.DriverVersion, GPULeftovers: c.gpuLeftovers,
 		Source: storage.Source{ContainerID: c.id, Namespace: c.namespace, Hostname: c.spec.Hostname}}
 	if enc != nil {
@@ -244,7 +244,7 @@ func (s *Service) watchReady(c *container) {
 func (s *Service) autoCheckpoint(ctx context.Context, c *container) {
 	logger := log.G(ctx).WithField("id", c.id)
 	if store, err := storage.Open(c.options.Store); err == nil {
-		key, _ := identity(c)
+		key, _ := containerIdentity(c)
 		if ck, err := store.Latest(key); err == nil {
 			logger.WithField("checkpoint", ck.Name).Info("snapshot: ready, but a checkpoint of this identity exists")
 			return

@@ -155,7 +155,7 @@ func containerGPUs(c *container) storage.GPUNode {
 		return node
 	}
 	for _, g := range visible {
-		node.GPUs = append(node.GPUs, storage.GPU{UUID: g.UUID.String(), Product: g.Name, MemoryBytes: g.MemoryBytes})
+		node.GPUs = append(node.GPUs, storage.GPU{UUID: g.UUID, Product: g.Name, MemoryBytes: g.MemoryBytes})
 	}
 	return node
 }
@@ -166,27 +166,15 @@ func gpuPairs(source, target []storage.GPU) ([]cudackpt.GPUPair, error) {
 	if len(source) == 0 || len(target) == 0 {
 		return nil, nil
 	}
-	from, err := uuids(source)
-	if err != nil {
-		return nil, err
-	}
-	to, err := uuids(target)
-	if err != nil {
-		return nil, err
-	}
-	return cudackpt.MapGPUs(from, to)
+	return cudackpt.MapGPUs(uuids(source), uuids(target))
 }
 
-func uuids(gpus []storage.GPU) ([]cudackpt.UUID, error) {
+func uuids(gpus []storage.GPU) []cudackpt.UUID {
 	out := make([]cudackpt.UUID, len(gpus))
 	for i, g := range gpus {
-		u, err := cudackpt.ParseUUID(g.UUID)
-		if err != nil {
-			return nil, err
-		}
-		out[i] = u
+		out[i] = g.UUID
 	}
-	return out, nil
+	return out
 }
 
 // exitsAfterCheckpoint reports whether the client asked the checkpoint to

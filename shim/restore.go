@@ -21,8 +21,9 @@ import (
 	"github.com/gpusnap/containerd-shim-snapshot-v2/criu"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/crypt"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/events"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/identity"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/prefetch"
-	"github.com/gpusnap/containerd-shim-snapshot-v2/runtime"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/rootfs"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/shim/options"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
 )
@@ -206,7 +207,7 @@ func findCheckpoint(c *container) (*storage.Checkpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	key, fields := identity(c)
+	key, fields := containerIdentity(c)
 	var ck *storage.Checkpoint
 	if c.options.Checkpoint == options.CheckpointAuto {
 		ck, err = store.Latest(key)
@@ -252,21 +253,21 @@ func noMatch(store *storage.Store, fields map[string]string) error {
 }
 
 func identityMismatch(ck *storage.Checkpoint, fields map[string]string) error {
-	field, had, has, _ := runtime.DiffIdentity(ck.Manifest.Identity, fields)
+	field, had, has, _ := identity.Diff(ck.Manifest.Identity, fields)
 	return fmt.Errorf("checkpoint %s has %s = %s, this container has %s", ck.Name, field, had, has)
 }
 
-// identity is the container's identity key and its fields.
-func identity(c *container) (string, map[string]string) {
+// containerIdentity is the container's identity key and its fields.
+func containerIdentity(c *container) (string, map[string]string) {
 	var ignoreMounts []string
 	if c.options.ControlDir != "" {
 		ignoreMounts = append(ignoreMounts, c.options.ControlDir)
 	}
-	var gpu runtime.GPUIdentity
+	var gpu identity.GPU
 	if gpus := c.gpuNode().GPUs; len(gpus) > 0 {
-		gpu = runtime.GPUIdentity{Product: gpus[0].Product, Count: len(gpus)}
+		gpu = identity.GPU{Product: gpus[0].Product, Count: len(gpus)}
 	}
-	return runtime.Identity(c.spec, runtime.IdentityOptions{IgnoreEnv: c.options.IgnoreEnv, IgnoreMounts: ignoreMounts, GPU: gpu})
+	return identity.Of(c.spec, identity.Options{IgnoreEnv: c.options.IgnoreEnv, IgnoreMounts: ignoreMounts, GPU: gpu})
 }
 
 func nodeFingerprint(o options.Options) (storage.Fingerprint, error) {
@@ -372,7 +373,7 @@ func (s *Service) restore(ctx context.Context, c *container, r *taskAPI.StartReq
 		}
 	}
 	if err := plan.timed("rootfs_diff", func() error {
-		return runtime.ApplyRootfsDiff(plan.filesDir(), filepath.Join(c.bundle, "rootfs"))
+		return rootfs.ApplyDiff(plan.filesDir(), filepath.Join(c.bundle, "rootfs"))
 	}); err != nil {
 		return nil, err
 	}
@@ -460,10 +461,10 @@ func clearWritableLayer(rootfs []*types.Mount) error {
 }
 
 // upperDir is the writable layer of an overlay rootfs.
-func upperDir(rootfs []*types.Mount) (string, bool) {
-	for _, m := range rootfs {
+func upperDir(mounts []*types.Mount) (string, bool) {
+	for _, m := range mounts {
 		if strings.Contains(m.Type, "overlay") {
-			return runtime.UpperDir(m.Options)
+			return rootfs.UpperDir(m.Options)
 		}
 	}
 	return "", false

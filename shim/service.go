@@ -4,9 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/containerdconfig"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/events"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/internal/reaped"
-	"github.com/gpusnap/containerd-shim-snapshot-v2/runtime"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/rootfs"
 	"path/filepath"
 	"sync"
 	"time"
@@ -297,7 +298,7 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 // has one (a client that restored the layer itself gets the same files
 // again), then runc restores the processes.
 func (s *Service) startExplicitCheckpoint(ctx context.Context, c *container, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
-	if err := runtime.ApplyRootfsDiff(c.create.Checkpoint, filepath.Join(c.bundle, "rootfs")); err != nil {
+	if err := rootfs.ApplyDiff(c.create.Checkpoint, filepath.Join(c.bundle, "rootfs")); err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("applying the checkpoint's writable layer: %w", err))
 	}
 	tuneCRIURestore(c.options)
@@ -332,7 +333,7 @@ func readOptions(anyOpts *ptypes.Any) (options.Options, *ptypes.Any, error) {
 		return opts, nil, nil
 	default:
 		return options.Options{}, nil, fmt.Errorf("%w: runtime options of type %q are not understood by %s",
-			errdefs.ErrInvalidArgument, anyOpts.GetTypeUrl(), RuntimeName)
+			errdefs.ErrInvalidArgument, anyOpts.GetTypeUrl(), containerdconfig.RuntimeType)
 	}
 }
 

@@ -21,10 +21,9 @@ import (
 
 	runcmanager "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/manager"
 	"github.com/containerd/containerd/v2/pkg/shim"
-)
 
-// RuntimeName is the runtime type containerd clients and configs name.
-const RuntimeName = "io.containerd.snapshot.v2"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/containerdconfig"
+)
 
 // manager starts and stops shim processes. The runc shim's manager already
 // groups containers of one pod into one shim, re-executes this binary as the
@@ -35,7 +34,7 @@ type manager struct {
 
 // NewManager returns the shim manager for the snapshot runtime.
 func NewManager() shim.Shim {
-	return manager{Shim: runcmanager.NewShimManager(RuntimeName)}
+	return manager{Shim: runcmanager.NewShimManager(containerdconfig.RuntimeType)}
 }
 
 // Stop is the out-of-process `delete` containerd runs when a shim died:

@@ -21,8 +21,3 @@ func LoadEncryptionKey(path string) (*crypt.Key, error) {
 	}
 	return k, nil
 }
-
-// CheckRootOnly refuses a node-local directory that someone other than
-// root could change, or any directory above it that is not root's (the
-// store's rule). The shim decrypts checkpoints only under such a directory.
-func CheckRootOnly(dir string) error { return checkStoreRoot(dir) }

@@ -4,11 +4,13 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/gpusnap/containerd-shim-snapshot-v2/cudackpt"
 )
 
 func TestGPUCompatible(t *testing.T) {
-	h100 := GPU{UUID: "GPU-a", Product: "NVIDIA H100 80GB HBM3", MemoryBytes: 80 << 30}
-	other := GPU{UUID: "GPU-b", Product: "NVIDIA H100 80GB HBM3", MemoryBytes: 80 << 30}
+	h100 := GPU{UUID: cudackpt.UUID{0xa}, Product: "NVIDIA H100 80GB HBM3", MemoryBytes: 80 << 30}
+	other := GPU{UUID: cudackpt.UUID{0xb}, Product: "NVIDIA H100 80GB HBM3", MemoryBytes: 80 << 30}
 	m := &Manifest{GPUs: []GPU{h100}, DriverVersion: "580.159.04"}
 	cases := []struct {
 		name  string
@@ -21,8 +23,8 @@ func TestGPUCompatible(t *testing.T) {
 		{"no GPUs recorded", &Manifest{}, GPUNode{}, ""},
 		{"no GPU on node", m, GPUNode{nil, "580.159.04"}, "gpu_count"},
 		{"two GPUs given", m, GPUNode{[]GPU{h100, other}, "580.159.04"}, "gpu_count"},
-		{"other product", m, GPUNode{[]GPU{{UUID: "GPU-c", Product: "NVIDIA A100-SXM4-80GB", MemoryBytes: 80 << 30}}, "580.159.04"}, "gpus[0].product"},
-		{"less memory", m, GPUNode{[]GPU{{UUID: "GPU-c", Product: h100.Product, MemoryBytes: 40 << 30}}, "580.159.04"}, "gpus[0].memory_bytes"},
+		{"other product", m, GPUNode{[]GPU{{UUID: cudackpt.UUID{0xc}, Product: "NVIDIA A100-SXM4-80GB", MemoryBytes: 80 << 30}}, "580.159.04"}, "gpus[0].product"},
+		{"less memory", m, GPUNode{[]GPU{{UUID: cudackpt.UUID{0xc}, Product: h100.Product, MemoryBytes: 40 << 30}}, "580.159.04"}, "gpus[0].memory_bytes"},
 		{"older driver", m, GPUNode{[]GPU{h100}, "570.86.10"}, "driver_version"},
 		{"driver unknown", m, GPUNode{[]GPU{h100}, ""}, "driver_version"},
 	}

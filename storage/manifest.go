@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gpusnap/containerd-shim-snapshot-v2/crypt"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/cudackpt"
 )
 
 // SchemaVersion is the manifest format this package writes and the only one
@@ -71,11 +72,13 @@ type File struct {
 }
 
 // GPU is a device the checkpointed process used; restore maps each source
-// UUID onto a GPU of the same product on the target node.
+// UUID onto a GPU of the same product on the target node. The UUID is the
+// driver's own type, so restore hands it to the driver as read; it is
+// written in NVML's form, "GPU-" and lower-case hex.
 type GPU struct {
-	UUID        string `json:"uuid"`
-	Product     string `json:"product"`
-	MemoryBytes uint64 `json:"memory_bytes"`
+	UUID        cudackpt.UUID `json:"uuid"`
+	Product     string        `json:"product"`
+	MemoryBytes uint64        `json:"memory_bytes"`
 }
 
 // readManifest reads and validates the manifest at file. It also returns

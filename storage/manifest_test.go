@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/gpusnap/containerd-shim-snapshot-v2/cudackpt"
 )
 
 // editManifest returns an edit that rewrites the decoded manifest.
@@ -90,7 +92,7 @@ func TestManifestRoundTrip(t *testing.T) {
 		Node:          Fingerprint{Arch: "amd64", Kernel: "6.8.0-45-generic", CRIUVersion: "4.1.1", CgroupVersion: 2},
 		Source:        Source{ContainerID: "abc", Namespace: "k8s.io", Hostname: "pod-1"},
 		Phases:        map[string]float64{"cuda_checkpoint": 1.5, "criu_dump": 12.25},
-		GPUs:          []GPU{{UUID: "GPU-1", Product: "NVIDIA H100 80GB HBM3", MemoryBytes: 85 << 30}},
+		GPUs:          []GPU{{UUID: cudackpt.UUID{1}, Product: "NVIDIA H100 80GB HBM3", MemoryBytes: 85 << 30}},
 		DriverVersion: "570.86.15",
 		Encryption:    &Encryption{Algorithm: "aes-256-gcm-chunked", KeyID: "0011223344556677"},
 	}
@@ -103,5 +105,25 @@ func TestManifestRoundTrip(t *testing.T) {
 	b, _ := json.Marshal(got.Manifest)
 	if !bytes.Equal(a, b) {
 		t.Errorf("read back\n%s\nwant\n%s", b, a)
+	}
+}
+
+// TestGPUJSON: a GPU's UUID is written as NVML prints it, as when manifests
+// held it as a string, and reads back to the same bytes.
+func TestGPUJSON(t *testing.T) {
+	const in = `{"uuid":"GPU-6d2f3c1a-0b4e-4f59-9a7c-2e8d1f0a3b5c","product":"NVIDIA H100 80GB HBM3","memory_bytes":85520809984}`
+	var g GPU
+	if err := json.Unmarshal([]byte(in), &g); err != nil {
+		t.Fatal(err)
+	}
+	if want := (cudackpt.UUID{0x6d, 0x2f, 0x3c, 0x1a, 0x0b, 0x4e, 0x4f, 0x59, 0x9a, 0x7c, 0x2e, 0x8d, 0x1f, 0x0a, 0x3b, 0x5c}); g.UUID != want {
+		t.Errorf("uuid = %v, want %v", g.UUID, want)
+	}
+	out, err := json.Marshal(g)
+	if err != nil || string(out) != in {
+		t.Errorf("marshal = %s, %v; want %s", out, err, in)
+	}
+	if err := json.Unmarshal([]byte(`{"uuid":"GPU-1"}`), &g); err == nil {
+		t.Error("a malformed uuid decoded")
 	}
 }

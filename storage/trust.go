@@ -14,6 +14,45 @@ import (
 // it: like ssh with its keys, the store refuses such paths outright.
 var ErrUntrusted = errors.New("untrusted store path")
 
+// UntrustedPathError is a store path, or a checkpoint's file, that someone
+// other than root could change, or that could not be checked. It wraps
+// ErrUntrusted and, where stat failed, the stat error.
+type UntrustedPathError struct {
+	// Path is the path refused: absolute for a store root and the
+	// directories above it, relative to the store for a checkpoint's file.
+	Path string
+	// UID and Mode (permission, setuid, setgid and sticky bits) are the
+	// path's owner and mode; refused for UID != 0, else for Mode.
+	UID  uint32
+	Mode uint32
+	// Err is why the path could not be checked; UID and Mode are then zero.
+	Err error
+}
+
+func (e *UntrustedPathError) Error() string {
+	switch {
+	case e.Err != nil:
+		return fmt.Sprintf("%v: %s: %v", ErrUntrusted, e.Path, e.Err)
+	case e.UID != 0:
+		return fmt.Sprintf("%v: %s is owned by uid %d, not root (an NFS export needs no_root_squash)", ErrUntrusted, e.Path, e.UID)
+	}
+	return fmt.Sprintf("%v: %s is writable by group or others (mode %04o): only root may change a checkpoint store", ErrUntrusted, e.Path, e.Mode)
+}
+
+func (e *UntrustedPathError) Unwrap() []error {
+	if e.Err != nil {
+		return []error{ErrUntrusted, e.Err}
+	}
+	return []error{ErrUntrusted}
+}
+
+// CheckRootOnly refuses a node-local directory that someone other than
+// root could change, or any directory above it that is not root's: the rule
+// Open applies to a store root. The shim decrypts checkpoints only under
+// such a directory, and gpusnap doctor checks stores with it. A refusal is
+// an *UntrustedPathError naming the first path refused, dir itself first.
+func CheckRootOnly(dir string) error { return checkStoreRoot(dir) }
+
 // checkStoreRoot accepts a store root owned by root and writable by no one
 // else, below directories that are root-owned and either not writable by
 // group and others or sticky (as /tmp: others may not rename or remove
@@ -39,7 +78,7 @@ func checkStoreRoot(root string) error {
 func checkPath(p string, stickyOK bool) error {
 	var st syscall.Stat_t
 	if err := syscall.Stat(p, &st); err != nil {
-		return fmt.Errorf("%w: %s: %w", ErrUntrusted, p, err)
+		return &UntrustedPathError{Path: p, Err: err}
 	}
 	return checkOwnerMode(p, &st, stickyOK)
 }
@@ -47,13 +86,10 @@ func checkPath(p string, stickyOK bool) error {
 // checkOwnerMode is the rule for one path: owned by root, not writable by
 // group or others (unless stickyOK and it is a sticky directory).
 func checkOwnerMode(p string, st *syscall.Stat_t, stickyOK bool) error {
-	if st.Uid != 0 {
-		return fmt.Errorf("%w: %s is owned by uid %d, not root (an NFS export needs no_root_squash)", ErrUntrusted, p, st.Uid)
-	}
 	writable := st.Mode&0o022 != 0
 	sticky := st.Mode&syscall.S_ISVTX != 0 && st.Mode&syscall.S_IFMT == syscall.S_IFDIR
-	if writable && !(stickyOK && sticky) {
-		return fmt.Errorf("%w: %s is writable by group or others (mode %04o): only root may change a checkpoint store", ErrUntrusted, p, st.Mode&0o7777)
+	if st.Uid != 0 || writable && !(stickyOK && sticky) {
+		return &UntrustedPathError{Path: p, UID: st.Uid, Mode: st.Mode & 0o7777}
 	}
 	return nil
 }

@@ -56,6 +56,10 @@ func TestOpenRefusesUntrustedRoots(t *testing.T) {
 			if !errors.Is(err, ErrUntrusted) || !strings.Contains(err.Error(), tc.bad) {
 				t.Fatalf("want ErrUntrusted naming %q, got %v", tc.bad, err)
 			}
+			var u *UntrustedPathError
+			if !errors.As(err, &u) {
+				t.Fatalf("want an *UntrustedPathError, got %#v", err)
+			}
 		})
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,15 +11,12 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/gpusnap/containerd-shim-snapshot-v2/containerdconfig"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/criu"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/cudackpt"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/shim/options"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
 )
-
-// shimRuntimeType is the runtime_type a containerd handler names to use the
-// snapshot shim.
-const shimRuntimeType = "io.containerd.snapshot.v2"
 
 const defaultContainerdConfig = "/etc/containerd/config.toml"
 
@@ -28,7 +24,7 @@ func init() {
 	commands["doctor"] = &command{
 		summary: "Check that this node can checkpoint and restore: CRIU (found, version, `criu check`),\n" +
 			"kernel, cgroup version, iptables-restore or nft for CRIU's network lock, a containerd\n" +
-			"handler with runtime_type \"" + shimRuntimeType + "\" and valid options, the store's\n" +
+			"handler with runtime_type \"" + containerdconfig.RuntimeType + "\" and valid options, the store's\n" +
 			"ownership and mode, the keys the handlers name (signing, trusted, encryption), whether\n" +
 			"CRIU carries the project's patches, and the NVIDIA driver (absent is fine on CPU nodes).\n" +
 			"Exits 1 if any check FAILs.",
@@ -92,7 +88,7 @@ func runDoctor(e *env, args []string, containerdConfig string) int {
 	stores = appendStore(stores, e.store)
 	for _, h := range handlers {
 		if h.opts != nil {
-			add(keyChecks("handler "+h.name, *h.opts)...)
+			add(keyChecks("handler "+h.Name, *h.opts)...)
 			criuPath = or(criuPath, h.opts.CRIUPath)
 			stores = appendStore(stores, h.opts.Store)
 		}
@@ -284,8 +280,9 @@ func shimBinaryCheck() check {
 
 // handler is a containerd runtime handler that uses the snapshot shim.
 type handler struct {
-	name, configPath, configBody, file string
-	opts                               *options.Options // nil unless valid options were read
+	containerdconfig.Handler
+	file string           // the config file that declares it
+	opts *options.Options // nil unless valid options were read
 }
 
 // containerdChecks finds the snapshot shim's handlers in containerd's
@@ -297,8 +294,11 @@ func containerdChecks(file string) ([]check, []handler) {
 	}
 	files := []string{file}
 	contents := map[string]string{file: string(data)}
-	root := parseLooseTOML(string(data))
-	for _, pattern := range stringList(root[""]["imports"]) {
+	// A file that does not parse yields no imports and no handlers; the
+	// text search below still notices one that names the shim.
+	root, rootErr := containerdconfig.Parse(data)
+	imports, _ := root.Imports()
+	for _, pattern := range imports {
 		if !filepath.IsAbs(pattern) {
 			pattern = filepath.Join(filepath.Dir(file), pattern)
 		}
@@ -313,9 +313,20 @@ func containerdChecks(file string) ([]check, []handler) {
 
 	var handlers []handler
 	mentioned := false
+	var unreadable []check
 	for _, f := range files {
-		mentioned = mentioned || strings.Contains(contents[f], shimRuntimeType)
-		handlers = append(handlers, findHandlers(parseLooseTOML(contents[f]), f)...)
+		mentioned = mentioned || strings.Contains(contents[f], containerdconfig.RuntimeType)
+		config, err := root, rootErr
+		if f != file {
+			config, err = containerdconfig.Parse([]byte(contents[f]))
+		}
+		if err != nil {
+			unreadable = append(unreadable, warn("containerd config", "%s: %v", f, err))
+			continue
+		}
+		for _, h := range config.Handlers() {
+			handlers = append(handlers, handler{Handler: h, file: f})
+		}
 	}
 	where := file
 	if len(files) > 1 {
@@ -323,23 +334,23 @@ func containerdChecks(file string) ([]check, []handler) {
 	}
 	switch {
 	case len(handlers) == 0 && mentioned:
-		return []check{warn("containerd handler", "%s mentions %s, but no runtime_type = %q line was understood; check the handler by hand",
-			where, shimRuntimeType, shimRuntimeType)}, nil
+		return append(unreadable, warn("containerd handler", "%s mentions %s, but no runtime_type = %q line was understood; check the handler by hand",
+			where, containerdconfig.RuntimeType, containerdconfig.RuntimeType)), nil
 	case len(handlers) == 0:
-		return []check{fail("containerd handler", "no runtime handler with runtime_type = %q in %s", shimRuntimeType, where)}, nil
+		return append(unreadable, fail("containerd handler", "no runtime handler with runtime_type = %q in %s", containerdconfig.RuntimeType, where)), nil
 	}
 
-	var checks []check
+	checks := unreadable
 	for i := range handlers {
 		h := &handlers[i]
-		name := fmt.Sprintf("handler %q", h.name)
-		checks = append(checks, pass("containerd handler", "%q in %s uses %s", h.name, h.file, shimRuntimeType))
+		name := fmt.Sprintf("handler %q", h.Name)
+		checks = append(checks, pass("containerd handler", "%q in %s uses %s", h.Name, h.file, containerdconfig.RuntimeType))
 		var o options.Options
 		switch {
-		case h.configPath != "":
-			o, err = options.Load(h.configPath)
-		case h.configBody != "":
-			o, err = options.Parse([]byte(h.configBody), h.file+": inline ConfigBody")
+		case h.ConfigPath != "":
+			o, err = options.Load(h.ConfigPath)
+		case h.ConfigBody != "":
+			o, err = options.Parse([]byte(h.ConfigBody), h.file+": inline ConfigBody")
 		default:
 			checks = append(checks, warn(name, "sets no options.ConfigPath: no store, so containers only cold-start"))
 			continue
@@ -359,29 +370,11 @@ func containerdChecks(file string) ([]check, []handler) {
 	return checks, handlers
 }
 
-// findHandlers returns the tables whose runtime_type is the snapshot shim's:
-// in containerd's config these are [...runtimes.NAME] tables, so the last
-// part of the table name is the handler name.
-func findHandlers(tables map[string]map[string]string, file string) []handler {
-	var out []handler
-	for _, name := range slices.Sorted(maps.Keys(tables)) {
-		if tables[name]["runtime_type"] != shimRuntimeType {
-			continue
-		}
-		parts := strings.Split(name, keySep)
-		opts := tables[name+keySep+"options"]
-		out = append(out, handler{
-			name: parts[len(parts)-1], file: file,
-			configPath: opts["ConfigPath"], configBody: opts["ConfigBody"],
-		})
-	}
-	return out
-}
-
-// storeChecks checks that dir exists, is a root-owned directory and is not
-// writable by group or others: a checkpoint is code and memory that the
-// shim restores as root, so whoever can write the store can run code as
-// root on every node that restores from it.
+// storeChecks checks that dir exists and passes the shim's rule for a store
+// (storage.CheckRootOnly: a root-owned directory not writable by group or
+// others, below directories only root can change): a checkpoint is code and
+// memory that the shim restores as root, so whoever can write the store can
+// run code as root on every node that restores from it.
 func storeChecks(dir string) []check {
 	name := "store " + dir
 	fi, err := os.Stat(dir)
@@ -393,18 +386,10 @@ func storeChecks(dir string) []check {
 	case !fi.IsDir():
 		return []check{fail(name, "is not a directory")}
 	}
-	var checks []check
-	mode := fi.Mode().Perm()
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 {
-		checks = append(checks, fail(name, "owned by uid %d, want root: the shim restores checkpoints as root (chown root %s)", st.Uid, dir))
+	if err := storage.CheckRootOnly(dir); err != nil {
+		return untrustedStoreChecks(name, dir, err)
 	}
-	if mode&0o022 != 0 {
-		checks = append(checks, fail(name, "mode %04o is writable by group or others: anyone who can write there can plant "+
-			"a checkpoint that restores as root (chmod go-w %s)", mode, dir))
-	}
-	if len(checks) == 0 {
-		checks = append(checks, pass(name, "owned by root, mode %04o", mode))
-	}
+	checks := []check{pass(name, "owned by root, mode %04o", fi.Mode().Perm())}
 
 	s, err := storage.Open(dir)
 	if err == nil {
@@ -427,6 +412,25 @@ func storeChecks(dir string) []check {
 	}
 	if err != nil {
 		checks = append(checks, fail(name, "%v", err))
+	}
+	return checks
+}
+
+// untrustedStoreChecks says what is wrong with a store that
+// storage.CheckRootOnly refused, and how to fix it.
+func untrustedStoreChecks(name, dir string, err error) []check {
+	var u *storage.UntrustedPathError
+	abs, _ := filepath.Abs(dir)
+	if !errors.As(err, &u) || u.Err != nil || u.Path != abs {
+		return []check{fail(name, "%v", err)} // a directory above it, or stat failed
+	}
+	var checks []check
+	if u.UID != 0 {
+		checks = append(checks, fail(name, "owned by uid %d, want root: the shim restores checkpoints as root (chown root %s)", u.UID, dir))
+	}
+	if mode := u.Mode & 0o777; mode&0o022 != 0 {
+		checks = append(checks, fail(name, "mode %04o is writable by group or others: anyone who can write there can plant "+
+			"a checkpoint that restores as root (chmod go-w %s)", mode, dir))
 	}
 	return checks
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpusnap/containerd-shim-snapshot-v2/containerdconfig"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/shim/options"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
 )
@@ -459,61 +460,6 @@ func TestParseSize(t *testing.T) {
 	}
 }
 
-func TestFindHandlers(t *testing.T) {
-	dir := t.TempDir()
-	opts := filepath.Join(dir, "snapshot.toml")
-	write(t, opts, "store = \"/var/lib/gpusnap\"\n")
-	tests := []struct {
-		name, config string
-		want         []handler
-	}{
-		{"containerd 2.x (config version 3)", `
-version = 3
-[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
-  runtime_type = "io.containerd.runc.v2"
-[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.snapshot] # the shim
-  runtime_type = "io.containerd.snapshot.v2"
-  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.snapshot.options]
-    ConfigPath = "` + opts + `"
-`, []handler{{name: "snapshot", configPath: opts}}},
-		{"config version 2, dotted and inline keys", `
-version = 2
-[plugins.'io.containerd.grpc.v1.cri'.containerd.runtimes.gpu-a]
-runtime_type = 'io.containerd.snapshot.v2'
-options.ConfigPath = '/etc/a.toml'
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes."gpu.b"]
-runtime_type = "io.containerd.snapshot.v2"
-options = { ConfigPath = "/etc/b.toml", SystemdCgroup = true }
-`, []handler{{name: "gpu-a", configPath: "/etc/a.toml"}, {name: "gpu.b", configPath: "/etc/b.toml"}}},
-		{"inline ConfigBody", `
-[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.snap]
-runtime_type = "io.containerd.snapshot.v2"
-[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.snap.options]
-ConfigBody = """
-store = "/s"
-"""
-`, []handler{{name: "snap", configBody: "store = \"/s\"\n"}}},
-		{"commented out", `
-# runtime_type = "io.containerd.snapshot.v2"
-[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
-runtime_type = "io.containerd.runc.v2" # not "io.containerd.snapshot.v2"
-`, nil},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got := findHandlers(parseLooseTOML(tt.config), "f")
-			for i := range got {
-				got[i].file = ""
-			}
-			if !slices.EqualFunc(got, tt.want, func(a, b handler) bool {
-				return a.name == b.name && a.configPath == b.configPath && a.configBody == b.configBody
-			}) {
-				t.Errorf("handlers = %+v, want %+v", got, tt.want)
-			}
-		})
-	}
-}
-
 func TestContainerdChecks(t *testing.T) {
 	dir := t.TempDir()
 	good, bad := filepath.Join(dir, "good.toml"), filepath.Join(dir, "bad.toml")
@@ -551,7 +497,11 @@ options.ConfigPath = "`+good+`"
 
 	write(t, config, "version = 3\n")
 	checks, _ = containerdChecks(config)
-	contains(t, "checks", formatChecks(checks), `FAIL containerd handler: no runtime handler with runtime_type = "io.containerd.snapshot.v2" in `+config)
+	contains(t, "checks", formatChecks(checks), `FAIL containerd handler: no runtime handler with runtime_type = "`+containerdconfig.RuntimeType+`" in `+config)
+	write(t, config, "version = 3\n[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.x]\nruntime_type = \"io.containerd.snapshot.v2\"\nruntime_type = \"again\"\n")
+	checks, _ = containerdChecks(config)
+	contains(t, "checks", formatChecks(checks), "WARN containerd config: "+config+": ",
+		"WARN containerd handler: "+config+" mentions "+containerdconfig.RuntimeType+`, but no runtime_type = "`+containerdconfig.RuntimeType+`" line was understood`)
 	checks, _ = containerdChecks(filepath.Join(dir, "missing.toml"))
 	contains(t, "checks", formatChecks(checks), "FAIL containerd config: open "+filepath.Join(dir, "missing.toml"))
 }
@@ -581,6 +531,13 @@ func TestStoreChecks(t *testing.T) {
 
 	missing := filepath.Join(ts.root, "missing")
 	contains(t, "checks", formatChecks(storeChecks(missing)), "FAIL store "+missing+": does not exist")
+
+	// The store's own mode is fine; the directory above it is not.
+	below := filepath.Join(ts.root, "below")
+	if err := os.Mkdir(below, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	contains(t, "checks", formatChecks(storeChecks(below)), "FAIL store "+below+": untrusted store path: "+ts.root+" is writable by group or others (mode 0777)")
 }
 
 // TestDoctor runs the whole report; what passes depends on the machine, so

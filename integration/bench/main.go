@@ -19,6 +19,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/gpusnap/containerd-shim-snapshot-v2/containerdconfig"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/testbed"
 )
 
@@ -80,7 +81,7 @@ func main() {
 // coldRuns alternates runc and snapshot runs so drift affects both equally.
 func coldRuns(bed *testbed.Bed, runs int) (map[string][]time.Duration, error) {
 	times := map[string][]time.Duration{}
-	runtimes := []string{testbed.RuncRuntime, testbed.SnapshotRuntime}
+	runtimes := []string{testbed.RuncRuntime, containerdconfig.RuntimeType}
 	for i := 0; i < runs; i++ {
 		for _, rt := range runtimes {
 			id := fmt.Sprintf("bench-%d-%d", i, len(times[rt])+len(rt))
@@ -102,13 +103,13 @@ func report(times map[string][]time.Duration, runs int) {
 		runs, host, time.Now().UTC().Format(time.RFC3339))
 	fmt.Printf("%-28s %10s %10s\n", "runtime", "min", "median")
 	med := map[string]time.Duration{}
-	for _, rt := range []string{testbed.RuncRuntime, testbed.SnapshotRuntime} {
+	for _, rt := range []string{testbed.RuncRuntime, containerdconfig.RuntimeType} {
 		ts := append([]time.Duration(nil), times[rt]...)
 		sort.Slice(ts, func(i, j int) bool { return ts[i] < ts[j] })
 		med[rt] = ts[len(ts)/2]
 		fmt.Printf("%-28s %10s %10s\n", rt, ts[0].Round(time.Millisecond), med[rt].Round(time.Millisecond))
 	}
-	ratio := float64(med[testbed.SnapshotRuntime]) / float64(med[testbed.RuncRuntime])
+	ratio := float64(med[containerdconfig.RuntimeType]) / float64(med[testbed.RuncRuntime])
 	verdict := "meets"
 	if ratio > 1.05 {
 		verdict = "MISSES"

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gpusnap/containerd-shim-snapshot-v2/containerdconfig"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/floor"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/testbed"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/shim/options"
@@ -232,7 +233,7 @@ func runToAnswer(bed *testbed.Bed, id, options string, env []string) (time.Durat
 	if err != nil {
 		return 0, err
 	}
-	args := []string{"run", "-d", "--runtime", testbed.SnapshotRuntime, "--runtime-config-path", options, "--with-ns", "network:" + netns}
+	args := []string{"run", "-d", "--runtime", containerdconfig.RuntimeType, "--runtime-config-path", options, "--with-ns", "network:" + netns}
 	for _, e := range env {
 		args = append(args, "--env", e)
 	}

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gpusnap/containerd-shim-snapshot-v2/containerdconfig"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/testbed"
 )
 
@@ -43,8 +44,8 @@ func main() {
 }
 
 func run(bed *testbed.Bed) error {
-	step("ctr run --runtime " + testbed.SnapshotRuntime)
-	out, err := bed.Ctr("run", "--rm", "--runtime", testbed.SnapshotRuntime, testbed.BusyboxRef, "demo",
+	step("ctr run --runtime " + containerdconfig.RuntimeType)
+	out, err := bed.Ctr("run", "--rm", "--runtime", containerdconfig.RuntimeType, testbed.BusyboxRef, "demo",
 		"sh", "-c", "echo hello from $(hostname), pid $$; uname -r")
 	if err != nil {
 		return err
@@ -100,7 +101,7 @@ func checkpointAndRestore(bed *testbed.Bed) error {
 		defer remove()
 		step("ctr run " + id + " (stateful example: counter in memory, file in its writable layer, TCP socket, child process)")
 		start := time.Now()
-		if _, err := bed.Ctr("run", "-d", "--runtime", testbed.SnapshotRuntime, "--runtime-config-path", options,
+		if _, err := bed.Ctr("run", "-d", "--runtime", containerdconfig.RuntimeType, "--runtime-config-path", options,
 			"--with-ns", "network:"+netns, testbed.StatefulRef, id); err != nil {
 			return err
 		}

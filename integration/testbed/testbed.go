@@ -16,13 +16,15 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/gpusnap/containerd-shim-snapshot-v2/containerdconfig"
 )
 
-// Runtime types the bed configures.
+// The baseline runtime type the bed configures beside the shim's
+// (containerdconfig.RuntimeType), and the shim's binary.
 const (
-	RuncRuntime     = "io.containerd.runc.v2"
-	SnapshotRuntime = "io.containerd.snapshot.v2"
-	ShimBinary      = "containerd-shim-snapshot-v2"
+	RuncRuntime = "io.containerd.runc.v2"
+	ShimBinary  = "containerd-shim-snapshot-v2"
 )
 
 // Config says what the bed runs.
@@ -137,7 +139,7 @@ func (b *Bed) writeConfig() error {
 
 [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.%[1]s.options]
   ConfigPath = %[4]q
-`, name, SnapshotRuntime, b.ShimPath, path)
+`, name, containerdconfig.RuntimeType, b.ShimPath, path)
 	}
 	if err := os.MkdirAll(filepath.Dir(b.ConfigFile), 0o755); err != nil {
 		return err
@@ -160,7 +162,7 @@ func (b *Bed) containerdConfig() string {
 
 [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.snapshot.options]
   ConfigPath = %[3]q
-`, SnapshotRuntime, b.ShimPath, b.OptionsPath)
+`, containerdconfig.RuntimeType, b.ShimPath, b.OptionsPath)
 }
 
 // baseConfig is everything but the snapshot handler.

@@ -1,4 +1,4 @@
-package runtime
+package identity
 
 import (
 	"regexp"
@@ -52,14 +52,14 @@ func podSpec(podName, podUID string) *specs.Spec {
 	}
 }
 
-var testIdentityOptions = IdentityOptions{
+var testIdentityOptions = Options{
 	IgnoreEnv:    []string{"POD_*"},
 	IgnoreMounts: []string{"/run/gpusnap"},
-	GPU:          GPUIdentity{Product: "NVIDIA H100 80GB HBM3", Count: 1},
+	GPU:          GPU{Product: "NVIDIA H100 80GB HBM3", Count: 1},
 }
 
 func TestIdentitySameWorkloadInAnotherPod(t *testing.T) {
-	key, fields := Identity(podSpec("llm-0", "1111"), testIdentityOptions)
+	key, fields := Of(podSpec("llm-0", "1111"), testIdentityOptions)
 	if !regexp.MustCompile(`^[0-9a-f]{64}$`).MatchString(key) {
 		t.Fatalf("key %q is not a hex sha256", key)
 	}
@@ -72,11 +72,11 @@ func TestIdentitySameWorkloadInAnotherPod(t *testing.T) {
 		FieldMounts: `["/models"]`,
 		FieldGPUs:   "1 x NVIDIA H100 80GB HBM3",
 	}
-	if field, a, b, differs := DiffIdentity(want, fields); differs || len(fields) != len(want) {
+	if field, a, b, differs := Diff(want, fields); differs || len(fields) != len(want) {
 		t.Fatalf("fields %v: %s is %q, want %q", fields, field, b, a)
 	}
-	if IdentityKey(fields) != key {
-		t.Fatal("IdentityKey(fields) differs from the key Identity returned")
+	if Key(fields) != key {
+		t.Fatal("Key(fields) differs from the key Of returned")
 	}
 
 	same := map[string]func(*specs.Spec){
@@ -104,8 +104,8 @@ func TestIdentitySameWorkloadInAnotherPod(t *testing.T) {
 		t.Run("same/"+name, func(t *testing.T) {
 			spec := podSpec("llm-0", "1111")
 			mutate(spec)
-			k, f := Identity(spec, testIdentityOptions)
-			if field, a, b, differs := DiffIdentity(fields, f); differs || k != key {
+			k, f := Of(spec, testIdentityOptions)
+			if field, a, b, differs := Diff(fields, f); differs || k != key {
 				t.Fatalf("key changed: %s %q -> %q", field, a, b)
 			}
 		})
@@ -114,45 +114,45 @@ func TestIdentitySameWorkloadInAnotherPod(t *testing.T) {
 	different := []struct {
 		name   string
 		field  string
-		mutate func(*specs.Spec, *IdentityOptions)
+		mutate func(*specs.Spec, *Options)
 	}{
-		{"image", FieldImage, func(s *specs.Spec, _ *IdentityOptions) {
+		{"image", FieldImage, func(s *specs.Spec, _ *Options) {
 			s.Annotations["io.kubernetes.cri.image-name"] = "registry.local/llm-server:v2"
 		}},
-		{"args", FieldArgs, func(s *specs.Spec, _ *IdentityOptions) { s.Process.Args[3] = "--port=9000" }},
-		{"args split differently", FieldArgs, func(s *specs.Spec, _ *IdentityOptions) {
+		{"args", FieldArgs, func(s *specs.Spec, _ *Options) { s.Process.Args[3] = "--port=9000" }},
+		{"args split differently", FieldArgs, func(s *specs.Spec, _ *Options) {
 			s.Process.Args = []string{"python", "-m server", "--port=8000"}
 		}},
-		{"env value", FieldEnv, func(s *specs.Spec, _ *IdentityOptions) { s.Process.Env[2] = "MODEL=llama-70b" }},
-		{"env added", FieldEnv, func(s *specs.Spec, _ *IdentityOptions) {
+		{"env value", FieldEnv, func(s *specs.Spec, _ *Options) { s.Process.Env[2] = "MODEL=llama-70b" }},
+		{"env added", FieldEnv, func(s *specs.Spec, _ *Options) {
 			s.Process.Env = append(s.Process.Env, "CUDA_VISIBLE_DEVICES=1")
 		}},
-		{"env no longer ignored", FieldEnv, func(_ *specs.Spec, o *IdentityOptions) { o.IgnoreEnv = nil }},
-		{"cwd", FieldCwd, func(s *specs.Spec, _ *IdentityOptions) { s.Process.Cwd = "/" }},
-		{"uid", FieldUser, func(s *specs.Spec, _ *IdentityOptions) { s.Process.User.UID = 0 }},
-		{"additional gids", FieldUser, func(s *specs.Spec, _ *IdentityOptions) { s.Process.User.AdditionalGids = nil }},
-		{"mount destination", FieldMounts, func(s *specs.Spec, _ *IdentityOptions) { s.Mounts[11].Destination = "/weights" }},
-		{"mount added", FieldMounts, func(s *specs.Spec, _ *IdentityOptions) {
+		{"env no longer ignored", FieldEnv, func(_ *specs.Spec, o *Options) { o.IgnoreEnv = nil }},
+		{"cwd", FieldCwd, func(s *specs.Spec, _ *Options) { s.Process.Cwd = "/" }},
+		{"uid", FieldUser, func(s *specs.Spec, _ *Options) { s.Process.User.UID = 0 }},
+		{"additional gids", FieldUser, func(s *specs.Spec, _ *Options) { s.Process.User.AdditionalGids = nil }},
+		{"mount destination", FieldMounts, func(s *specs.Spec, _ *Options) { s.Mounts[11].Destination = "/weights" }},
+		{"mount added", FieldMounts, func(s *specs.Spec, _ *Options) {
 			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/cache", Source: "/x"})
 		}},
-		{"gpu product", FieldGPUs, func(_ *specs.Spec, o *IdentityOptions) { o.GPU.Product = "NVIDIA A100-SXM4-80GB" }},
-		{"gpu count", FieldGPUs, func(_ *specs.Spec, o *IdentityOptions) { o.GPU.Count = 2 }},
-		{"no gpu", FieldGPUs, func(_ *specs.Spec, o *IdentityOptions) { o.GPU = GPUIdentity{} }},
+		{"gpu product", FieldGPUs, func(_ *specs.Spec, o *Options) { o.GPU.Product = "NVIDIA A100-SXM4-80GB" }},
+		{"gpu count", FieldGPUs, func(_ *specs.Spec, o *Options) { o.GPU.Count = 2 }},
+		{"no gpu", FieldGPUs, func(_ *specs.Spec, o *Options) { o.GPU = GPU{} }},
 	}
 	for _, tc := range different {
 		t.Run("different/"+tc.name, func(t *testing.T) {
 			spec, o := podSpec("llm-0", "1111"), testIdentityOptions
 			tc.mutate(spec, &o)
-			k, f := Identity(spec, o)
+			k, f := Of(spec, o)
 			if k == key {
 				t.Fatal("key did not change")
 			}
-			field, a, b, differs := DiffIdentity(fields, f)
+			field, a, b, differs := Diff(fields, f)
 			if !differs || field != tc.field {
-				t.Fatalf("DiffIdentity = %q (%q -> %q, %v), want field %q", field, a, b, differs, tc.field)
+				t.Fatalf("Diff = %q (%q -> %q, %v), want field %q", field, a, b, differs, tc.field)
 			}
 			if a != fields[field] || b != f[field] {
-				t.Fatalf("DiffIdentity values %q, %q; want %q, %q", a, b, fields[field], f[field])
+				t.Fatalf("Diff values %q, %q; want %q, %q", a, b, fields[field], f[field])
 			}
 		})
 	}
@@ -161,21 +161,21 @@ func TestIdentitySameWorkloadInAnotherPod(t *testing.T) {
 func TestIdentityWithoutCRI(t *testing.T) {
 	// ctr: no image annotation, no process is an odd but valid spec.
 	spec := &specs.Spec{Process: &specs.Process{Args: []string{"sh"}, Cwd: "/"}}
-	key, fields := Identity(spec, IdentityOptions{})
+	key, fields := Of(spec, Options{})
 	if fields[FieldImage] != "" || fields[FieldGPUs] != "" || fields[FieldMounts] != "[]" || fields[FieldEnv] != "[]" {
 		t.Fatalf("fields = %v", fields)
 	}
 	spec.Annotations = map[string]string{"io.containerd.image.name": "docker.io/library/busybox:latest"}
-	k2, f2 := Identity(spec, IdentityOptions{})
+	k2, f2 := Of(spec, Options{})
 	if k2 == key || f2[FieldImage] != "docker.io/library/busybox:latest" {
 		t.Fatalf("containerd image annotation ignored: %v", f2)
 	}
-	if _, f := Identity(&specs.Spec{}, IdentityOptions{}); f[FieldArgs] != "" || f[FieldUser] != "" {
+	if _, f := Of(&specs.Spec{}, Options{}); f[FieldArgs] != "" || f[FieldUser] != "" {
 		t.Fatalf("spec without process: %v", f)
 	}
 }
 
-func TestDiffIdentity(t *testing.T) {
+func TestDiff(t *testing.T) {
 	a := map[string]string{FieldArgs: "x", FieldEnv: "1", FieldGPUs: "1 x A"}
 	for _, tc := range []struct {
 		name  string
@@ -188,9 +188,9 @@ func TestDiffIdentity(t *testing.T) {
 		{"unknown field after known ones", map[string]string{FieldArgs: "x", FieldEnv: "1", FieldGPUs: "1 x A", "zz": "v"}, "zz"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			field, _, _, differs := DiffIdentity(a, tc.b)
+			field, _, _, differs := Diff(a, tc.b)
 			if field != tc.field || differs != (tc.field != "") {
-				t.Fatalf("DiffIdentity = %q, %v; want %q", field, differs, tc.field)
+				t.Fatalf("Diff = %q, %v; want %q", field, differs, tc.field)
 			}
 		})
 	}

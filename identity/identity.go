@@ -1,4 +1,8 @@
-package runtime
+// Package identity computes the key under which a container's checkpoints
+// are stored and matched: a digest of the parts of its OCI spec that the
+// frozen process image depends on, so that the same workload in another pod
+// finds the checkpoint and a different one never does.
+package identity
 
 import (
 	"crypto/sha256"
@@ -30,7 +34,7 @@ const (
 	FieldArgs = "args"
 	// FieldEnv is the process environment as a sorted JSON list of NAME=value,
 	// minus HOSTNAME and NVIDIA_VISIBLE_DEVICES (see builtinIgnoreEnv) and
-	// minus IdentityOptions.IgnoreEnv. A restored process keeps the
+	// minus Options.IgnoreEnv. A restored process keeps the
 	// environment it was checkpointed with, so it must be the one asked for.
 	FieldEnv = "env"
 	// FieldCwd is the process working directory.
@@ -42,7 +46,7 @@ const (
 	// left out because they are per-pod host paths (volumes, the sandbox's
 	// hostname and resolv.conf files). The mounts every container gets
 	// (see defaultMounts), the service account token directory and
-	// IdentityOptions.IgnoreMounts are left out too: they say nothing about
+	// Options.IgnoreMounts are left out too: they say nothing about
 	// the workload.
 	FieldMounts = "mounts"
 	// FieldGPUs is "<count> x <product>" of the GPUs the container was given,
@@ -92,17 +96,17 @@ var defaultMounts = map[string]bool{
 // below them: the projected service account token differs per pod.
 var defaultMountTrees = []string{"/var/run/secrets/kubernetes.io"}
 
-// GPUIdentity is the GPU part of an identity. The caller fills it from NVML
+// GPU is the GPU part of an identity. The caller fills it from NVML
 // for the GPUs assigned to the container, since the spec alone does not say
 // which product they are.
-type GPUIdentity struct {
+type GPU struct {
 	Product string
 	Count   int
 }
 
-// IdentityOptions are the inputs to Identity beyond the spec; they come from
+// Options are the inputs to Of beyond the spec; they come from
 // the runtime handler's configuration and the node.
-type IdentityOptions struct {
+type Options struct {
 	// IgnoreEnv names environment variables left out of the identity, for
 	// values that differ per pod without changing the workload. A name
 	// ending in "*" matches every name with that prefix.
@@ -111,15 +115,15 @@ type IdentityOptions struct {
 	// destination below them, such as the shim's control directory.
 	IgnoreMounts []string
 	// GPU is the product and count of the container's GPUs; zero without.
-	GPU GPUIdentity
+	GPU GPU
 }
 
-// Identity is the key under which a container's checkpoints are stored and
+// Of returns the key under which a container's checkpoints are stored and
 // looked up, and the fields it was computed from (for manifests and for
 // explaining mismatches). Two containers in different pods, with different
 // ids, hostnames and volume sources, have the same key when they run the
 // same workload; see the Field constants for what is compared and why.
-func Identity(spec *specs.Spec, o IdentityOptions) (key string, fields map[string]string) {
+func Of(spec *specs.Spec, o Options) (key string, fields map[string]string) {
 	fields = map[string]string{
 		FieldImage:  identityImage(spec),
 		FieldArgs:   "",
@@ -135,15 +139,15 @@ func Identity(spec *specs.Spec, o IdentityOptions) (key string, fields map[strin
 		fields[FieldCwd] = p.Cwd
 		fields[FieldUser] = identityUser(p.User)
 	}
-	return IdentityKey(fields), fields
+	return Key(fields), fields
 }
 
-// IdentityKey is the key of a set of identity fields, so that a key stored
-// in a manifest can be checked against the fields stored beside it. It is the
+// Key is the key of a set of identity fields, so that a key stored in a
+// manifest can be checked against the fields stored beside it. It is the
 // hex SHA-256 of a version line followed by one JSON [name, value] line per
 // field: the known fields in their fixed order (missing ones as empty), then
 // any unknown fields sorted by name.
-func IdentityKey(fields map[string]string) string {
+func Key(fields map[string]string) string {
 	h := sha256.New()
 	fmt.Fprintln(h, identityVersion)
 	for _, name := range fieldOrder(fields, nil) {
@@ -154,10 +158,10 @@ func IdentityKey(fields map[string]string) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// DiffIdentity names the first field, in the fixed order, whose value differs
+// Diff names the first field, in the fixed order, whose value differs
 // between two identities, so that "no checkpoint matched" can say why. A field
 // missing on one side counts as empty.
-func DiffIdentity(a, b map[string]string) (field, aValue, bValue string, differs bool) {
+func Diff(a, b map[string]string) (field, aValue, bValue string, differs bool) {
 	for _, name := range fieldOrder(a, b) {
 		if a[name] != b[name] {
 			return name, a[name], b[name], true
@@ -252,7 +256,7 @@ func underAny(p string, dirs []string) bool {
 	return false
 }
 
-func identityGPUs(g GPUIdentity) string {
+func identityGPUs(g GPU) string {
 	if g.Count <= 0 {
 		return ""
 	}

@@ -1,4 +1,4 @@
-package runtime
+package rootfs
 
 import (
 	"archive/tar"
@@ -9,10 +9,10 @@ import (
 	"testing"
 )
 
-// FuzzApplyRootfsDiff: whatever rootfs-diff.tar and deleted.files hold,
+// FuzzApplyDiff: whatever rootfs-diff.tar and deleted.files hold,
 // applying them never writes outside the rootfs (a sentinel file beside it
 // must survive, and nothing may appear next to it).
-func FuzzApplyRootfsDiff(f *testing.F) {
+func FuzzApplyDiff(f *testing.F) {
 	f.Add(makeTar(f, entry{name: "etc/app.conf", typ: tar.TypeReg, data: "x"}), []byte(`["/tmp/gone"]`))
 	f.Add(makeTar(f, entry{name: "../escape", typ: tar.TypeReg, data: "x"}), []byte(`[]`))
 	f.Add(makeTar(f, entry{name: "link", typ: tar.TypeSymlink, link: "/"}, entry{name: "link/etc/x", typ: tar.TypeReg, data: "x"}), []byte(`null`))
@@ -23,9 +23,9 @@ func FuzzApplyRootfsDiff(f *testing.F) {
 		must(t, os.MkdirAll(src, 0o700))
 		must(t, os.MkdirAll(filepath.Join(rootfs, "tmp"), 0o755))
 		must(t, os.WriteFile(filepath.Join(dir, "sentinel"), []byte("keep"), 0o644))
-		must(t, os.WriteFile(filepath.Join(src, RootfsDiffFile), archive, 0o600))
+		must(t, os.WriteFile(filepath.Join(src, DiffFile), archive, 0o600))
 		must(t, os.WriteFile(filepath.Join(src, DeletedFilesFile), deleted, 0o600))
-		ApplyRootfsDiff(src, rootfs) // errors are fine; escapes are not
+		ApplyDiff(src, rootfs) // errors are fine; escapes are not
 		if data, err := os.ReadFile(filepath.Join(dir, "sentinel")); err != nil || string(data) != "keep" {
 			t.Fatalf("sentinel outside the rootfs changed: %q, %v", data, err)
 		}
