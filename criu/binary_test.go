@@ -2,7 +2,6 @@ package criu
 
 import (
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -57,7 +56,7 @@ func answering(t *testing.T, resp *rpc.CriuResp) string {
 	}
 	var octal strings.Builder
 	for _, c := range b {
-		fmt.Fprintf(&octal, "\\%03o", c)
+		octal.Write([]byte{'\\', '0' + c>>6, '0' + c>>3&7, '0' + c&7})
 	}
 	return "printf '" + octal.String() + "' >&3"
 }

@@ -1,7 +1,6 @@
 package cgroupfs
 
 import (
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -73,7 +72,8 @@ func TestKillAndRemove(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create cgroups")
 	}
-	rel := fmt.Sprintf("/cgroupfs-test-%d", os.Getpid())
+	// Unique on this machine: the test's temporary directory's name.
+	rel := "/cgroupfs-" + filepath.Base(filepath.Dir(t.TempDir()))
 	c, err := Open(rel)
 	if err != nil {
 		t.Fatal(err)
