@@ -5,11 +5,17 @@ package criu
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"strings"
+	"time"
+
+	"github.com/checkpoint-restore/go-criu/v7/rpc"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/gpusnap/containerd-shim-snapshot-v2/internal/reaped"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
@@ -43,52 +49,79 @@ func Find(path string) (string, error) {
 // Version returns the version of the CRIU at bin, e.g. "4.2.1". If it is
 // older than MinVersion the error wraps ErrTooOld and the version is still
 // returned, so a diagnostic can show it.
+//
+// It asks CRIU itself over its RPC (`criu swrk`, messages from go-criu's
+// rpc package), the interface runc drives CRIU through and reads the
+// version from before a checkpoint: numbers rather than text to parse, and
+// a CRIU that cannot answer there cannot serve runc either. go-criu's own
+// client (Criu.GetCriuVersion) is not used: it waits for CRIU with
+// exec.Cmd.Wait, which races with the shim's reaper (see internal/reaped),
+// and it reports a git build as the next minor release, which would change
+// the version a checkpoint's fingerprint records.
 func Version(bin string) (string, error) {
-	out, err := reaped.Output(exec.Command(bin, "--version"))
+	v, err := rpcVersion(bin)
 	if err != nil {
-		return "", fmt.Errorf("%s --version: %w", bin, err)
-	}
-	v, err := parseVersion(string(out))
-	if err != nil {
-		return "", fmt.Errorf("%s --version: %w", bin, err)
+		return "", fmt.Errorf("%s swrk, version request: %w", bin, err)
 	}
 	return v, checkVersion(bin, v)
 }
 
-// parseVersion reads the output of `criu --version`:
-//
-//	Version: 4.2.1
-//	GitID: v4.2.1-12-gabcdef
-//
-// The Version line wins; a build that prints only a GitID is read from its
-// tag.
-func parseVersion(out string) (string, error) {
-	var fromGit string
-	for line := range strings.Lines(out) {
-		key, val, ok := strings.Cut(line, ":")
-		fields := strings.Fields(val)
-		if !ok || len(fields) == 0 {
-			continue
-		}
-		switch strings.ToLower(strings.TrimSpace(key)) {
-		case "version":
-			if v := fields[0]; startsWithDigit(v) {
-				return v, nil
-			}
-		case "gitid":
-			tag, _, _ := strings.Cut(strings.TrimPrefix(fields[0], "v"), "-")
-			if startsWithDigit(tag) && fromGit == "" {
-				fromGit = tag
-			}
-		}
-	}
-	if fromGit != "" {
-		return fromGit, nil
-	}
-	return "", fmt.Errorf("no version in output %q", strings.TrimSpace(out))
-}
+// rpcTimeout bounds one RPC exchange with CRIU.
+const rpcTimeout = 30 * time.Second
 
-func startsWithDigit(s string) bool { return s != "" && s[0] >= '0' && s[0] <= '9' }
+// rpcVersion sends CRIU one VERSION request and renders the answer as CRIU
+// prints its version: major.minor, and .sublevel when it is not zero.
+func rpcVersion(bin string) (string, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return "", fmt.Errorf("socketpair: %w", err)
+	}
+	client, server := os.NewFile(uintptr(fds[0]), "criu-rpc"), os.NewFile(uintptr(fds[1]), "criu-rpc-swrk")
+	defer client.Close()
+	req, err := proto.Marshal(&rpc.CriuReq{Type: rpc.CriuReqType_VERSION.Enum()})
+	if err != nil {
+		server.Close()
+		return "", err
+	}
+	// Queued before CRIU starts: swrk reads it first thing.
+	if _, err := client.Write(req); err != nil {
+		server.Close()
+		return "", err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "swrk", "3")
+	cmd.ExtraFiles = []*os.File{server}
+	exited := make(chan error, 1)
+	go func() {
+		_, err := reaped.Output(cmd)
+		server.Close() // now a read with no answer queued ends in EOF
+		exited <- err
+	}()
+	buf := make([]byte, 4096)
+	n, readErr := client.Read(buf)
+	client.Close() // swrk exits when its client hangs up
+	if err := <-exited; err != nil {
+		return "", err // with CRIU's standard error
+	}
+	if readErr != nil {
+		return "", fmt.Errorf("exited without answering: %w", readErr)
+	}
+	var resp rpc.CriuResp
+	if err := proto.Unmarshal(buf[:n], &resp); err != nil {
+		return "", fmt.Errorf("answer: %w", err)
+	}
+	if !resp.GetSuccess() || resp.GetType() != rpc.CriuReqType_VERSION || resp.GetVersion() == nil {
+		return "", fmt.Errorf("no version in the answer (type %v, success %v, errno %d, %s)",
+			resp.GetType(), resp.GetSuccess(), resp.GetCrErrno(), resp.GetCrErrmsg())
+	}
+	ver := resp.GetVersion()
+	v := fmt.Sprintf("%d.%d", ver.GetMajorNumber(), ver.GetMinorNumber())
+	if ver.GetSublevel() != 0 {
+		v += fmt.Sprintf(".%d", ver.GetSublevel())
+	}
+	return v, nil
+}
 
 func checkVersion(bin, v string) error {
 	if storage.CompareVersions(v, MinVersion) < 0 {
@@ -99,7 +132,10 @@ func checkVersion(bin, v string) error {
 
 // Check runs `criu check`, CRIU's own test that this kernel and these
 // privileges support checkpointing. The error carries CRIU's output, which
-// names the missing feature.
+// names the missing feature. It stays a command: over the RPC a CHECK
+// answers only yes or no (go-criu does not offer it, and its FeatureCheck
+// covers only memory tracking, lazy pages and pidfd store, none of which
+// this shim uses).
 func Check(bin string) error {
 	out, err := reaped.CombinedOutput(exec.Command(bin, "check"))
 	if err != nil {
@@ -124,7 +160,8 @@ var (
 )
 
 // HasPatch reports whether the CRIU at bin carries patch; CRIU has no
-// feature query for them. An option is looked for in `criu --help`, which
+// feature query for them, and its RPC (go-criu) sees neither command-line
+// options nor the environment. An option is looked for in `criu --help`, which
 // also answers through a wrapper script (a node whose CRIU needs its own
 // libraries); an environment variable, which no output names, in the
 // binary itself.

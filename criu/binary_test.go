@@ -7,29 +7,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-)
 
-func TestParseVersion(t *testing.T) {
-	for _, tc := range []struct {
-		name, out, want string
-	}{
-		{"release", "Version: 4.2.1\n", "4.2.1"},
-		{"with GitID", "Version: 4.1.1\nGitID: v4.1.1-3-g0123abc\n", "4.1.1"},
-		{"GitID first", "GitID: v4.2-7-gdeadbee\nVersion: 4.2\n", "4.2"},
-		{"GitID only", "GitID: v4.2.1-12-gabcdef\n", "4.2.1"},
-		{"extra spaces and CRLF", "  Version:   3.17.1  \r\n", "3.17.1"},
-		{"trailing words", "Version: 4.0 (dev)\n", "4.0"},
-		{"garbage", "criu: unknown option\n", ""},
-		{"empty", "", ""},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got, err := parseVersion(tc.out)
-			if got != tc.want || (err != nil) != (tc.want == "") {
-				t.Errorf("parseVersion(%q) = %q, %v; want %q", tc.out, got, err, tc.want)
-			}
-		})
-	}
-}
+	"github.com/checkpoint-restore/go-criu/v7/rpc"
+	"google.golang.org/protobuf/proto"
+)
 
 func TestCheckVersion(t *testing.T) {
 	for _, tc := range []struct {
@@ -65,15 +46,42 @@ func fakeCRIU(t *testing.T, script string) string {
 	return bin
 }
 
+// answering is the line of a fake CRIU's script that sends resp over
+// swrk's socket (fd 3) as one message.
+func answering(t *testing.T, resp *rpc.CriuResp) string {
+	t.Helper()
+	b, err := proto.Marshal(resp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var octal strings.Builder
+	for _, c := range b {
+		octal.Write([]byte{'\\', '0' + c>>6, '0' + c>>3&7, '0' + c&7})
+	}
+	return "printf '" + octal.String() + "' >&3"
+}
+
+func versionAnswer(major, minor, sublevel int32, gitID string) *rpc.CriuResp {
+	v := &rpc.CriuVersion{MajorNumber: proto.Int32(major), MinorNumber: proto.Int32(minor), Sublevel: proto.Int32(sublevel)}
+	if gitID != "" {
+		v.Gitid = proto.String(gitID)
+	}
+	return &rpc.CriuResp{Type: rpc.CriuReqType_VERSION.Enum(), Success: proto.Bool(true), Version: v}
+}
+
 func TestVersionRunsBinary(t *testing.T) {
+	refused := &rpc.CriuResp{Type: rpc.CriuReqType_VERSION.Enum(), Success: proto.Bool(false), CrErrmsg: proto.String("nope")}
 	for _, tc := range []struct {
 		name, script, want, errHas string
 		tooOld                     bool
 	}{
-		{"supported", `echo "Version: 4.2.1"; echo "GitID: v4.2.1"`, "4.2.1", "", false},
-		{"too old", `echo "Version: 3.17.1"`, "3.17.1", "is too old: need 4.1 or newer", true},
+		// A git build is its release, as `criu --version` prints it.
+		{"supported", answering(t, versionAnswer(4, 2, 1, "v4.2.1-12-gabcdef")), "4.2.1", "", false},
+		{"no sublevel", answering(t, versionAnswer(4, 1, 0, "")), "4.1", "", false},
+		{"too old", answering(t, versionAnswer(3, 17, 1, "")), "3.17.1", "is too old: need 4.1 or newer", true},
 		{"fails", `echo boom >&2; exit 1`, "", "boom", false},
-		{"no version", `echo hello`, "", "no version", false},
+		{"no answer", `echo "Version: 4.2.1"`, "", "exited without answering", false},
+		{"refused", answering(t, refused), "", "no version in the answer", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			bin := fakeCRIU(t, tc.script)
@@ -88,6 +96,26 @@ func TestVersionRunsBinary(t *testing.T) {
 				t.Errorf("errors.Is(%v, ErrTooOld) = %v; want %v", err, !tc.tooOld, tc.tooOld)
 			}
 		})
+	}
+}
+
+// TestVersionOfInstalledCRIU: the installed CRIU's RPC answers what its
+// --version prints, also through a wrapper script.
+func TestVersionOfInstalledCRIU(t *testing.T) {
+	bin, err := exec.LookPath("criu")
+	if err != nil {
+		t.Skip("no criu installed (make deps)")
+	}
+	out, err := exec.Command(bin, "--version").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrapper := fakeCRIU(t, "exec "+bin+` "$@"`)
+	for _, b := range []string{bin, wrapper} {
+		v, err := Version(b)
+		if err != nil || !strings.Contains(string(out), "Version: "+v+"\n") {
+			t.Errorf("Version(%s) = %q, %v; --version printed %q", b, v, err, out)
+		}
 	}
 }
 

@@ -4,7 +4,7 @@
 // day in a node-level directory. Many shim processes (one per pod) append to
 // the same files at once; gpusnap status and gpusnap metrics read them back.
 //
-// The files are the only state: counters derived from them (see Metrics)
+// The files are the only state: counters derived from them (see Collector)
 // cover the events still on disk, so they drop when the oldest day is pruned.
 package events
 

@@ -2,11 +2,12 @@ package events
 
 import (
 	"cmp"
-	"fmt"
+	"io"
 	"math"
-	"slices"
-	"strconv"
 	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/expfmt"
 )
 
 // PhaseBuckets are the upper bounds, in seconds, of the phase duration
@@ -18,7 +19,27 @@ var PhaseBuckets = []float64{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 
 // down (a counter reset, to Prometheus) when a day's file is pruned.
 const sinceNote = " since the oldest retained event (gpusnap_events_oldest_timestamp_seconds); resets when old event files are pruned."
 
-// Metrics renders evts in the Prometheus text exposition format (0.0.4):
+// The metric families, as client_golang describes them.
+var (
+	oldestDesc = prometheus.NewDesc("gpusnap_events_oldest_timestamp_seconds",
+		"Unix time of the oldest event still on disk; the counters count events since then.", nil, nil)
+	restoresDesc = prometheus.NewDesc("gpusnap_restores_total",
+		"Restore decisions (restored, cold-start fallback, failed under restore = required)"+sinceNote, []string{"outcome"}, nil)
+	checkpointsDesc = prometheus.NewDesc("gpusnap_checkpoints_total",
+		"Checkpoints published or failed"+sinceNote, []string{"outcome"}, nil)
+	fallbacksDesc = prometheus.NewDesc("gpusnap_cold_start_fallbacks_total",
+		"Containers cold-started instead of restored, by reason code"+sinceNote, []string{"reason"}, nil)
+	bytesReadDesc = prometheus.NewDesc("gpusnap_restore_bytes_read_total",
+		"Bytes of checkpoints restored"+sinceNote, nil, nil)
+	bytesWrittenDesc = prometheus.NewDesc("gpusnap_checkpoint_bytes_written_total",
+		"Bytes of checkpoints published"+sinceNote, nil, nil)
+	phaseDesc = prometheus.NewDesc("gpusnap_phase_duration_seconds",
+		"Duration of restore and checkpoint phases"+sinceNote, []string{"kind", "phase"}, nil)
+)
+
+// Collector is the node's metrics, computed from the event files at each
+// scrape rather than kept in memory: the files are the only state, written
+// by many shim processes. The families:
 //
 //	gpusnap_events_oldest_timestamp_seconds             gauge (absent without events)
 //	gpusnap_restores_total{outcome}                     counter
@@ -30,19 +51,45 @@ const sinceNote = " since the oldest retained event (gpusnap_events_oldest_times
 //
 // Every known outcome and reason code is present, zero when no event has
 // it, so rates start from zero; values seen only in the files follow. The
-// counters are "since the oldest retained event": they are computed from
-// the events given, which are those still on disk.
-func Metrics(evts []Event) string {
+// counters are "since the oldest retained event".
+type Collector struct {
+	read func() ([]Event, error)
+}
+
+// NewCollector returns a Collector that calls read at each collection.
+func NewCollector(read func() ([]Event, error)) *Collector {
+	return &Collector{read: read}
+}
+
+// Describe sends every family's description.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{oldestDesc, restoresDesc, checkpointsDesc, fallbacksDesc, bytesReadDesc, bytesWrittenDesc, phaseDesc} {
+		ch <- d
+	}
+}
+
+// Collect reads the events and sends their metrics; a read error becomes an
+// invalid metric, which fails the whole gather (a scrape answers 500 rather
+// than zeros that would look like a counter reset).
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	evts, err := c.read()
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(restoresDesc, err)
+		return
+	}
+	collect(evts, ch)
+}
+
+func collect(evts []Event, ch chan<- prometheus.Metric) {
 	var (
-		oldest        float64
-		haveOldest    bool
-		restores      = counterSet(RestoreOutcomes)
-		checkpoints   = counterSet(CheckpointOutcomes)
-		fallbacks     = counterSet(ReasonCodes)
-		bytesRead     int64
-		bytesWritten  int64
-		histograms    = map[[2]string]*histogram{}
-		histogramKeys [][2]string
+		oldest       float64
+		haveOldest   bool
+		restores     = counterSet(RestoreOutcomes)
+		checkpoints  = counterSet(CheckpointOutcomes)
+		fallbacks    = counterSet(ReasonCodes)
+		bytesRead    int64
+		bytesWritten int64
+		histograms   = map[[2]string]*histogram{}
 	)
 	for _, e := range evts {
 		if !e.Time.IsZero() {
@@ -53,13 +100,13 @@ func Metrics(evts []Event) string {
 		}
 		switch e.Kind {
 		case KindRestore:
-			restores[e.Outcome]++
+			restores[labelValue(e.Outcome)]++
 			bytesRead += e.BytesRead
 			if e.Outcome == OutcomeColdStart {
-				fallbacks[cmp.Or(e.ReasonCode, ReasonCode(e.Reason), ReasonOther)]++
+				fallbacks[labelValue(cmp.Or(e.ReasonCode, ReasonCode(e.Reason), ReasonOther))]++
 			}
 		case KindCheckpoint:
-			checkpoints[e.Outcome]++
+			checkpoints[labelValue(e.Outcome)]++
 			bytesWritten += e.BytesWritten
 		default:
 			continue
@@ -68,52 +115,51 @@ func Metrics(evts []Event) string {
 			if math.IsNaN(seconds) {
 				continue
 			}
-			key := [2]string{e.Kind, phase}
+			key := [2]string{e.Kind, labelValue(phase)}
 			h := histograms[key]
 			if h == nil {
 				h = &histogram{buckets: make([]uint64, len(PhaseBuckets))}
 				histograms[key] = h
-				histogramKeys = append(histogramKeys, key)
 			}
 			h.observe(seconds)
 		}
 	}
 
-	var b strings.Builder
-	family(&b, "gpusnap_events_oldest_timestamp_seconds", "gauge",
-		"Unix time of the oldest event still on disk; the counters count events since then.")
 	if haveOldest {
-		sample(&b, "gpusnap_events_oldest_timestamp_seconds", nil, formatFloat(oldest))
+		ch <- prometheus.MustNewConstMetric(oldestDesc, prometheus.GaugeValue, oldest)
 	}
-	counterFamily(&b, "gpusnap_restores_total", "outcome",
-		"Restore decisions (restored, cold-start fallback, failed under restore = required)"+sinceNote, restores)
-	counterFamily(&b, "gpusnap_checkpoints_total", "outcome",
-		"Checkpoints published or failed"+sinceNote, checkpoints)
-	counterFamily(&b, "gpusnap_cold_start_fallbacks_total", "reason",
-		"Containers cold-started instead of restored, by reason code"+sinceNote, fallbacks)
-	family(&b, "gpusnap_restore_bytes_read_total", "counter", "Bytes of checkpoints restored"+sinceNote)
-	sample(&b, "gpusnap_restore_bytes_read_total", nil, strconv.FormatInt(bytesRead, 10))
-	family(&b, "gpusnap_checkpoint_bytes_written_total", "counter", "Bytes of checkpoints published"+sinceNote)
-	sample(&b, "gpusnap_checkpoint_bytes_written_total", nil, strconv.FormatInt(bytesWritten, 10))
-
-	const hname = "gpusnap_phase_duration_seconds"
-	family(&b, hname, "histogram", "Duration of restore and checkpoint phases"+sinceNote)
-	slices.SortFunc(histogramKeys, func(a, b [2]string) int {
-		return cmp.Or(strings.Compare(a[0], b[0]), strings.Compare(a[1], b[1]))
-	})
-	for _, key := range histogramKeys {
-		h := histograms[key]
-		labels := []string{"kind", key[0], "phase", key[1]}
+	counters(ch, restoresDesc, restores)
+	counters(ch, checkpointsDesc, checkpoints)
+	counters(ch, fallbacksDesc, fallbacks)
+	ch <- prometheus.MustNewConstMetric(bytesReadDesc, prometheus.CounterValue, float64(bytesRead))
+	ch <- prometheus.MustNewConstMetric(bytesWrittenDesc, prometheus.CounterValue, float64(bytesWritten))
+	for key, h := range histograms {
+		buckets := make(map[float64]uint64, len(PhaseBuckets))
 		var cumulative uint64
 		for i, upper := range PhaseBuckets {
 			cumulative += h.buckets[i]
-			sample(&b, hname+"_bucket", slices.Concat(labels, []string{"le", formatFloat(upper)}), strconv.FormatUint(cumulative, 10))
+			buckets[upper] = cumulative
 		}
-		sample(&b, hname+"_bucket", slices.Concat(labels, []string{"le", "+Inf"}), strconv.FormatUint(h.count, 10))
-		sample(&b, hname+"_sum", labels, formatFloat(h.sum))
-		sample(&b, hname+"_count", labels, strconv.FormatUint(h.count, 10))
+		ch <- prometheus.MustNewConstHistogram(phaseDesc, h.count, h.sum, buckets, key[0], key[1])
 	}
-	return b.String()
+}
+
+// WriteMetrics writes the metrics of evts in the Prometheus text exposition
+// format (0.0.4), families sorted by name and series by label values.
+func WriteMetrics(w io.Writer, evts []Event) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(func() ([]Event, error) { return evts, nil }))
+	families, err := reg.Gather()
+	if err != nil {
+		return err
+	}
+	enc := expfmt.NewEncoder(w, expfmt.NewFormat(expfmt.TypeTextPlain))
+	for _, mf := range families {
+		if err := enc.Encode(mf); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // counterSet starts every known label value at zero.
@@ -125,18 +171,17 @@ func counterSet(known []string) map[string]uint64 {
 	return m
 }
 
-// counterFamily writes one counter per label value, sorted by value.
-func counterFamily(b *strings.Builder, name, label, help string, values map[string]uint64) {
-	family(b, name, "counter", help)
-	keys := make([]string, 0, len(values))
-	for k := range values {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	for _, k := range keys {
-		sample(b, name, []string{label, k}, strconv.FormatUint(values[k], 10))
+// counters sends one counter per label value.
+func counters(ch chan<- prometheus.Metric, desc *prometheus.Desc, values map[string]uint64) {
+	for k, v := range values {
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(v), k)
 	}
 }
+
+// labelValue makes a value from an event file a valid label value (the
+// format requires UTF-8, and a file may hold anything); applied before
+// counting, so two values that become the same count as one series.
+func labelValue(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
 
 type histogram struct {
 	buckets []uint64 // per bucket, not cumulative
@@ -153,53 +198,4 @@ func (h *histogram) observe(v float64) {
 			return
 		}
 	}
-}
-
-func family(b *strings.Builder, name, typ, help string) {
-	fmt.Fprintf(b, "# HELP %s %s\n# TYPE %s %s\n", name, escapeHelp(help), name, typ)
-}
-
-// sample writes one line; labels are name, value pairs.
-func sample(b *strings.Builder, name string, labels []string, value string) {
-	b.WriteString(name)
-	if len(labels) > 0 {
-		b.WriteByte('{')
-		for i := 0; i < len(labels); i += 2 {
-			if i > 0 {
-				b.WriteByte(',')
-			}
-			b.WriteString(labels[i])
-			b.WriteString(`="`)
-			b.WriteString(EscapeLabelValue(labels[i+1]))
-			b.WriteByte('"')
-		}
-		b.WriteByte('}')
-	}
-	b.WriteByte(' ')
-	b.WriteString(value)
-	b.WriteByte('\n')
-}
-
-var (
-	labelEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
-	helpEscaper  = strings.NewReplacer(`\`, `\\`, "\n", `\n`)
-)
-
-// EscapeLabelValue escapes a label value for the text format: backslash,
-// double quote and line feed.
-func EscapeLabelValue(s string) string { return labelEscaper.Replace(s) }
-
-func escapeHelp(s string) string { return helpEscaper.Replace(s) }
-
-// formatFloat writes a sample value as the text format expects.
-func formatFloat(v float64) string {
-	switch {
-	case math.IsInf(v, 1):
-		return "+Inf"
-	case math.IsInf(v, -1):
-		return "-Inf"
-	case math.IsNaN(v):
-		return "NaN"
-	}
-	return strconv.FormatFloat(v, 'f', -1, 64)
 }

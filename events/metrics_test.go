@@ -1,6 +1,8 @@
 package events
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -8,6 +10,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // series is one parsed sample line.
@@ -40,9 +46,13 @@ type exposition struct {
 // parseExposition parses the text format strictly enough to catch
 // malformed output: every sample belongs to a family announced by HELP and
 // TYPE before it, label values are quoted with only \\, \" and \n escapes,
-// and no series appears twice.
+// and no series appears twice. Prometheus' own parser must accept it too.
 func parseExposition(t *testing.T, text string) exposition {
 	t.Helper()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	if _, err := parser.TextToMetricFamilies(strings.NewReader(text)); err != nil {
+		t.Fatalf("Prometheus' parser: %v\n%s", err, text)
+	}
 	x := exposition{help: map[string]string{}, typ: map[string]string{}, samples: map[string]float64{}}
 	if !strings.HasSuffix(text, "\n") {
 		t.Fatalf("exposition does not end in a newline")
@@ -208,7 +218,7 @@ func TestMetrics(t *testing.T) {
 		// A kind this build does not know counts nowhere.
 		{Time: base.Add(7 * time.Minute), Kind: "migration", Outcome: "done", BytesRead: 7, Phases: map[string]float64{"x": 1}},
 	}
-	text := Metrics(evts)
+	text := render(t, evts)
 	x := parseExposition(t, text)
 	checkHistograms(t, x)
 
@@ -297,7 +307,6 @@ func TestMetrics(t *testing.T) {
 	for _, line := range []string{
 		`gpusnap_phase_duration_seconds_count{kind="checkpoint",phase="we\"ird\nphase\\"} 1`,
 		`gpusnap_phase_duration_seconds_bucket{kind="restore",phase="lookup",le="0.01"} 1`,
-		`gpusnap_events_oldest_timestamp_seconds 1795770000`,
 		`gpusnap_restores_total{outcome="cold-start"} 3`,
 		"# TYPE gpusnap_phase_duration_seconds histogram",
 	} {
@@ -310,14 +319,21 @@ func TestMetrics(t *testing.T) {
 	}
 }
 
+// render is WriteMetrics' output.
+func render(t *testing.T, evts []Event) string {
+	t.Helper()
+	var b bytes.Buffer
+	if err := WriteMetrics(&b, evts); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
 func TestMetricsEmpty(t *testing.T) {
-	text := Metrics(nil)
+	text := render(t, nil)
 	x := parseExposition(t, text)
 	if _, ok := x.samples[seriesKey("gpusnap_events_oldest_timestamp_seconds", nil)]; ok {
 		t.Error("an oldest event timestamp without events")
-	}
-	if x.typ["gpusnap_phase_duration_seconds"] != "histogram" {
-		t.Error("no histogram family")
 	}
 	// Every known outcome and reason is there, at zero.
 	if n := len(x.samples); n != 3+2+len(ReasonCodes)+2 {
@@ -330,8 +346,36 @@ func TestMetricsEmpty(t *testing.T) {
 	}
 }
 
-func TestEscapeLabelValue(t *testing.T) {
-	if got, want := EscapeLabelValue("a\\b\"c\nd"), `a\\b\"c\nd`; got != want {
-		t.Errorf("EscapeLabelValue = %s, want %s", got, want)
+// Label values from the files that are not UTF-8 are made valid before
+// counting, so two that become the same are one series, not a failed scrape.
+func TestMetricsInvalidUTF8(t *testing.T) {
+	evts := []Event{
+		{Kind: KindRestore, Outcome: "odd\xff", Phases: map[string]float64{"a\xff": 1}},
+		{Kind: KindRestore, Outcome: "odd\xfe", Phases: map[string]float64{"a\xfe": 2}},
+	}
+	x := parseExposition(t, render(t, evts))
+	if got := x.samples[seriesKey("gpusnap_restores_total", map[string]string{"outcome": "odd\uFFFD"})]; got != 2 {
+		t.Errorf("outcome odd\\uFFFD = %v, want 2", got)
+	}
+	if got := x.samples[seriesKey("gpusnap_phase_duration_seconds_count", map[string]string{"kind": "restore", "phase": "a\uFFFD"})]; got != 2 {
+		t.Errorf("phase a\\uFFFD count = %v, want 2", got)
+	}
+}
+
+// A collector whose files cannot be read fails the gather instead of
+// reporting zeros (which Prometheus would take for a counter reset).
+func TestCollectorReadError(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(NewCollector(func() ([]Event, error) { return nil, errors.New("disk on fire") }))
+	if _, err := reg.Gather(); err == nil || !strings.Contains(err.Error(), "disk on fire") {
+		t.Errorf("Gather: %v, want the read error", err)
+	}
+	// And a working one is consistent with its descriptions.
+	reg = prometheus.NewPedanticRegistry()
+	reg.MustRegister(NewCollector(func() ([]Event, error) {
+		return []Event{{Kind: KindRestore, Outcome: OutcomeRestored, Time: time.Now()}}, nil
+	}))
+	if _, err := reg.Gather(); err != nil {
+		t.Errorf("Gather: %v", err)
 	}
 }

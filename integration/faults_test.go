@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/checkpoint-restore/go-criu/v7/rpc"
+	"google.golang.org/protobuf/proto"
+
 	"github.com/gpusnap/containerd-shim-snapshot-v2/containerdconfig"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/testbed"
 )
@@ -119,8 +122,15 @@ func TestStoreRemovedMidRestore(t *testing.T) {
 func TestCRIUMissingOrTooOld(t *testing.T) {
 	opts, store := handlerOptions(t, "")
 	checkpointWarm(t, "rfault-criu-src", opts, store)
+	// A CRIU 3.17 as the shim sees it: the answer of `criu swrk` to a
+	// version request, sent as one message on the RPC socket (fd 3).
+	answer, err := proto.Marshal(&rpc.CriuResp{Type: rpc.CriuReqType_VERSION.Enum(), Success: proto.Bool(true),
+		Version: &rpc.CriuVersion{MajorNumber: proto.Int32(3), MinorNumber: proto.Int32(17)}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	old := filepath.Join(t.TempDir(), "criu")
-	if err := os.WriteFile(old, []byte("#!/bin/sh\necho 'Version: 3.17'\n"), 0o755); err != nil {
+	if err := os.WriteFile(old, fmt.Appendf(nil, "#!/bin/sh\nprintf '%s' >&3\n", octal(answer)), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct{ name, criu, want string }{
@@ -150,6 +160,15 @@ func TestCRIUMissingOrTooOld(t *testing.T) {
 			}
 		})
 	}
+}
+
+// octal writes b as printf's \NNN escapes.
+func octal(b []byte) string {
+	var s strings.Builder
+	for _, c := range b {
+		fmt.Fprintf(&s, "\\%03o", c)
+	}
+	return s.String()
 }
 
 // withBedFile creates one of the bed's fault-injection files for the

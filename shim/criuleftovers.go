@@ -32,12 +32,12 @@ import (
 func removeCRIULeftovers(ctx context.Context, c *container) error {
 	var errs []error
 	if c.spec != nil && c.spec.Linux != nil && c.spec.Linux.CgroupsPath != "" {
-		rel, err := cgroupfs.Resolve(c.spec.Linux.CgroupsPath)
+		cg, err := cgroupfs.Open(c.spec.Linux.CgroupsPath)
 		if err == nil {
-			if pids := cgroupfs.Pids(rel); len(pids) > 0 {
+			if pids := cg.Pids(); len(pids) > 0 {
 				log.G(ctx).WithField("id", c.id).WithField("pids", pids).Warn("snapshot: killing processes a failed restore left in the container's cgroup")
 			}
-			err = cgroupfs.KillAndRemove(rel, 10*time.Second)
+			err = cg.KillAndRemove(10 * time.Second)
 		}
 		errs = append(errs, err)
 	}

@@ -12,6 +12,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/gpusnap/containerd-shim-snapshot-v2/events"
 )
 
@@ -34,9 +37,6 @@ func eventsDirFlag(fs *flag.FlagSet) *string {
 	return fs.String("events-dir", events.DefaultDir, "the shim's events `DIR`")
 }
 
-// metricsContentType is the text exposition format's.
-const metricsContentType = "text/plain; version=0.0.4; charset=utf-8"
-
 func runMetrics(e *env, args []string, dir, listen string) int {
 	if len(args) > 0 {
 		return e.usageErrorf("takes no arguments, got %q", args)
@@ -54,14 +54,15 @@ func runMetrics(e *env, args []string, dir, listen string) int {
 	if !exists(dir) {
 		fmt.Fprintf(e.stderr, "gpusnap metrics: %s does not exist: no events recorded yet\n", dir)
 	}
-	if _, err := fmt.Fprint(e.stdout, events.Metrics(evts)); err != nil {
+	if err := events.WriteMetrics(e.stdout, evts); err != nil {
 		return e.errorf("write output: %v", err)
 	}
 	return exitOK
 }
 
-// serveMetrics serves /metrics, read from the event files at each scrape,
-// and /healthz until SIGTERM or SIGINT.
+// serveMetrics serves /metrics, read from the event files at each scrape
+// (promhttp negotiates the format: text, or protobuf for a scraper that
+// asks), and /healthz until SIGTERM or SIGINT.
 func serveMetrics(e *env, dir, addr string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
@@ -70,15 +71,9 @@ func serveMetrics(e *env, dir, addr string) int {
 		return e.errorf("%v", err)
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
-		evts, err := events.Read(dir, time.Time{})
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		w.Header().Set("Content-Type", metricsContentType)
-		fmt.Fprint(w, events.Metrics(evts))
-	})
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(events.NewCollector(func() ([]events.Event, error) { return events.Read(dir, time.Time{}) }))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.HTTPErrorOnError}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})

@@ -4,37 +4,93 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
+
+// samples parses a text exposition with Prometheus' own parser into
+// `name{label="value",...}` (labels sorted, le as written) -> value.
+func samples(t *testing.T, text string) map[string]float64 {
+	t.Helper()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(strings.NewReader(text))
+	if err != nil {
+		t.Fatalf("not the text format: %v\n%s", err, text)
+	}
+	out := map[string]float64{}
+	add := func(name string, labels []string, v float64) {
+		slices.Sort(labels)
+		out[name+"{"+strings.Join(labels, ",")+"}"] = v
+	}
+	for name, mf := range families {
+		for _, m := range mf.GetMetric() {
+			var labels []string
+			for _, lp := range m.GetLabel() {
+				labels = append(labels, fmt.Sprintf("%s=%q", lp.GetName(), lp.GetValue()))
+			}
+			switch {
+			case m.Counter != nil:
+				add(name, labels, m.GetCounter().GetValue())
+			case m.Gauge != nil:
+				add(name, labels, m.GetGauge().GetValue())
+			case m.Histogram != nil:
+				h := m.GetHistogram()
+				for _, b := range h.GetBucket() {
+					add(name+"_bucket", append(slices.Clone(labels), fmt.Sprintf("le=%q", fmt.Sprint(b.GetUpperBound()))), float64(b.GetCumulativeCount()))
+				}
+				add(name+"_count", labels, float64(h.GetSampleCount()))
+				add(name+"_sum", labels, h.GetSampleSum())
+			}
+		}
+	}
+	return out
+}
+
+// hasSamples fails unless every want series has its value.
+func hasSamples(t *testing.T, what, text string, want map[string]float64) {
+	t.Helper()
+	got := samples(t, text)
+	for k, v := range want {
+		if g, ok := got[k]; !ok || g != v {
+			t.Errorf("%s: %s = %v (present %v), want %v", what, k, g, ok, v)
+		}
+	}
+}
 
 func TestMetricsCommand(t *testing.T) {
 	dir := newEventsDir(t)
 	out, _ := mustRun(t, exitOK, "metrics", "--events-dir", dir)
-	contains(t, "metrics", out,
-		"# TYPE gpusnap_restores_total counter\n",
-		"\ngpusnap_restores_total{outcome=\"restored\"} 1\n",
-		"\ngpusnap_restores_total{outcome=\"cold-start\"} 1\n",
-		"\ngpusnap_restores_total{outcome=\"failed\"} 1\n",
-		"\ngpusnap_checkpoints_total{outcome=\"checkpointed\"} 1\n",
-		"\ngpusnap_cold_start_fallbacks_total{reason=\"node-mismatch\"} 1\n",
-		"\ngpusnap_restore_bytes_read_total 3221225472\n",
-		"\ngpusnap_checkpoint_bytes_written_total 3221225472\n",
-		fmt.Sprintf("\ngpusnap_events_oldest_timestamp_seconds %d\n", eventsNow.Add(-48*time.Hour).Unix()),
-		"\ngpusnap_phase_duration_seconds_bucket{kind=\"restore\",phase=\"criu_restore\",le=\"1\"} 1\n",
-		"\ngpusnap_phase_duration_seconds_bucket{kind=\"restore\",phase=\"criu_restore\",le=\"5\"} 2\n",
-		"\ngpusnap_phase_duration_seconds_count{kind=\"checkpoint\",phase=\"criu_dump\"} 1\n")
+	contains(t, "metrics", out, "# TYPE gpusnap_restores_total counter\n")
+	hasSamples(t, "metrics", out, map[string]float64{
+		`gpusnap_restores_total{outcome="restored"}`:                                        1,
+		`gpusnap_restores_total{outcome="cold-start"}`:                                      1,
+		`gpusnap_restores_total{outcome="failed"}`:                                          1,
+		`gpusnap_checkpoints_total{outcome="checkpointed"}`:                                 1,
+		`gpusnap_cold_start_fallbacks_total{reason="node-mismatch"}`:                        1,
+		`gpusnap_restore_bytes_read_total{}`:                                                3221225472,
+		`gpusnap_checkpoint_bytes_written_total{}`:                                          3221225472,
+		`gpusnap_events_oldest_timestamp_seconds{}`:                                         float64(eventsNow.Add(-48 * time.Hour).Unix()),
+		`gpusnap_phase_duration_seconds_bucket{kind="restore",le="1",phase="criu_restore"}`: 1,
+		`gpusnap_phase_duration_seconds_bucket{kind="restore",le="5",phase="criu_restore"}`: 2,
+		`gpusnap_phase_duration_seconds_count{kind="checkpoint",phase="criu_dump"}`:         1,
+	})
 
 	// A node where the shim recorded nothing yet: zeros, and a note.
 	missing := filepath.Join(dir, "none")
 	out, errOut := mustRun(t, exitOK, "metrics", "--events-dir", missing)
-	contains(t, "metrics", out, "\ngpusnap_restores_total{outcome=\"restored\"} 0\n")
+	hasSamples(t, "metrics", out, map[string]float64{`gpusnap_restores_total{outcome="restored"}`: 0})
 	contains(t, "stderr", errOut, missing+" does not exist")
 
 	mustRun(t, exitUsage, "metrics", "--events-dir", dir, "--json")
@@ -105,11 +161,14 @@ func TestMetricsListen(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != metricsContentType {
+	media, params, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	if resp.StatusCode != http.StatusOK || media != "text/plain" || params["version"] != "0.0.4" {
 		t.Errorf("GET /metrics: %s, Content-Type %q", resp.Status, resp.Header.Get("Content-Type"))
 	}
-	contains(t, "/metrics", string(body), "\ngpusnap_restores_total{outcome=\"restored\"} 1\n",
-		"\ngpusnap_cold_start_fallbacks_total{reason=\"node-mismatch\"} 1\n")
+	hasSamples(t, "/metrics", string(body), map[string]float64{
+		`gpusnap_restores_total{outcome="restored"}`:                 1,
+		`gpusnap_cold_start_fallbacks_total{reason="node-mismatch"}`: 1,
+	})
 
 	resp, err = http.Get(m[1] + "/healthz")
 	if err != nil {

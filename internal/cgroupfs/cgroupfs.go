@@ -1,115 +1,76 @@
-// Package cgroupfs empties and removes a container's cgroup directly through
-// the cgroup file system, for the one case runc cannot: processes that a
-// CRIU killed mid-restore had already restored into the container's cgroup.
-// runc has no state for them (its restore failed), yet its next create in
-// that cgroup fails with "container's cgroup is not empty".
+// Package cgroupfs empties and removes a container's cgroup, for the one case
+// runc cannot: processes that a CRIU killed mid-restore had already restored
+// into the container's cgroup. runc has no state for them (its restore
+// failed), yet its next create in that cgroup fails with "container's cgroup
+// is not empty".
+//
+// Finding the cgroup, listing its processes, thawing and removing it are
+// runc's own cgroup code (github.com/opencontainers/cgroups), so this acts
+// on exactly the directories runc made: a systemd "slice:prefix:name" is
+// expanded as runc's systemd driver does, a relative path lies under the
+// shim's own cgroup (the runc it starts inherits it), and every v1
+// hierarchy, the hybrid unified one, or the v2 tree is covered. What stays
+// here is what that library has no call for: sending the processes SIGKILL
+// (runc does that in libcontainer, unexported) and waiting until the cgroup
+// is empty before removing it.
 package cgroupfs
 
 import (
 	"errors"
 	"fmt"
-	"os"
+	"io/fs"
 	"path/filepath"
-	"strconv"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/opencontainers/cgroups"
+	cgroupsfs "github.com/opencontainers/cgroups/fs"
+	"github.com/opencontainers/cgroups/manager"
+	"github.com/opencontainers/cgroups/systemd"
 )
 
-// Root is where the cgroup hierarchies are mounted.
-var Root = "/sys/fs/cgroup"
+// Cgroup is a container's cgroup, as runc placed it.
+type Cgroup struct {
+	path string // the spec's cgroupsPath, for messages
+	m    cgroups.Manager
+}
 
-// Resolve turns an OCI spec's linux.cgroupsPath into the cgroup's path
-// relative to each hierarchy's root, the way runc does: a plain path as it
-// is, and systemd's "slice:prefix:name" as <expanded slice>/<prefix>-<name>.scope.
-func Resolve(cgroupsPath string) (string, error) {
-	parts := strings.Split(cgroupsPath, ":")
-	if len(parts) != 3 {
-		if cgroupsPath == "" || strings.Contains(cgroupsPath, "..") {
-			return "", fmt.Errorf("cgroupsPath %q: not a usable cgroup path", cgroupsPath)
-		}
-		return filepath.Clean("/" + cgroupsPath), nil
+// Open finds the cgroup that runc made for an OCI spec's linux.cgroupsPath.
+// A "slice:prefix:name" path is a systemd unit when systemd runs this node
+// (runc's systemd driver would have refused it otherwise; without systemd,
+// runc takes it as a plain path, and so does Open).
+func Open(cgroupsPath string) (*Cgroup, error) {
+	if cgroupsPath == "" {
+		return nil, errors.New("no cgroupsPath: not a usable cgroup path")
 	}
-	slice, prefix, name := parts[0], parts[1], parts[2]
-	if slice == "" {
-		slice = "system.slice"
+	cg := &cgroups.Cgroup{Resources: &cgroups.Resources{}}
+	if parts := strings.Split(cgroupsPath, ":"); len(parts) == 3 && systemd.IsRunningSystemd() {
+		cg.Systemd = true
+		cg.Parent, cg.ScopePrefix, cg.Name = parts[0], parts[1], parts[2]
+	} else {
+		cg.Path = cgroupsPath
 	}
-	dir, err := expandSlice(slice)
+	m, err := manager.New(cg)
 	if err != nil {
-		return "", fmt.Errorf("cgroupsPath %q: %w", cgroupsPath, err)
+		return nil, fmt.Errorf("cgroupsPath %q: %w", cgroupsPath, err)
 	}
-	unit := name
-	if !strings.HasSuffix(name, ".slice") {
-		if prefix != "" {
-			unit = prefix + "-" + name
-		}
-		unit += ".scope"
-	}
-	if strings.Contains(unit, "/") || name == "" {
-		return "", fmt.Errorf("cgroupsPath %q: invalid unit name", cgroupsPath)
-	}
-	return filepath.Join(dir, unit), nil
+	return &Cgroup{path: cgroupsPath, m: m}, nil
 }
 
-// expandSlice turns a systemd slice name into its path: a-b-c.slice lives
-// at /a.slice/a-b.slice/a-b-c.slice.
-func expandSlice(slice string) (string, error) {
-	name, ok := strings.CutSuffix(slice, ".slice")
-	if !ok || name == "" || strings.Contains(name, "/") {
-		return "", fmt.Errorf("invalid slice name %q", slice)
-	}
-	if name == "-" {
-		return "/", nil
-	}
-	var path, prefix string
-	for _, part := range strings.Split(name, "-") {
-		if part == "" {
-			return "", fmt.Errorf("invalid slice name %q", slice)
-		}
-		path += "/" + prefix + part + ".slice"
-		prefix += part + "-"
-	}
-	return path, nil
-}
+// Paths are the cgroup's directories, by controller ("" for the unified
+// hierarchy).
+func (c *Cgroup) Paths() map[string]string { return c.m.GetPaths() }
 
-// Dirs lists the directories of the cgroup rel in every mounted hierarchy
-// (the unified one, or each v1 controller), deepest descendants first.
-func Dirs(rel string) []string {
-	var dirs []string
-	candidates := []string{filepath.Join(Root, rel)}
-	hierarchies, _ := filepath.Glob(filepath.Join(Root, "*"))
-	for _, h := range hierarchies {
-		if fi, err := os.Lstat(h); err == nil && fi.IsDir() {
-			candidates = append(candidates, filepath.Join(h, rel))
-		}
-	}
-	for _, top := range candidates {
-		if _, err := os.Stat(filepath.Join(top, "cgroup.procs")); err != nil {
-			continue
-		}
-		var tree []string
-		filepath.WalkDir(top, func(p string, d os.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				tree = append(tree, p)
-			}
-			return nil
-		})
-		for i := len(tree) - 1; i >= 0; i-- {
-			dirs = append(dirs, tree[i])
-		}
-	}
-	return dirs
-}
-
-// Pids lists the processes in the cgroup rel and its descendants.
-func Pids(rel string) []int {
-	seen := map[int]bool{}
+// Pids lists the processes in the cgroup and its descendants, in every
+// hierarchy (a process CRIU restored into only some of them counts too).
+func (c *Cgroup) Pids() []int {
 	var pids []int
-	for _, d := range Dirs(rel) {
-		data, _ := os.ReadFile(filepath.Join(d, "cgroup.procs"))
-		for _, f := range strings.Fields(string(data)) {
-			if pid, err := strconv.Atoi(f); err == nil && !seen[pid] {
-				seen[pid] = true
+	for _, dir := range c.m.GetPaths() {
+		found, _ := cgroups.GetAllPids(dir) // an absent cgroup holds none
+		for _, pid := range found {
+			if !slices.Contains(pids, pid) {
 				pids = append(pids, pid)
 			}
 		}
@@ -117,42 +78,45 @@ func Pids(rel string) []int {
 	return pids
 }
 
-// KillAndRemove kills every process in the cgroup rel with SIGKILL, waits
-// until the cgroup is empty, and removes its directories in every
-// hierarchy. A cgroup that does not exist is no error.
-func KillAndRemove(rel string, within time.Duration) error {
+// KillAndRemove kills every process in the cgroup with SIGKILL, waits until
+// the cgroup is empty, and removes its directories in every hierarchy. A
+// cgroup that does not exist is no error.
+func (c *Cgroup) KillAndRemove(within time.Duration) error {
 	deadline := time.Now().Add(within)
 	for {
-		pids := Pids(rel)
+		pids := c.Pids()
 		if len(pids) == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("cgroup %s still holds processes %v after %s", rel, pids, within)
+			return fmt.Errorf("cgroup %s still holds processes %v after %s", c.path, pids, within)
 		}
-		thaw(rel) // a frozen process cannot die
+		c.thaw() // a process frozen by the v1 freezer cannot die
 		for _, pid := range pids {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	var errs []error
-	for _, d := range Dirs(rel) {
-		if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, err)
-		}
+	if err := c.m.Destroy(); err != nil {
+		return fmt.Errorf("removing cgroup %s: %w", c.path, err)
 	}
-	return errors.Join(errs...)
+	return nil
 }
 
-// thaw lifts a freeze of the cgroup rel (v1 freezer or v2 cgroup.freeze).
-func thaw(rel string) {
-	for _, d := range Dirs(rel) {
-		if _, err := os.Stat(filepath.Join(d, "freezer.state")); err == nil {
-			os.WriteFile(filepath.Join(d, "freezer.state"), []byte("THAWED"), 0o644)
-		}
-		if _, err := os.Stat(filepath.Join(d, "cgroup.freeze")); err == nil {
-			os.WriteFile(filepath.Join(d, "cgroup.freeze"), []byte("0"), 0o644)
-		}
+// thaw lifts a freeze of the cgroup and, under the v1 freezer, of each
+// descendant frozen on its own. (A v2 freeze needs no thaw: a fatal signal
+// kills a frozen process.)
+func (c *Cgroup) thaw() {
+	c.m.Freeze(cgroups.Thawed)
+	top := c.m.Path("freezer")
+	if top == "" {
+		return
 	}
+	thawed := &cgroups.Resources{Freezer: cgroups.Thawed}
+	filepath.WalkDir(top, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() && p != top {
+			(&cgroupsfs.FreezerGroup{}).Set(p, thawed)
+		}
+		return nil
+	})
 }
