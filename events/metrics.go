@@ -56,7 +56,7 @@ func Metrics(evts []Event) string {
 			restores[e.Outcome]++
 			bytesRead += e.BytesRead
 			if e.Outcome == OutcomeColdStart {
-				fallbacks[cmp.Or(e.ReasonCode, ReasonCode(e.Reason), ReasonOther)]++
+				fallbacks[cmp.Or(e.Code(), ReasonOther)]++
 			}
 		case KindCheckpoint:
 			checkpoints[e.Outcome]++

@@ -84,11 +84,11 @@ func (s *Service) publish(ctx context.Context, c *container, dir string, gpus st
 	signer, enc := pp.signer, pp.enc
 	store, err := storage.Open(c.options.Store)
 	if err != nil {
-		return err
+		return events.Because(events.ReasonStoreError, err)
 	}
 	st, err := store.Stage()
 	if err != nil {
-		return err
+		return events.Because(events.ReasonStoreError, err)
 	}
 	defer st.Abort()
 	phase, place := "copy_images", linkOrCopy
@@ -116,7 +116,7 @@ func (s *Service) publish(ctx context.Context, c *container, dir string, gpus st
 		return nil
 	}
 	if err != nil {
-		return err
+		return events.Because(events.ReasonStoreError, err)
 	}
 	policy, err := signaturePolicy(c.options)
 	if err == nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/gpusnap/containerd-shim-snapshot-v2/crypt"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/events"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/shim/options"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
 )
@@ -27,7 +28,8 @@ func encryptionKey(o options.Options) (*crypt.Key, error) {
 	if o.EncryptionKey == "" {
 		return nil, nil
 	}
-	return storage.LoadEncryptionKey(o.EncryptionKey)
+	key, err := storage.LoadEncryptionKey(o.EncryptionKey)
+	return key, events.Because(events.ReasonKeyError, err)
 }
 
 // checkEncryption returns the key that decrypts ck, nil for a checkpoint
@@ -41,15 +43,16 @@ func checkEncryption(ck *storage.Checkpoint, o options.Options) (*crypt.Key, err
 		return nil, nil
 	}
 	if o.EncryptionKey == "" {
-		return nil, fmt.Errorf("checkpoint %s is encrypted with key %s and this handler has no encryption_key", ck.Name, e.KeyID)
+		return nil, events.Because(events.ReasonWrongKey,
+			fmt.Errorf("checkpoint %s is encrypted with key %s and this handler has no encryption_key", ck.Name, e.KeyID))
 	}
-	key, err := storage.LoadEncryptionKey(o.EncryptionKey)
+	key, err := encryptionKey(o)
 	if err != nil {
 		return nil, err
 	}
 	if key.ID != e.KeyID {
-		return nil, fmt.Errorf("checkpoint %s is encrypted with key %s, this handler's encryption_key is %s (%s)",
-			ck.Name, e.KeyID, key.ID, o.EncryptionKey)
+		return nil, events.Because(events.ReasonWrongKey, fmt.Errorf("checkpoint %s is encrypted with key %s, this handler's encryption_key is %s (%s)",
+			ck.Name, e.KeyID, key.ID, o.EncryptionKey))
 	}
 	return key, nil
 }
@@ -57,8 +60,12 @@ func checkEncryption(ck *storage.Checkpoint, o options.Options) (*crypt.Key, err
 // decryptCheckpoint decrypts every file of the planned checkpoint into its
 // plaintext directory: a fresh 0700 directory in the handler's root-only
 // decrypt_dir. The caller removes it with removePlaintext, whatever
-// happens.
+// happens. Any failure is a failed decryption.
 func decryptCheckpoint(ctx context.Context, c *container) error {
+	return events.Because(events.ReasonDecryptFailed, decryptInto(ctx, c))
+}
+
+func decryptInto(ctx context.Context, c *container) error {
 	plan := c.plan
 	base := filepath.Dir(plan.plain)
 	if err := os.MkdirAll(base, 0o700); err != nil {

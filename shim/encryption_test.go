@@ -7,7 +7,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -126,7 +125,7 @@ func TestCheckEncryption(t *testing.T) {
 			if err == nil || !strings.HasPrefix(err.Error(), tt.want) {
 				t.Fatalf("got %v\nwant %s", err, tt.want)
 			}
-			if code := events.ReasonCode("lookup: " + err.Error()); code != tt.code {
+			if code := events.CodeOf(err); code != tt.code {
 				t.Errorf("reason code %q, want %q", code, tt.code)
 			}
 		})
@@ -204,8 +203,7 @@ func TestDecryptTampered(t *testing.T) {
 	if !errors.Is(err, crypt.ErrAuth) || !strings.Contains(err.Error(), "decrypting checkpoint/pages-1.img: chunk 1 of 3") {
 		t.Fatalf("got %v, want chunk 1 of pages-1.img to fail authentication", err)
 	}
-	reason := fmt.Sprintf("restore from checkpoint %s failed: %v", ck.Name, fmt.Errorf("decrypt: %w", err))
-	if code := events.ReasonCode(reason); code != events.ReasonDecryptFailed {
+	if code := events.CodeOf(err); code != events.ReasonDecryptFailed {
 		t.Errorf("reason code %q, want %q", code, events.ReasonDecryptFailed)
 	}
 	removePlaintext(context.Background(), c)

@@ -169,7 +169,8 @@ func verifyCheckpoint(ctx context.Context, ck *storage.Checkpoint, o options.Opt
 	case errors.Is(err, storage.ErrBadSignature):
 		return err
 	}
-	return fmt.Errorf("checkpoint %s failed verification: %w", ck.Name, timeoutReason(ctx, o, err))
+	return events.Because(events.ReasonVerificationFailed,
+		fmt.Errorf("checkpoint %s failed verification: %w", ck.Name, timeoutReason(ctx, o, err)))
 }
 
 // OptOutAnnotation lets a pod (or any client) refuse a restore for its
@@ -194,8 +195,9 @@ func isSandbox(spec *specs.Spec) bool { return spec.Annotations[criContainerType
 // skipRestore records a cold start the container asked for.
 func skipRestore(ctx context.Context, c *container) {
 	reason := "the container opted out of restore (annotation " + OptOutAnnotation + " = never)"
+	code := events.ReasonOptedOut
 	log.G(ctx).WithField("id", c.id).Info("snapshot: " + reason)
-	recordEvent(ctx, c, events.Event{Kind: events.KindRestore, Outcome: events.OutcomeColdStart, Reason: reason})
+	recordEvent(ctx, c, events.Event{Kind: events.KindRestore, Outcome: events.OutcomeColdStart, Reason: reason, ReasonCode: code})
 	writeControlFile(c.controlDir, StatusFile, snapshotStatus{Decision: "cold-start", Reason: reason, At: time.Now()})
 }
 
@@ -204,7 +206,7 @@ func skipRestore(ctx context.Context, c *container) {
 func findCheckpoint(c *container) (*storage.Checkpoint, error) {
 	store, err := storage.Open(c.options.Store)
 	if err != nil {
-		return nil, err
+		return nil, events.Because(events.ReasonStoreError, err)
 	}
 	key, fields := identity(c)
 	var ck *storage.Checkpoint
@@ -220,17 +222,17 @@ func findCheckpoint(c *container) (*storage.Checkpoint, error) {
 		}
 	}
 	if err != nil {
-		return nil, err
+		return nil, events.Because(events.ReasonStoreError, err)
 	}
 	node, err := nodeFingerprint(c.options)
 	if err != nil {
 		return nil, err
 	}
 	if err := ck.Manifest.Node.Compatible(node); err != nil {
-		return nil, fmt.Errorf("checkpoint %s does not suit this node: %w", ck.Name, err)
+		return nil, events.Because(events.ReasonNodeMismatch, fmt.Errorf("checkpoint %s does not suit this node: %w", ck.Name, err))
 	}
 	if err := ck.Manifest.GPUCompatible(c.gpuNode()); err != nil {
-		return nil, fmt.Errorf("checkpoint %s does not suit this container's GPUs: %w", ck.Name, err)
+		return nil, events.Because(events.ReasonGPUMismatch, fmt.Errorf("checkpoint %s does not suit this container's GPUs: %w", ck.Name, err))
 	}
 	return ck, nil
 }
@@ -246,14 +248,15 @@ func noMatch(store *storage.Store, fields map[string]string) error {
 		}
 	}
 	if newest == nil {
-		return fmt.Errorf("store %s holds no checkpoint", store.Root)
+		return events.Because(events.ReasonNoCheckpoint, fmt.Errorf("store %s holds no checkpoint", store.Root))
 	}
-	return fmt.Errorf("no checkpoint in %s matches this container; newest: %w", store.Root, identityMismatch(newest, fields))
+	return events.Because(events.ReasonNoCheckpoint,
+		fmt.Errorf("no checkpoint in %s matches this container; newest: %w", store.Root, identityMismatch(newest, fields)))
 }
 
 func identityMismatch(ck *storage.Checkpoint, fields map[string]string) error {
 	field, had, has, _ := runtime.DiffIdentity(ck.Manifest.Identity, fields)
-	return fmt.Errorf("checkpoint %s has %s = %s, this container has %s", ck.Name, field, had, has)
+	return events.Because(events.ReasonIdentityMismatch, fmt.Errorf("checkpoint %s has %s = %s, this container has %s", ck.Name, field, had, has))
 }
 
 // identity is the container's identity key and its fields.
@@ -297,7 +300,8 @@ type snapshotStatus struct {
 // restore = required that reason becomes the container's error.
 func declineRestore(ctx context.Context, c *container, reason error, phases map[string]float64, checkpoint string) error {
 	log.G(ctx).WithField("id", c.id).WithField("reason", reason.Error()).Warn("snapshot: not restoring")
-	ev := events.Event{Kind: events.KindRestore, Outcome: events.OutcomeColdStart, Reason: reason.Error(), Checkpoint: checkpoint, Phases: phases}
+	ev := events.Event{Kind: events.KindRestore, Outcome: events.OutcomeColdStart, Reason: reason.Error(), ReasonCode: events.CodeOf(reason),
+		Checkpoint: checkpoint, Phases: phases}
 	if c.options.Restore == options.RestoreRequired {
 		ev.Outcome = events.OutcomeFailed
 		recordEvent(ctx, c, ev)
@@ -321,7 +325,8 @@ func (s *Service) startRestored(ctx context.Context, c *container, r *taskAPI.St
 	if err == nil {
 		return resp, nil
 	}
-	reason := fmt.Errorf("restore from checkpoint %s failed: %w", c.plan.checkpoint.Name, timeoutReason(rctx, c.options, err))
+	reason := events.Because(events.ReasonRestoreFailed,
+		fmt.Errorf("restore from checkpoint %s failed: %w", c.plan.checkpoint.Name, timeoutReason(rctx, c.options, err)))
 	if declined := declineRestore(ctx, c, reason, c.plan.phases, c.plan.checkpoint.Name); declined != nil {
 		return nil, declined
 	}
@@ -332,7 +337,7 @@ func (s *Service) startRestored(ctx context.Context, c *container, r *taskAPI.St
 // the reason names the setting instead of a killed runc.
 func timeoutReason(ctx context.Context, o options.Options, err error) error {
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return fmt.Errorf("restore_timeout of %s exceeded: %w", o.RestoreTimeout.Duration, err)
+		return events.Because(events.ReasonRestoreTimeout, fmt.Errorf("restore_timeout of %s exceeded: %w", o.RestoreTimeout.Duration, err))
 	}
 	return err
 }

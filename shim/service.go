@@ -199,7 +199,8 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 	resp, err := s.checkpoint(ctx, c, r, phases)
 	if err != nil {
 		if c.options.Store != "" {
-			recordEvent(ctx, c, events.Event{Kind: events.KindCheckpoint, Outcome: events.OutcomeCheckpointFailed, Reason: err.Error(), Phases: phases})
+			recordEvent(ctx, c, events.Event{Kind: events.KindCheckpoint, Outcome: events.OutcomeCheckpointFailed, Reason: err.Error(),
+				ReasonCode: events.CodeOf(err), Phases: phases})
 		}
 		return nil, errgrpc.ToGRPC(err)
 	}

@@ -69,7 +69,7 @@ func runStatus(e *env, args []string, dir, sinceFlag string) int {
 	for _, ev := range evts {
 		reason := "-"
 		if ev.Reason != "" {
-			reason = "[" + or(ev.ReasonCode, events.ReasonCode(ev.Reason)) + "] " + oneLine(ev.Reason)
+			reason = "[" + ev.Code() + "] " + oneLine(ev.Reason)
 		}
 		container := or(ev.ContainerID, "?")
 		if ev.Namespace != "" {
