@@ -59,14 +59,14 @@ func checkEncryption(ck *storage.Checkpoint, o options.Options) (*crypt.Key, err
 
 // decryptCheckpoint decrypts every file of the planned checkpoint into its
 // plaintext directory: a fresh 0700 directory in the handler's root-only
-// decrypt_dir. The caller removes it with removePlaintext, whatever
-// happens. Any failure is a failed decryption.
-func decryptCheckpoint(ctx context.Context, c *container) error {
-	return events.Because(events.ReasonDecryptFailed, decryptInto(ctx, c))
+// decrypt_dir, named in the container's bundle (plaintextMarker). The
+// caller removes it with removePlaintext, whatever happens. Any failure is
+// a failed decryption.
+func decryptCheckpoint(ctx context.Context, bundle string, plan *restorePlan) error {
+	return events.Because(events.ReasonDecryptFailed, decryptInto(ctx, bundle, plan))
 }
 
-func decryptInto(ctx context.Context, c *container) error {
-	plan := c.plan
+func decryptInto(ctx context.Context, bundle string, plan *restorePlan) error {
 	base := filepath.Dir(plan.plain)
 	if err := os.MkdirAll(base, 0o700); err != nil {
 		return err
@@ -74,7 +74,7 @@ func decryptInto(ctx context.Context, c *container) error {
 	if err := storage.CheckRootOnly(base); err != nil {
 		return fmt.Errorf("decrypt_dir: %w", err)
 	}
-	if err := os.WriteFile(filepath.Join(c.bundle, plaintextMarker), []byte(plan.plain), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(bundle, plaintextMarker), []byte(plan.plain), 0o600); err != nil {
 		return err
 	}
 	if err := os.RemoveAll(plan.plain); err != nil { // a killed shim's, for the same container
@@ -91,13 +91,13 @@ func decryptInto(ctx context.Context, c *container) error {
 }
 
 // removePlaintext removes a container's decrypted checkpoint, and then the
-// marker that pointed at it.
-func removePlaintext(ctx context.Context, c *container) {
-	if err := os.RemoveAll(c.plan.plain); err != nil {
-		log.G(ctx).WithError(err).WithField("id", c.id).Error("snapshot: removing the decrypted checkpoint")
+// marker in its bundle that pointed at it.
+func removePlaintext(ctx context.Context, id, bundle string, plan *restorePlan) {
+	if err := os.RemoveAll(plan.plain); err != nil {
+		log.G(ctx).WithError(err).WithField("id", id).Error("snapshot: removing the decrypted checkpoint")
 		return
 	}
-	os.Remove(filepath.Join(c.bundle, plaintextMarker))
+	os.Remove(filepath.Join(bundle, plaintextMarker))
 }
 
 // removePlaintextOf is removePlaintext for the out-of-process delete, which
