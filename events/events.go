@@ -60,7 +60,7 @@ type Event struct {
 	Kind    string    `json:"kind"`
 	Outcome string    `json:"outcome"`
 	// Reason is the shim's explanation of a cold start or failure, in
-	// plain words; ReasonCode its stable label (see ReasonCode).
+	// plain words; ReasonCode its stable label (see CodeOf).
 	Reason      string `json:"reason,omitempty"`
 	ReasonCode  string `json:"reason_code,omitempty"`
 	ContainerID string `json:"container_id,omitempty"`
@@ -152,8 +152,8 @@ func Record(dir string, e Event) error {
 // Record appends e as one JSON line to the file of its UTC day, creating
 // the directory (0700) and file (0600) as needed, then deletes event files
 // of days before the retention window. An event without a time gets the
-// current time, and one with a Reason but no ReasonCode gets
-// ReasonCode(Reason).
+// current time, and one with a Reason but no ReasonCode gets "other" (the
+// writer knows the cause and names it with CodeOf; the words are not parsed).
 //
 // Any number of processes may record into the same directory at once: the
 // line is appended (O_APPEND) in one write while holding an exclusive flock
@@ -171,7 +171,7 @@ func (w Writer) Record(e Event) error {
 	}
 	e.Time = e.Time.UTC()
 	if e.ReasonCode == "" && e.Reason != "" {
-		e.ReasonCode = ReasonCode(e.Reason)
+		e.ReasonCode = ReasonOther
 	}
 	line, err := json.Marshal(e) // escapes newlines in strings: always one line
 	if err != nil {

@@ -103,7 +103,7 @@ func collect(evts []Event, ch chan<- prometheus.Metric) {
 			restores[labelValue(e.Outcome)]++
 			bytesRead += e.BytesRead
 			if e.Outcome == OutcomeColdStart {
-				fallbacks[labelValue(cmp.Or(e.ReasonCode, ReasonCode(e.Reason), ReasonOther))]++
+				fallbacks[labelValue(cmp.Or(e.Code(), ReasonOther))]++
 			}
 		case KindCheckpoint:
 			checkpoints[labelValue(e.Outcome)]++

@@ -202,14 +202,14 @@ func TestMetrics(t *testing.T) {
 			Phases: map[string]float64{"lookup": 0.0078125, "criu_restore": 3.5, "cuda_restore": 1}},
 		{Time: base.Add(time.Minute), Kind: KindRestore, Outcome: OutcomeRestored, BytesRead: 500,
 			Phases: map[string]float64{"lookup": 0.25, "criu_restore": 2.5}},
-		// No code recorded: derived from the reason.
 		{Time: base.Add(2 * time.Minute), Kind: KindRestore, Outcome: OutcomeColdStart,
-			Reason: "lookup: store /s holds no checkpoint", Phases: map[string]float64{"lookup": 0.125}},
+			Reason: "lookup: store /s holds no checkpoint", ReasonCode: ReasonNoCheckpoint, Phases: map[string]float64{"lookup": 0.125}},
 		{Time: base.Add(3 * time.Minute), Kind: KindRestore, Outcome: OutcomeColdStart,
 			Reason: "whatever", ReasonCode: ReasonGPUMismatch, Phases: map[string]float64{"lookup": 0.5}},
 		{Time: base.Add(4 * time.Minute), Kind: KindRestore, Outcome: OutcomeFailed,
 			Reason: "restore from checkpoint x failed: criu_restore: killed", Phases: map[string]float64{"criu_restore": 200}},
-		{Time: base.Add(5 * time.Minute), Kind: KindRestore, Outcome: OutcomeColdStart, Reason: "totally new"},
+		// No code recorded (never by Record): other, the words are not parsed.
+		{Time: base.Add(5 * time.Minute), Kind: KindRestore, Outcome: OutcomeColdStart, Reason: "store /s holds no checkpoint"},
 		// The oldest event.
 		{Time: base.Add(-time.Hour), Kind: KindCheckpoint, Outcome: OutcomeCheckpointed, BytesWritten: 3000,
 			Phases: map[string]float64{"cuda_checkpoint": 0.5, "criu_dump": 12, "copy_images": 0.0625, "rootfs_diff": 0.01}},

@@ -1,12 +1,13 @@
 package events
 
 import (
-	"regexp"
-	"strings"
+	"errors"
+
+	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
 )
 
-// Reason codes: short, stable labels for why a restore was not done, few
-// enough to be a metrics label.
+// Reason codes: short, stable labels for why a restore was not done (or a
+// checkpoint failed), few enough to be a metrics label.
 const (
 	ReasonNoCheckpoint       = "no-checkpoint"
 	ReasonIdentityMismatch   = "identity-mismatch"
@@ -26,97 +27,81 @@ const (
 	ReasonOther              = "other"
 )
 
-// ReasonCodes are every code ReasonCode returns.
+// ReasonCodes are every code CodeOf returns, in the order CodeOf tries
+// them, "other" last.
 var ReasonCodes = []string{
-	ReasonNoCheckpoint, ReasonIdentityMismatch, ReasonNodeMismatch, ReasonGPUMismatch,
-	ReasonVerificationFailed, ReasonRestoreTimeout, ReasonRestoreFailed, ReasonStoreError, ReasonUntrustedStore,
-	ReasonUnsigned, ReasonBadSignature, ReasonKeyError, ReasonWrongKey, ReasonDecryptFailed, ReasonOptedOut, ReasonOther,
+	ReasonOptedOut, ReasonRestoreTimeout, ReasonDecryptFailed, ReasonRestoreFailed, ReasonUntrustedStore,
+	ReasonUnsigned, ReasonBadSignature, ReasonKeyError, ReasonWrongKey, ReasonVerificationFailed,
+	ReasonGPUMismatch, ReasonNodeMismatch, ReasonNoCheckpoint, ReasonIdentityMismatch, ReasonStoreError, ReasonOther,
 }
 
-// identityDiff is how the shim names a differing identity field:
-// "checkpoint <name> has <field> = <value>, this container has <value>".
-var identityDiff = regexp.MustCompile(`\bhas [^ =]+ = `)
-
-// reasonRules are tried in order; the first whose test matches wins. The
-// order puts causes before the steps they broke: restore_timeout running
-// out during verification is a timeout, not a corrupt checkpoint, and the
-// "newest: checkpoint ... has env = ..." that explains an empty lookup is
-// no checkpoint of this identity, not a mismatch of a pinned one.
-var reasonRules = []struct {
-	code string
-	test func(string) bool
-}{
-	// shim: skipRestore, the container's gpusnap.io/restore = never.
-	{ReasonOptedOut, containsAny("opted out of restore")},
-	// shim: timeoutReason, in verify or in the restore at Start.
-	{ReasonRestoreTimeout, containsAny("restore_timeout of")},
-	// shim: startRestored, the decrypt phase: "restore from checkpoint
-	// <name> failed: decrypt: decrypting <file>: chunk <i> of <n>: failed
-	// authentication ..." (or an I/O error writing decrypt_dir).
-	{ReasonDecryptFailed, containsAny("failed: decrypt: ")},
-	// shim: startRestored, "restore from checkpoint <name> failed: <phase>: ...".
-	{ReasonRestoreFailed, containsAny("restore from checkpoint")},
-	// storage.ErrUntrusted, from opening the store or from verification.
-	{ReasonUntrustedStore, containsAny("untrusted store path")},
-	// shim: verifyCheckpoint, storage.ErrUnsigned under require_signature:
-	// "checkpoint <name> is not signed and the handler requires signatures".
-	{ReasonUnsigned, containsAny("is not signed")},
-	// storage.ErrBadSignature: "signature of checkpoint <name> does not
-	// verify with any trusted key (<ids>)" or "... is malformed: ...".
-	{ReasonBadSignature, containsAny("signature of checkpoint")},
-	// storage: LoadSigningKey, LoadTrustedKeys, LoadEncryptionKey ("signing
-	// key <path>: ...", "trusted key <path>: ...", "encryption key <path>:
-	// ..."; the options make every key path absolute).
-	{ReasonKeyError, containsAny("signing key /", "trusted key /", "encryption key /")},
-	// shim: checkEncryption, "checkpoint <name> is encrypted with key <id>,
-	// this handler's encryption_key is <id> (<path>)" or "... and this
-	// handler has no encryption_key".
-	{ReasonWrongKey, containsAny("this handler's encryption_key is", "this handler has no encryption_key")},
-	// shim: planRestore's verify phase, "checkpoint <name> failed verification: ...".
-	{ReasonVerificationFailed, containsAny("failed verification", corruptText)},
-	// shim: findCheckpoint, storage.Manifest.GPUCompatible.
-	{ReasonGPUMismatch, containsAny("does not suit this container's gpus")},
-	// shim: findCheckpoint, storage.Fingerprint.Compatible.
-	{ReasonNodeMismatch, containsAny("does not suit this node")},
-	// shim: noMatch ("store <dir> holds no checkpoint", "no checkpoint in
-	// <dir> matches this container; newest: ..."); storage.ErrNotFound for
-	// a pinned checkpoint name that is not in the store.
-	{ReasonNoCheckpoint, containsAny("holds no checkpoint", "matches this container",
-		"no checkpoint of this identity", "checkpoint not found")},
-	// shim: identityMismatch, a pinned checkpoint of another identity.
-	{ReasonIdentityMismatch, identityDiff.MatchString},
-	// storage: opening, reading or publishing into the store, manifests.
-	{ReasonStoreError, containsAny("open store", "read store", "invalid manifest", "latest checkpoint",
-		"stage checkpoint", "publish")},
+// Reason marks an error with the code of the cause it stands for. The words
+// (Error) are for people and may change; the code is for machines and may
+// not. The shim marks each decline and failure where it knows the cause.
+type Reason struct {
+	Code string
+	Err  error
 }
 
-// corruptText is storage.ErrCorrupt's message, which a verification
-// failure carries.
-const corruptText = "checkpoint corrupt"
-
-func containsAny(subs ...string) func(string) bool {
-	return func(s string) bool {
-		for _, sub := range subs {
-			if strings.Contains(s, strings.ToLower(sub)) {
-				return true
-			}
-		}
-		return false
+// Because marks err with code; nil stays nil.
+func Because(code string, err error) error {
+	if err == nil {
+		return nil
 	}
+	return &Reason{Code: code, Err: err}
 }
 
-// ReasonCode classifies a reason the shim gave for not restoring (or for a
-// failed checkpoint) into one of ReasonCodes, by the wording of the shim's
-// and the store's messages; anything unrecognised is "other". "" for "".
-func ReasonCode(reason string) string {
-	if reason == "" {
+func (r *Reason) Error() string { return r.Err.Error() }
+func (r *Reason) Unwrap() error { return r.Err }
+
+// Is makes errors.Is(err, &Reason{Code: c}) true for an err that carries
+// code c anywhere in its chain.
+func (r *Reason) Is(target error) bool {
+	t, ok := target.(*Reason)
+	return ok && t.Err == nil && t.Code == r.Code
+}
+
+// storageCauses are the store's own typed errors, which carry their code
+// wherever they are wrapped.
+var storageCauses = map[string]error{
+	ReasonUntrustedStore:     storage.ErrUntrusted,
+	ReasonUnsigned:           storage.ErrUnsigned,
+	ReasonBadSignature:       storage.ErrBadSignature,
+	ReasonVerificationFailed: storage.ErrCorrupt,
+	ReasonNoCheckpoint:       storage.ErrNotFound,
+	ReasonStoreError:         storage.ErrManifest,
+}
+
+// CodeOf is the reason code of err: the first of ReasonCodes that err
+// carries, as a Reason mark or as the store's typed error. The order puts
+// causes before the steps they broke: restore_timeout running out during
+// verification is a timeout, not a failed verification; an untrusted store
+// found while verifying is an untrusted store; and a failed lookup that
+// names the newest checkpoint's differing identity is no checkpoint of this
+// identity, not a mismatch of a pinned one. An error with no known cause is
+// "other"; nil is "".
+func CodeOf(err error) string {
+	if err == nil {
 		return ""
 	}
-	r := strings.ToLower(reason)
-	for _, rule := range reasonRules {
-		if rule.test(r) {
-			return rule.code
+	for _, code := range ReasonCodes[:len(ReasonCodes)-1] {
+		if errors.Is(err, &Reason{Code: code}) {
+			return code
+		}
+		if cause, ok := storageCauses[code]; ok && errors.Is(err, cause) {
+			return code
 		}
 	}
 	return ReasonOther
+}
+
+// Code is the event's reason code: ReasonCode, or "other" for an event with
+// a Reason and no code. Record has filled ReasonCode since events were
+// first written, so only an event written by other means lacks one; its
+// text is not parsed.
+func (e Event) Code() string {
+	if e.ReasonCode == "" && e.Reason != "" {
+		return ReasonOther
+	}
+	return e.ReasonCode
 }

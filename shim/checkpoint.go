@@ -13,10 +13,12 @@ import (
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	ptypes "github.com/containerd/containerd/v2/pkg/protobuf/types"
 	"github.com/containerd/log"
 
 	"github.com/gpusnap/containerd-shim-snapshot-v2/crypt"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/events"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/phases"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/rootfs"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/shim/options"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
@@ -33,15 +35,102 @@ const specDumpFile = "spec.dump"
 // checkpoint/ directory of images, as containerd's RestoreFromPath expects.
 var restoreFiles = []string{rootfs.DiffFile, rootfs.DeletedFilesFile, rootfs.OpaqueDirsFile, specDumpFile}
 
+// checkpointReported runs the checkpoint flow for a Checkpoint RPC and,
+// when the handler names a store, reports the outcome.
+func (s *Service) checkpointReported(ctx context.Context, c *container, r *taskAPI.CheckpointTaskRequest) (*ptypes.Empty, error) {
+	times := phaseTimes{}
+	resp, pub, err := s.checkpoint(ctx, c, r, times)
+	if c.options.Store != "" {
+		reportCheckpoint(ctx, c, pub, times, err)
+	}
+	return resp, err
+}
+
+// reportCheckpoint reports a failed checkpoint, or one published to the
+// store; a checkpoint another writer published first is not reported.
+func reportCheckpoint(ctx context.Context, c *container, pub *published, times phaseTimes, err error) {
+	o := outcome{kind: events.KindCheckpoint, outcome: events.OutcomeCheckpointFailed, reason: err, phases: times}
+	if pub != nil {
+		o.checkpoint = pub.ck.Name
+	}
+	if err == nil {
+		if pub == nil {
+			return
+		}
+		o.outcome, o.bytes, o.fields = events.OutcomeCheckpointed, pub.ck.Size(), pub.fields
+	}
+	report(ctx, c, o)
+}
+
+// checkpoint runs the checkpoint flow for one of this shim's containers,
+// each phase timed into times: the prepare exchange, the GPU state to host
+// memory, CRIU's dump, the restore files, and the store. CUDA processes are
+// locked and their GPU state moved to host memory first; unless the
+// container exits with the checkpoint, the GPU state is put back afterwards,
+// also when anything failed, so the workload keeps serving.
+func (s *Service) checkpoint(ctx context.Context, c *container, r *taskAPI.CheckpointTaskRequest, times phaseTimes) (*ptypes.Empty, *published, error) {
+	pp, err := loadPublishPrereqs(c.options)
+	if err != nil {
+		return nil, nil, fmt.Errorf("checkpoint refused: %w", err)
+	}
+	wasPaused := s.paused(ctx, r.ID)
+	prepare := wantsPrepare(c)
+	if prepare {
+		defer checkpointDone(ctx, c) // after the GPU state is back
+	}
+	// The prepare exchange and the CUDA steps need the container's
+	// processes running.
+	thaw := wasPaused && (prepare || gpuDriverPresent())
+	var (
+		rollback  = noGPU
+		gpus      storage.GPUNode
+		leftovers []int
+	)
+	err = thawedFor(ctx, c, thaw, func() (err error) {
+		if prepare {
+			times.time(phases.Prepare, func() error { prepareWorkload(ctx, c); return nil })
+		}
+		return times.time(phases.CUDACheckpoint, func() (err error) {
+			rollback, gpus, leftovers, err = s.gpuCheckpoint(ctx, c)
+			return err
+		})
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	var resp *ptypes.Empty
+	err = times.time(phases.CRIUDump, func() (err error) {
+		start := time.Now()
+		if err = prepareCRIUConfigForDump(c, r, leftovers); err != nil {
+			return fmt.Errorf("writing the CRIU configuration: %w", err)
+		}
+		if resp, err = s.TTRPCTaskService.Checkpoint(ctx, r); err != nil {
+			err = explainCRIU(err, filepath.Join(c.bundle, criuDumpLog), start)
+			s.recoverFailedCheckpoint(ctx, c, wasPaused)
+		}
+		return err
+	})
+	if err == nil {
+		err = addRestoreFiles(c, r.Path, times)
+	}
+	var pub *published
+	if err == nil && c.options.Store != "" {
+		pub, err = s.publish(ctx, c, r.Path, gpus, pp, times)
+	}
+	if err != nil || !exitsAfterCheckpoint(r) {
+		if rbErr := thawedFor(ctx, c, thaw, rollback); rbErr != nil {
+			err = errors.Join(err, fmt.Errorf("putting the GPU state back: %w", rbErr))
+		}
+	}
+	return resp, pub, err
+}
+
 // addRestoreFiles writes the rootfs diff and the spec into dir, timing the
 // diff. The container is still frozen (or stopped) while this runs, so the
 // diff matches CRIU's dump.
-func addRestoreFiles(c *container, dir string, phases map[string]float64) error {
+func addRestoreFiles(c *container, dir string, times phaseTimes) error {
 	if upper, ok := upperDir(c.rootfs); ok {
-		start := time.Now()
-		err := rootfs.CaptureDiff(upper, dir)
-		phases["rootfs_diff"] = time.Since(start).Seconds()
-		if err != nil {
+		if err := times.time(phases.RootfsDiff, func() error { return rootfs.CaptureDiff(upper, dir) }); err != nil {
 			return fmt.Errorf("capturing the writable layer: %w", err)
 		}
 	}
@@ -79,33 +168,34 @@ func loadPublishPrereqs(o options.Options) (pp publishPrereqs, err error) {
 // atomically. Files are hard-linked when the store shares the file system,
 // so no bytes move; with an encryption key each file is instead encrypted
 // into the staging directory (phase "encrypt"), so the store never holds a
-// plaintext byte, not even before the rename that publishes it.
-func (s *Service) publish(ctx context.Context, c *container, dir string, gpus storage.GPUNode, pp publishPrereqs, phases map[string]float64) error {
+// plaintext byte, not even before the rename that publishes it. A
+// checkpoint of an identity another writer published first is kept as
+// theirs: no error, and nothing published.
+func (s *Service) publish(ctx context.Context, c *container, dir string, gpus storage.GPUNode, pp publishPrereqs, times phaseTimes) (*published, error) {
 	signer, enc := pp.signer, pp.enc
 	store, err := storage.Open(c.options.Store)
 	if err != nil {
-		return err
+		return nil, events.Because(events.ReasonStoreError, err)
 	}
 	st, err := store.Stage()
 	if err != nil {
-		return err
+		return nil, events.Because(events.ReasonStoreError, err)
 	}
 	defer st.Abort()
-	phase, place := "copy_images", linkOrCopy
+	phase, place := phases.CopyImages, linkOrCopy
 	if enc != nil {
-		phase, place = "encrypt", encryptInto(enc, st.Dir())
+		phase, place = phases.Encrypt, encryptInto(enc, st.Dir())
 	}
-	start := time.Now()
-	err = placeDir(dir, filepath.Join(st.Dir(), "checkpoint"), restoreFiles, place)
-	if err == nil {
-		err = placeRestoreFiles(dir, st.Dir(), place)
-	}
-	phases[phase] = time.Since(start).Seconds()
-	if err != nil {
-		return fmt.Errorf("checkpoint %s: %w", phase, err)
+	if err := times.time(phase, func() error {
+		if err := placeDir(dir, filepath.Join(st.Dir(), "checkpoint"), restoreFiles, place); err != nil {
+			return err
+		}
+		return placeRestoreFiles(dir, st.Dir(), place)
+	}); err != nil {
+		return nil, fmt.Errorf("checkpoint %s: %w", phase, err)
 	}
 	key, fields := containerIdentity(c)
-	m := &storage.Manifest{Key: key, Identity: fields, Node: pp.node, Phases: phases, GPUs: gpus.GPUs, DriverVersion: gpus.DriverVersion, GPULeftovers: c.gpuLeftovers,
+	m := &storage.Manifest{Key: key, Identity: fields, Node: pp.node, Phases: times, GPUs: gpus.GPUs, DriverVersion: gpus.DriverVersion, GPULeftovers: c.gpuLeftovers,
 		Source: storage.Source{ContainerID: c.id, Namespace: c.namespace, Hostname: c.spec.Hostname}}
 	if enc != nil {
 		m.Encryption = &storage.Encryption{Algorithm: crypt.Algorithm, KeyID: enc.ID}
@@ -113,10 +203,10 @@ func (s *Service) publish(ctx context.Context, c *container, dir string, gpus st
 	ck, err := st.PublishSigned(m, signer)
 	if errors.Is(err, storage.ErrExists) {
 		log.G(ctx).WithField("id", c.id).Info("snapshot: another writer published this identity first; keeping theirs")
-		return nil
+		return nil, nil
 	}
 	if err != nil {
-		return err
+		return nil, events.Because(events.ReasonStoreError, err)
 	}
 	policy, err := signaturePolicy(c.options)
 	if err == nil {
@@ -125,18 +215,21 @@ func (s *Service) publish(ctx context.Context, c *container, dir string, gpus st
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("snapshot: remembering the new checkpoint as verified")
 	}
-	writeControlFile(c.controlDir, StatusFile, snapshotStatus{Decision: "checkpointed", Checkpoint: ck.Name, At: time.Now(), Phases: phases})
-	recordEvent(ctx, c, events.Event{Kind: events.KindCheckpoint, Outcome: events.OutcomeCheckpointed, Checkpoint: ck.Name,
-		Phases: phases, BytesWritten: ck.Size()})
-	logger := log.G(ctx).WithField("id", c.id).WithField("checkpoint", ck.Name)
+	pub := &published{ck: ck, fields: log.Fields{}}
 	if signer != nil {
-		logger = logger.WithField("signed_by", signer.ID)
+		pub.fields["signed_by"] = signer.ID
 	}
 	if enc != nil {
-		logger = logger.WithField("encrypted_with", enc.ID)
+		pub.fields["encrypted_with"] = enc.ID
 	}
-	logger.Info("snapshot: checkpoint published")
-	return nil
+	return pub, nil
+}
+
+// published is a checkpoint this shim put into the store, and how.
+type published struct {
+	ck *storage.Checkpoint
+	// fields name the keys it was signed and encrypted with, for the log.
+	fields log.Fields
 }
 
 // placeFunc puts the file from at to: linked, copied or encrypted.
@@ -258,22 +351,21 @@ func (s *Service) autoCheckpoint(ctx context.Context, c *container) {
 	defer os.RemoveAll(dir)
 	ctx, cancel := context.WithTimeout(ctx, c.options.CheckpointTimeout.Duration)
 	defer cancel()
-	if err := s.pausedCheckpoint(ctx, c, dir); err != nil {
-		logger.WithError(err).Error("snapshot: auto checkpoint failed; the container keeps running")
-		writeControlFile(c.controlDir, StatusFile, snapshotStatus{Decision: "checkpoint-failed", Reason: err.Error(), At: time.Now()})
-	}
+	times := phaseTimes{}
+	pub, err := s.pausedCheckpoint(ctx, c, dir, times)
+	reportCheckpoint(ctx, c, pub, times, err) // a failure leaves the container running
 }
 
 // pausedCheckpoint checkpoints a running container, leaving it running, the
 // way containerd's client does: paused around the Checkpoint RPC, so that the
 // writable layer captured after CRIU's dump still matches the dump.
-func (s *Service) pausedCheckpoint(ctx context.Context, c *container, dir string) error {
+func (s *Service) pausedCheckpoint(ctx context.Context, c *container, dir string, times phaseTimes) (*published, error) {
 	if _, err := s.TTRPCTaskService.Pause(ctx, &taskAPI.PauseRequest{ID: c.id}); err != nil {
-		return fmt.Errorf("pausing for the checkpoint: %w", err)
+		return nil, fmt.Errorf("pausing for the checkpoint: %w", err)
 	}
-	_, err := s.Checkpoint(ctx, &taskAPI.CheckpointTaskRequest{ID: c.id, Path: dir})
+	_, pub, err := s.checkpoint(ctx, c, &taskAPI.CheckpointTaskRequest{ID: c.id, Path: dir}, times)
 	if _, rerr := s.TTRPCTaskService.Resume(ctx, &taskAPI.ResumeRequest{ID: c.id}); rerr != nil {
 		err = errors.Join(err, fmt.Errorf("resuming after the checkpoint: %w", rerr))
 	}
-	return err
+	return pub, err
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/gpusnap/containerd-shim-snapshot-v2/crypt"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/events"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/shim/options"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
 )
@@ -27,7 +28,8 @@ func encryptionKey(o options.Options) (*crypt.Key, error) {
 	if o.EncryptionKey == "" {
 		return nil, nil
 	}
-	return storage.LoadEncryptionKey(o.EncryptionKey)
+	key, err := storage.LoadEncryptionKey(o.EncryptionKey)
+	return key, events.Because(events.ReasonKeyError, err)
 }
 
 // checkEncryption returns the key that decrypts ck, nil for a checkpoint
@@ -41,25 +43,30 @@ func checkEncryption(ck *storage.Checkpoint, o options.Options) (*crypt.Key, err
 		return nil, nil
 	}
 	if o.EncryptionKey == "" {
-		return nil, fmt.Errorf("checkpoint %s is encrypted with key %s and this handler has no encryption_key", ck.Name, e.KeyID)
+		return nil, events.Because(events.ReasonWrongKey,
+			fmt.Errorf("checkpoint %s is encrypted with key %s and this handler has no encryption_key", ck.Name, e.KeyID))
 	}
-	key, err := storage.LoadEncryptionKey(o.EncryptionKey)
+	key, err := encryptionKey(o)
 	if err != nil {
 		return nil, err
 	}
 	if key.ID != e.KeyID {
-		return nil, fmt.Errorf("checkpoint %s is encrypted with key %s, this handler's encryption_key is %s (%s)",
-			ck.Name, e.KeyID, key.ID, o.EncryptionKey)
+		return nil, events.Because(events.ReasonWrongKey, fmt.Errorf("checkpoint %s is encrypted with key %s, this handler's encryption_key is %s (%s)",
+			ck.Name, e.KeyID, key.ID, o.EncryptionKey))
 	}
 	return key, nil
 }
 
 // decryptCheckpoint decrypts every file of the planned checkpoint into its
 // plaintext directory: a fresh 0700 directory in the handler's root-only
-// decrypt_dir. The caller removes it with removePlaintext, whatever
-// happens.
-func decryptCheckpoint(ctx context.Context, c *container) error {
-	plan := c.plan
+// decrypt_dir, named in the container's bundle (plaintextMarker). The
+// caller removes it with removePlaintext, whatever happens. Any failure is
+// a failed decryption.
+func decryptCheckpoint(ctx context.Context, bundle string, plan *restorePlan) error {
+	return events.Because(events.ReasonDecryptFailed, decryptInto(ctx, bundle, plan))
+}
+
+func decryptInto(ctx context.Context, bundle string, plan *restorePlan) error {
 	base := filepath.Dir(plan.plain)
 	if err := os.MkdirAll(base, 0o700); err != nil {
 		return err
@@ -67,7 +74,7 @@ func decryptCheckpoint(ctx context.Context, c *container) error {
 	if err := storage.CheckRootOnly(base); err != nil {
 		return fmt.Errorf("decrypt_dir: %w", err)
 	}
-	if err := os.WriteFile(filepath.Join(c.bundle, plaintextMarker), []byte(plan.plain), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(bundle, plaintextMarker), []byte(plan.plain), 0o600); err != nil {
 		return err
 	}
 	if err := os.RemoveAll(plan.plain); err != nil { // a killed shim's, for the same container
@@ -84,13 +91,13 @@ func decryptCheckpoint(ctx context.Context, c *container) error {
 }
 
 // removePlaintext removes a container's decrypted checkpoint, and then the
-// marker that pointed at it.
-func removePlaintext(ctx context.Context, c *container) {
-	if err := os.RemoveAll(c.plan.plain); err != nil {
-		log.G(ctx).WithError(err).WithField("id", c.id).Error("snapshot: removing the decrypted checkpoint")
+// marker in its bundle that pointed at it.
+func removePlaintext(ctx context.Context, id, bundle string, plan *restorePlan) {
+	if err := os.RemoveAll(plan.plain); err != nil {
+		log.G(ctx).WithError(err).WithField("id", id).Error("snapshot: removing the decrypted checkpoint")
 		return
 	}
-	os.Remove(filepath.Join(c.bundle, plaintextMarker))
+	os.Remove(filepath.Join(bundle, plaintextMarker))
 }
 
 // removePlaintextOf is removePlaintext for the out-of-process delete, which

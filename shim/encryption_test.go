@@ -7,7 +7,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -126,7 +125,7 @@ func TestCheckEncryption(t *testing.T) {
 			if err == nil || !strings.HasPrefix(err.Error(), tt.want) {
 				t.Fatalf("got %v\nwant %s", err, tt.want)
 			}
-			if code := events.ReasonCode("lookup: " + err.Error()); code != tt.code {
+			if code := events.CodeOf(err); code != tt.code {
 				t.Errorf("reason code %q, want %q", code, tt.code)
 			}
 		})
@@ -164,7 +163,7 @@ func TestDecryptCheckpoint(t *testing.T) {
 	if !strings.HasPrefix(c.plan.imagePath(), c.plan.plain) {
 		t.Fatalf("runc restores from %s, not from the plaintext directory", c.plan.imagePath())
 	}
-	if err := decryptCheckpoint(context.Background(), c); err != nil {
+	if err := decryptCheckpoint(context.Background(), c.bundle, c.plan); err != nil {
 		t.Fatal(err)
 	}
 	for name, data := range checkpointFiles {
@@ -178,7 +177,7 @@ func TestDecryptCheckpoint(t *testing.T) {
 			t.Errorf("%s: %v, want mode 0700", dir, fi)
 		}
 	}
-	removePlaintext(context.Background(), c)
+	removePlaintext(context.Background(), c.id, c.bundle, c.plan)
 	assertGone(t, c.plan.plain, filepath.Join(c.bundle, plaintextMarker))
 }
 
@@ -200,15 +199,14 @@ func TestDecryptTampered(t *testing.T) {
 	os.WriteFile(pages, data, 0o600)
 
 	c := encryptedContainer(t, ck, key)
-	err = decryptCheckpoint(context.Background(), c)
+	err = decryptCheckpoint(context.Background(), c.bundle, c.plan)
 	if !errors.Is(err, crypt.ErrAuth) || !strings.Contains(err.Error(), "decrypting checkpoint/pages-1.img: chunk 1 of 3") {
 		t.Fatalf("got %v, want chunk 1 of pages-1.img to fail authentication", err)
 	}
-	reason := fmt.Sprintf("restore from checkpoint %s failed: %v", ck.Name, fmt.Errorf("decrypt: %w", err))
-	if code := events.ReasonCode(reason); code != events.ReasonDecryptFailed {
+	if code := events.CodeOf(err); code != events.ReasonDecryptFailed {
 		t.Errorf("reason code %q, want %q", code, events.ReasonDecryptFailed)
 	}
-	removePlaintext(context.Background(), c)
+	removePlaintext(context.Background(), c.id, c.bundle, c.plan)
 	assertGone(t, c.plan.plain, filepath.Join(c.bundle, plaintextMarker))
 }
 
@@ -221,7 +219,7 @@ func TestRemovePlaintextOf(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := encryptedContainer(t, publishEncrypted(t, s, "encrypted", key), key)
-	if err := decryptCheckpoint(context.Background(), c); err != nil {
+	if err := decryptCheckpoint(context.Background(), c.bundle, c.plan); err != nil {
 		t.Fatal(err)
 	}
 	removePlaintextOf(context.Background(), c.bundle)
@@ -238,7 +236,7 @@ func TestDecryptDirMustBeRootOnly(t *testing.T) {
 	c := encryptedContainer(t, publishEncrypted(t, s, "encrypted", key), key)
 	os.MkdirAll(c.options.DecryptDir, 0o777)
 	os.Chmod(c.options.DecryptDir, 0o777)
-	err = decryptCheckpoint(context.Background(), c)
+	err = decryptCheckpoint(context.Background(), c.bundle, c.plan)
 	if !errors.Is(err, storage.ErrUntrusted) || !strings.Contains(err.Error(), "decrypt_dir") {
 		t.Fatalf("got %v, want decrypt_dir refused as untrusted", err)
 	}

@@ -17,7 +17,7 @@ import (
 
 // gpuDriverPresent reports whether this node has a CUDA driver to talk to.
 func gpuDriverPresent() bool {
-	_, err := cudackpt.Load("")
+	_, err := loadDriver()
 	return err == nil
 }
 
@@ -99,31 +99,27 @@ var ErrGPUDeviceHeld = errors.New("GPU device files held without CUDA state")
 
 // gpuRestore puts the GPU state of a CRIU-restored container back, onto the
 // GPUs this container was given (source UUIDs from the manifest mapped in
-// order), restoring all processes in parallel, then unlocking them; the two
-// steps are timed as the phases cuda_restore and cuda_unlock.
-func (s *Service) gpuRestore(ctx context.Context, c *container) error {
-	var drv *cudackpt.Driver
-	var pids []int
-	err := c.plan.timed("cuda_restore", func() (err error) {
-		if drv, _, pids, err = s.cudaProcesses(ctx, c); err != nil || len(pids) == 0 {
-			return err
-		}
-		pairs, err := gpuPairs(c.plan.checkpoint.Manifest.GPUs, c.gpuNode().GPUs)
-		if err != nil {
-			return err
-		}
-		return cudackpt.RestoreEach(ctx, drv, pids, pairs)
-	})
-	if err != nil || len(pids) == 0 {
-		return err
+// order), restoring all processes in parallel; it returns the driver and
+// the CUDA processes, which stay locked until the caller unlocks them.
+func (s *Service) gpuRestore(ctx context.Context, c *container, plan *restorePlan) (drv *cudackpt.Driver, pids []int, err error) {
+	if drv, _, pids, err = s.cudaProcesses(ctx, c); err != nil || len(pids) == 0 {
+		return drv, pids, err
 	}
-	return c.plan.timed("cuda_unlock", func() error { return cudackpt.UnlockAll(drv, pids) })
+	pairs, err := gpuPairs(plan.checkpoint.Manifest.GPUs, c.gpuNode().GPUs)
+	if err != nil {
+		return drv, pids, err
+	}
+	return drv, pids, cudackpt.RestoreEach(ctx, drv, pids, pairs)
 }
+
+// loadDriver loads the node's CUDA driver; a variable so that tests stand
+// for a node without one.
+var loadDriver = func() (*cudackpt.Driver, error) { return cudackpt.Load("") }
 
 // cudaProcesses lists the container's processes (all) and those whose CUDA
 // state the driver can read (cuda); a nil driver without one.
 func (s *Service) cudaProcesses(ctx context.Context, c *container) (drv *cudackpt.Driver, all, cuda []int, err error) {
-	drv, err = cudackpt.Load("")
+	drv, err = loadDriver()
 	if errors.Is(err, cudackpt.ErrNoDriver) {
 		return nil, nil, nil, nil
 	}

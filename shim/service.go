@@ -2,15 +2,9 @@ package shim
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"github.com/gpusnap/containerd-shim-snapshot-v2/containerdconfig"
-	"github.com/gpusnap/containerd-shim-snapshot-v2/events"
-	"github.com/gpusnap/containerd-shim-snapshot-v2/internal/reaped"
-	"github.com/gpusnap/containerd-shim-snapshot-v2/rootfs"
 	"path/filepath"
 	"sync"
-	"time"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
@@ -23,13 +17,10 @@ import (
 	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
 
-	"github.com/containerd/containerd/api/types"
-	"github.com/containerd/containerd/v2/pkg/namespaces"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"google.golang.org/protobuf/proto"
-
+	"github.com/gpusnap/containerd-shim-snapshot-v2/containerdconfig"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/internal/reaped"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/rootfs"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/shim/options"
-	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
 )
 
 var _ shim.TTRPCService = (*Service)(nil)
@@ -41,39 +32,6 @@ type Service struct {
 
 	mu         sync.Mutex
 	containers map[string]*container
-}
-
-// container is what the shim remembers about one container between RPCs.
-type container struct {
-	id         string
-	namespace  string
-	bundle     string
-	options    options.Options
-	spec       *specs.Spec
-	rootfs     []*types.Mount
-	controlDir string
-	// create is the original request, kept so that a failed restore can
-	// fall back to a cold start of the same container.
-	create *taskAPI.CreateTaskRequest
-	// plan is the checkpoint chosen at Create; nil means cold start.
-	plan *restorePlan
-	// restored is set once a restore succeeded.
-	restored  bool
-	stopWatch func()
-	// gpuLeftovers are the container PIDs of processes found to hold
-	// inherited GPU device files (cudackpt.FindDeviceHolders): at this
-	// container's last checkpoint, or in the checkpoint it was restored from.
-	gpuLeftovers []int
-	// gpus caches containerGPUs: NVML is asked once per container.
-	gpus     storage.GPUNode
-	gpusOnce sync.Once
-}
-
-// gpuNode is the container's GPUs and the node's driver version, read from
-// NVML on first use; empty on nodes without NVML.
-func (c *container) gpuNode() storage.GPUNode {
-	c.gpusOnce.Do(func() { c.gpus = containerGPUs(c) })
-	return c.gpus
 }
 
 // NewService wraps the runc shim's task service. The shim reaps every
@@ -106,7 +64,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 		return nil, errgrpc.ToGRPC(err)
 	}
 	if r.Checkpoint == "" {
-		plan, err := s.planRestore(ctx, c)
+		plan, err := planRestore(ctx, c)
 		if err != nil {
 			removeControlDir(ctx, c.id)
 			return nil, errgrpc.ToGRPC(err)
@@ -127,35 +85,6 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	return resp, nil
 }
 
-// newContainer records a container and adds its control directory mount to
-// the bundle's spec before runc sees it.
-func newContainer(ctx context.Context, r *taskAPI.CreateTaskRequest, opts options.Options) (*container, error) {
-	ns, _ := namespaces.Namespace(ctx)
-	spec, err := readSpec(r.Bundle)
-	if err != nil {
-		return nil, err
-	}
-	c := &container{id: r.ID, namespace: ns, bundle: r.Bundle, options: opts, spec: spec, rootfs: r.Rootfs,
-		create: proto.Clone(r).(*taskAPI.CreateTaskRequest)}
-	changed, err := addCRIUConfig(spec, r.Bundle)
-	if err != nil {
-		return nil, err
-	}
-	if opts.ControlDir != "" {
-		if c.controlDir, err = addControlDir(spec, r.ID, opts.ControlDir); err != nil {
-			return nil, err
-		}
-		changed = true
-	}
-	if changed {
-		if err := writeSpec(r.Bundle, spec); err != nil {
-			removeControlDir(ctx, r.ID)
-			return nil, err
-		}
-	}
-	return c, nil
-}
-
 // Start starts the container's init process or an exec; for a container
 // with a restore plan it restores instead, falling back as configured.
 func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
@@ -174,7 +103,7 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	// bounds it.
 	switch {
 	case c.plan != nil:
-		resp, err = s.startRestored(context.WithoutCancel(ctx), c, r)
+		resp, err = s.startRestored(context.WithoutCancel(ctx), c, c.plan, r)
 	case c.create.Checkpoint != "":
 		resp, err = s.startExplicitCheckpoint(context.WithoutCancel(ctx), c, r)
 	default:
@@ -196,74 +125,11 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 	if c == nil {
 		return s.TTRPCTaskService.Checkpoint(ctx, r)
 	}
-	phases := map[string]float64{}
-	resp, err := s.checkpoint(ctx, c, r, phases)
+	resp, err := s.checkpointReported(ctx, c, r)
 	if err != nil {
-		if c.options.Store != "" {
-			recordEvent(ctx, c, events.Event{Kind: events.KindCheckpoint, Outcome: events.OutcomeCheckpointFailed, Reason: err.Error(), Phases: phases})
-		}
 		return nil, errgrpc.ToGRPC(err)
 	}
 	return resp, nil
-}
-
-// checkpoint runs the checkpoint flow for one of this shim's containers,
-// recording each phase's duration in phases.
-func (s *Service) checkpoint(ctx context.Context, c *container, r *taskAPI.CheckpointTaskRequest, phases map[string]float64) (*ptypes.Empty, error) {
-	pp, err := loadPublishPrereqs(c.options)
-	if err != nil {
-		return nil, fmt.Errorf("checkpoint refused: %w", err)
-	}
-	wasPaused := s.paused(ctx, r.ID)
-	prepare := wantsPrepare(c)
-	if prepare {
-		defer checkpointDone(ctx, c) // after the GPU state is back
-	}
-	// The prepare exchange and the CUDA steps need the container's
-	// processes running.
-	thaw := wasPaused && (prepare || gpuDriverPresent())
-	var (
-		rollback  = noGPU
-		gpus      storage.GPUNode
-		leftovers []int
-	)
-	err = thawedFor(ctx, c, thaw, func() (err error) {
-		if prepare {
-			start := time.Now()
-			prepareWorkload(ctx, c)
-			phases["prepare"] = time.Since(start).Seconds()
-		}
-		start := time.Now()
-		rollback, gpus, leftovers, err = s.gpuCheckpoint(ctx, c)
-		phases["cuda_checkpoint"] = time.Since(start).Seconds()
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	start := time.Now()
-	var resp *ptypes.Empty
-	if err = prepareCRIUConfigForDump(c, r, leftovers); err != nil {
-		err = fmt.Errorf("writing the CRIU configuration: %w", err)
-	} else if resp, err = s.TTRPCTaskService.Checkpoint(ctx, r); err != nil {
-		err = explainCRIU(err, filepath.Join(c.bundle, criuDumpLog), start)
-		s.recoverFailedCheckpoint(ctx, c, wasPaused)
-	}
-	phases["criu_dump"] = time.Since(start).Seconds()
-	if err == nil {
-		err = addRestoreFiles(c, r.Path, phases)
-	}
-	if err == nil && c.options.Store != "" {
-		if err = s.publish(ctx, c, r.Path, gpus, pp, phases); err != nil {
-			log.G(ctx).WithError(err).WithField("id", r.ID).Error("checkpoint not published to the store")
-		}
-	}
-	if err != nil || !exitsAfterCheckpoint(r) {
-		if rbErr := thawedFor(ctx, c, thaw, rollback); rbErr != nil {
-			err = errors.Join(err, fmt.Errorf("putting the GPU state back: %w", rbErr))
-		}
-	}
-	return resp, err
 }
 
 // Delete deletes a process or the container, and forgets the container.

@@ -1,6 +1,7 @@
 package shim
 
 import (
+	"github.com/gpusnap/containerd-shim-snapshot-v2/events"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/shim/options"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
 )
@@ -11,7 +12,7 @@ import (
 func signaturePolicy(o options.Options) (storage.SignaturePolicy, error) {
 	keys, err := storage.LoadTrustedKeys(o.TrustedKeys)
 	if err != nil {
-		return storage.SignaturePolicy{}, err
+		return storage.SignaturePolicy{}, events.Because(events.ReasonKeyError, err)
 	}
 	return storage.SignaturePolicy{TrustedKeys: keys, Require: o.RequireSignature}, nil
 }
@@ -21,5 +22,6 @@ func signingKey(o options.Options) (*storage.SigningKey, error) {
 	if o.SigningKey == "" {
 		return nil, nil
 	}
-	return storage.LoadSigningKey(o.SigningKey)
+	key, err := storage.LoadSigningKey(o.SigningKey)
+	return key, events.Because(events.ReasonKeyError, err)
 }

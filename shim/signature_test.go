@@ -106,7 +106,7 @@ func TestVerifyCheckpointSignatures(t *testing.T) {
 			if err == nil || err.Error() != tt.want {
 				t.Fatalf("got %v\nwant %s", err, tt.want)
 			}
-			if code := events.ReasonCode("verify: " + err.Error()); code != tt.code {
+			if code := events.CodeOf(err); code != tt.code {
 				t.Errorf("reason code %q, want %q", code, tt.code)
 			}
 		})
@@ -118,7 +118,7 @@ func TestVerifyCheckpointSignatures(t *testing.T) {
 	o := options.Default()
 	o.TrustedKeys, o.RequireSignature = []string{pubA}, true
 	err = verifyCheckpoint(context.Background(), signed, o)
-	if err == nil || events.ReasonCode("verify: "+err.Error()) != events.ReasonVerificationFailed {
+	if err == nil || events.CodeOf(err) != events.ReasonVerificationFailed {
 		t.Fatalf("corrupt pages under a good signature: %v", err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/gpusnap/containerd-shim-snapshot-v2/events"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/phases"
 )
 
 func init() {
@@ -69,7 +70,7 @@ func runStatus(e *env, args []string, dir, sinceFlag string) int {
 	for _, ev := range evts {
 		reason := "-"
 		if ev.Reason != "" {
-			reason = "[" + or(ev.ReasonCode, events.ReasonCode(ev.Reason)) + "] " + oneLine(ev.Reason)
+			reason = "[" + ev.Code() + "] " + oneLine(ev.Reason)
 		}
 		container := or(ev.ContainerID, "?")
 		if ev.Namespace != "" {
@@ -136,28 +137,14 @@ func summary(evts []events.Event) string {
 	return strings.Join(parts, ", ")
 }
 
-// phaseOrder is the order the shim runs its phases in; others follow, sorted.
-var phaseOrder = []string{
-	"lookup", "verify", "prepare", "cuda_checkpoint", "criu_dump", "rootfs_diff", "copy_images",
-	"criu_restore", "cuda_restore", "cuda_unlock",
-}
-
-// phaseString is the compact phase column: "lookup=0.03 criu_restore=3.29".
-func phaseString(phases map[string]float64) string {
-	names := slices.Sorted(maps.Keys(phases))
-	slices.SortStableFunc(names, func(a, b string) int { return rank(a) - rank(b) })
+// phaseString is the compact phase column, in run order: "find=0.03 criu_restore=3.29".
+func phaseString(p map[string]float64) string {
+	names := phases.Sorted(p)
 	parts := make([]string, 0, len(names))
 	for _, name := range names {
-		parts = append(parts, fmt.Sprintf("%s=%.2f", name, phases[name]))
+		parts = append(parts, fmt.Sprintf("%s=%.2f", name, p[name]))
 	}
 	return strings.Join(parts, " ")
-}
-
-func rank(phase string) int {
-	if i := slices.Index(phaseOrder, phase); i >= 0 {
-		return i
-	}
-	return len(phaseOrder)
 }
 
 func round3(v float64) float64 {

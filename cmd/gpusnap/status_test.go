@@ -32,10 +32,10 @@ func newEventsDir(t *testing.T) string {
 			Phases: map[string]float64{"lookup": 0.03, "verify": 0.002, "rootfs_diff": 0.01, "criu_restore": 3.51, "cuda_restore": 1.91, "cuda_unlock": 0.05}},
 		{Time: eventsNow.Add(-2 * time.Hour), Kind: events.KindRestore, Outcome: events.OutcomeColdStart,
 			ContainerID: "db-1", Namespace: "k8s.io", Reason: "lookup: checkpoint " + ck + " does not suit this node: kernel: checkpoint has 6.8.0, node has 6.18.44\n(major.minor must match)",
-			Phases: map[string]float64{"lookup": 0.25}},
+			ReasonCode: events.ReasonNodeMismatch, Phases: map[string]float64{"lookup": 0.25}},
 		{Time: eventsNow.Add(-time.Hour), Kind: events.KindRestore, Outcome: events.OutcomeFailed,
 			ContainerID: "web-2", Namespace: "k8s.io", Checkpoint: ck,
-			Reason: "restore from checkpoint " + ck + " failed: criu_restore: exit status 1",
+			Reason: "restore from checkpoint " + ck + " failed: criu_restore: exit status 1", ReasonCode: events.ReasonRestoreFailed,
 			Phases: map[string]float64{"lookup": 0.03, "verify": 0.5, "criu_restore": 0.75}},
 	} {
 		if err := w.Record(e); err != nil {

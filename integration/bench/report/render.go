@@ -8,6 +8,8 @@ import (
 	"slices"
 	"sort"
 	"strings"
+
+	"github.com/gpusnap/containerd-shim-snapshot-v2/phases"
 )
 
 // markdown renders every result as a table, newest first.
@@ -65,7 +67,7 @@ func gpuTable(b *strings.Builder, r *result) {
 	row("plain CRIU + driver API, image in the page cache", r.PlainWarm, cacheFloor)
 	fmt.Fprintf(b, "| floor from disk (%.2f GB/s read, %.1f GB/s pinned copy) | %.2f | | |\n", r.bandwidth("disk_read_1"), r.H2D["h2d_pinned"], diskFloor)
 	fmt.Fprintf(b, "| floor from page cache (%.1f GB/s read) | %.2f | | |\n\n", r.bandwidth("cache_read"), cacheFloor)
-	phases(b, r)
+	runPhases(b, r)
 	if len(r.CkptPhases) > 0 {
 		fmt.Fprintf(b, "Checkpoint (on ready, leave running): %s.\n\n", phaseList(r.CkptPhases))
 	}
@@ -112,8 +114,8 @@ func note(b *strings.Builder, r *result) {
 	}
 }
 
-// phases lists the shim's restore phases of each run.
-func phases(b *strings.Builder, r *result) {
+// runPhases lists the shim's restore phases of each run.
+func runPhases(b *strings.Builder, r *result) {
 	names := make([]string, 0, len(r.Status))
 	for n := range r.Status {
 		names = append(names, n)
@@ -127,13 +129,11 @@ func phases(b *strings.Builder, r *result) {
 	}
 }
 
+// phaseList lists a result's phases in the order the shim runs them.
 func phaseList(p map[string]float64) string {
-	order := []string{"lookup", "verify", "rootfs_diff", "criu_restore", "cuda_restore", "cuda_unlock", "prepare", "cuda_checkpoint", "criu_dump", "copy_images"}
 	var parts []string
-	for _, n := range order {
-		if v, ok := p[n]; ok {
-			parts = append(parts, fmt.Sprintf("%s %.3f s", n, v))
-		}
+	for _, n := range phases.Sorted(p) {
+		parts = append(parts, fmt.Sprintf("%s %.3f s", n, p[n]))
 	}
 	return strings.Join(parts, ", ")
 }

@@ -1,0 +1,107 @@
+package shim
+
+import (
+	"cmp"
+	"context"
+	"os"
+	"time"
+
+	"github.com/containerd/log"
+
+	"github.com/gpusnap/containerd-shim-snapshot-v2/events"
+)
+
+// outcome is one restore decision or one checkpoint, as report tells it.
+type outcome struct {
+	kind    string // events.KindRestore or events.KindCheckpoint
+	outcome string // one of events.RestoreOutcomes or events.CheckpointOutcomes
+	// reason is why a restore was declined or a checkpoint failed: its
+	// words for people, its code (events.CodeOf) for metrics.
+	reason     error
+	checkpoint string
+	// from is the directory a restore read the checkpoint from.
+	from        string
+	criuThreads int
+	phases      phaseTimes
+	// bytes is the size of the checkpoint read or written.
+	bytes int64
+	// fields are more for the log line.
+	fields log.Fields
+}
+
+// report tells one outcome everywhere it is told, once: the node's event
+// log (gpusnap status and metrics), the container's status file (the
+// workload and operators) and containerd's log.
+func report(ctx context.Context, c *container, o outcome) {
+	ev := events.Event{Kind: o.kind, Outcome: o.outcome, Checkpoint: o.checkpoint, Phases: o.phases}
+	st := snapshotStatus{Decision: o.outcome, Checkpoint: o.checkpoint, From: o.from, At: time.Now(), CRIUThreads: o.criuThreads, Phases: o.phases}
+	logger := log.G(ctx).WithField("id", c.id).WithFields(o.fields)
+	if o.reason != nil {
+		ev.Reason, ev.ReasonCode = o.reason.Error(), events.CodeOf(o.reason)
+		st.Reason = ev.Reason
+		logger = logger.WithField("reason", ev.Reason)
+	}
+	if o.kind == events.KindRestore {
+		ev.BytesRead = o.bytes
+	} else {
+		ev.BytesWritten = o.bytes
+	}
+	recordEvent(ctx, c, ev)
+	writeControlFile(c.controlDir, StatusFile, st)
+	switch {
+	case o.outcome == events.OutcomeRestored:
+		logger.WithField("phases", map[string]float64(o.phases)).Info("snapshot: restored")
+	case o.outcome == events.OutcomeCheckpointed:
+		logger.WithField("checkpoint", o.checkpoint).Info("snapshot: checkpoint published")
+	case o.outcome == events.OutcomeCheckpointFailed:
+		logger.Error("snapshot: checkpoint failed")
+	case ev.ReasonCode == events.ReasonOptedOut: // asked for: no warning
+		logger.Info("snapshot: not restoring")
+	default:
+		logger.Warn("snapshot: not restoring")
+	}
+}
+
+// snapshotStatus is written to the control directory after each decision.
+type snapshotStatus struct {
+	Decision   string `json:"decision"`
+	Reason     string `json:"reason,omitempty"`
+	Checkpoint string `json:"checkpoint,omitempty"`
+	// From is the directory a restore read the checkpoint from: the
+	// store's, or its copy in cache_dir.
+	From string    `json:"from,omitempty"`
+	At   time.Time `json:"at"`
+	// CRIUThreads is how many threads CRIU was asked to read the restored
+	// pages with (restore_threads); a CRIU without the project's patch
+	// reads with one.
+	CRIUThreads int                `json:"criu_threads,omitempty"`
+	Phases      map[string]float64 `json:"phases_seconds,omitempty"`
+}
+
+// phaseTimes are the seconds each timed phase took (names from package
+// phases), as the status file, the node event and the manifest carry them.
+type phaseTimes map[string]float64
+
+// time runs one named phase and records how long it took; f's error is
+// returned as it is.
+func (p phaseTimes) time(name string, f func() error) error {
+	start := time.Now()
+	err := f()
+	p[name] = time.Since(start).Seconds()
+	return err
+}
+
+// eventsDir is the node-level record of restores and checkpoints that
+// `gpusnap status` lists and `gpusnap metrics` serves; SNAPSHOT_EVENTS_DIR in
+// containerd's environment (which shims inherit) moves it, for test beds.
+func eventsDir() string { return cmp.Or(os.Getenv("SNAPSHOT_EVENTS_DIR"), events.DefaultDir) }
+
+// recordEvent appends one restore or checkpoint event for the node's
+// metrics. It never fails the container: a node whose event log cannot be
+// written still restores, and says so in containerd's log.
+func recordEvent(ctx context.Context, c *container, e events.Event) {
+	e.ContainerID, e.Namespace = c.id, c.namespace
+	if err := events.Record(eventsDir(), e); err != nil {
+		log.G(ctx).WithError(err).Warn("snapshot: recording event")
+	}
+}
