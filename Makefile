@@ -41,7 +41,7 @@ test-unit:
 	$(GO) test -short -count=1 ./...
 
 test-integration:
-	$(GO) test -count=1 -timeout 30m -v ./integration/...
+	$(GO) test -count=1 -timeout 30m -v ./integration/... ./registry/
 
 ## test-kube: a real single-node Kubernetes (etcd, kube-apiserver, scheduler, controller-manager, kubelet) on a private containerd (root)
 test-kube: deps deps-k8s

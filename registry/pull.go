@@ -112,26 +112,47 @@ func (r *Remote) receive(ctx context.Context, store *storage.Store, id string, a
 	if err != nil || landed != nil {
 		return landed, err
 	}
-	defer st.Abort()
-	if err := r.fetchChunks(ctx, st.Dir(), a, m, o); err != nil {
+	if err := r.fill(ctx, st.Dir(), a, raw, m, o); err != nil {
+		if resumable(err) {
+			st.Suspend()
+		} else {
+			st.Abort()
+		}
 		return nil, err
 	}
-	if err := writeFile(filepath.Join(st.Dir(), storage.ManifestFile), raw); err != nil {
-		return nil, err
+	return st.Accept(ctx, m.Name, nil)
+}
+
+// resumable says whether a failed pull keeps what it wrote for the next
+// one: yes when the registry or the deadline failed it, no when a blob's
+// bytes did not match their digest (the registry serves something else
+// now; the next pull starts clean).
+func resumable(err error) bool {
+	return !errors.Is(err, content.ErrMismatchedDigest) && !errors.Is(err, content.ErrTrailingData)
+}
+
+// fill writes the artifact's files into dir, then manifest.json and
+// manifest.sig, and removes the journal.
+func (r *Remote) fill(ctx context.Context, dir string, a *artifact, raw []byte, m *storage.Manifest, o Options) error {
+	if err := r.fetchChunks(ctx, dir, a, m, o); err != nil {
+		return err
+	}
+	if err := writeFile(filepath.Join(dir, storage.ManifestFile), raw); err != nil {
+		return err
 	}
 	if a.signature != nil {
 		sig, err := r.fetchSmall(ctx, *a.signature)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", storage.SignatureFile, err)
+			return fmt.Errorf("%s: %w", storage.SignatureFile, err)
 		}
-		if err := writeFile(filepath.Join(st.Dir(), storage.SignatureFile), sig); err != nil {
-			return nil, err
+		if err := writeFile(filepath.Join(dir, storage.SignatureFile), sig); err != nil {
+			return err
 		}
 	}
-	if err := os.Remove(filepath.Join(st.Dir(), journalName)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, err
+	if err := os.Remove(filepath.Join(dir, journalName)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
 	}
-	return st.Accept(ctx, m.Name, nil)
+	return nil
 }
 
 // fetchChunks creates every file at its size and fills it with the chunks
@@ -159,13 +180,21 @@ func (r *Remote) fetchChunks(ctx context.Context, dir string, a *artifact, m *st
 			mu.Unlock()
 		}
 	}
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(parallel(o))
+	var todo []chunk
+	var kept int64
 	for _, c := range a.chunks {
 		if done[journalLine(c)] {
-			advance(c.desc.Size)
-			continue
+			kept += c.desc.Size
+		} else {
+			todo = append(todo, c)
 		}
+	}
+	if kept > 0 {
+		advance(kept) // what an interrupted pull already wrote, in one report
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(parallel(o))
+	for _, c := range todo {
 		g.Go(func() error {
 			if err := r.fetchChunk(gctx, dir, c); err != nil {
 				return err

@@ -89,7 +89,10 @@ func repositoryClient(ref registry.Reference, h docker.RegistryHost, cred auth.C
 	}
 	ref.Registry = h.Host
 	httpClient := h.Client
-	if httpClient == nil {
+	if httpClient == nil || h.Scheme == "http" {
+		// containerd tries HTTPS first on an http host (a registry on
+		// localhost without hosts.toml) and falls back; oras-go refuses
+		// the redirects that produces, so such a host is plain HTTP.
 		httpClient = http.DefaultClient
 	}
 	return &remote.Repository{

@@ -15,8 +15,18 @@ import (
 
 func init() {
 	commands["ls"] = &command{
-		summary: "List the checkpoints in the store, broken ones with their error.",
-		setup:   noFlags(runLs),
+		summary: "List the checkpoints in the store, broken ones with their error; or, given a\n" +
+			"REPOSITORY (host/repository), the checkpoints pushed there.",
+		args: "[REPOSITORY]",
+		setup: func(fs *flag.FlagSet) runFunc {
+			cfg, _ := registryFlags(fs)
+			return func(e *env, args []string) int {
+				if len(args) == 1 {
+					return runRegistryLs(e, args[0], *cfg)
+				}
+				return runLs(e, args)
+			}
+		},
 	}
 	commands["inspect"] = &command{
 		summary: "Show a checkpoint's manifest, its size, its signature and whether it can be restored on\nthis node.",

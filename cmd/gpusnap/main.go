@@ -33,7 +33,8 @@ const usage = `Usage: gpusnap [global flags] COMMAND [flags] [args]
 Operate the checkpoint store of containerd-shim-snapshot-v2 and check a node.
 
 Commands:
-  ls                      list checkpoints, broken ones with their error
+  ls [REPOSITORY]         list checkpoints, broken ones with their error; with a
+                          registry repository (host/repository), those pushed there
   inspect NAME [--trusted-key PATH]...
                           show a checkpoint's manifest, its signature, its
                           encryption and whether it fits this node
@@ -47,6 +48,9 @@ Commands:
                           overwrites)
   prefetch NAME... | --latest [--cache DIR]
                           copy checkpoints into the node-local cache_dir
+  push NAME REPOSITORY    push a checkpoint to an OCI registry (tag = its name)
+  pull REPOSITORY:NAME [--cache DIR]
+                          pull a checkpoint from an OCI registry, verified, resumable
   rm NAME...              remove checkpoints
   prune [--keep N] [--max-bytes SIZE] [--stale DURATION]
                           remove old generations, stay under a byte budget,

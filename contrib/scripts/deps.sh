@@ -17,6 +17,7 @@ CONTAINERD_VERSION=v2.4.2
 RUNC_VERSION=v1.5.2
 CRICTL_VERSION=v1.37.0
 HELM_VERSION=v3.22.0 # renders contrib/helm in the tests (offline: helm template)
+DISTRIBUTION_VERSION=v3.1.2 # the OCI registry the registry tests push checkpoints to
 
 export PATH=/usr/local/go/bin:$PATH
 export GOFLAGS=-mod=mod
@@ -131,6 +132,7 @@ verify() {
   runc --version | sed -n 1p
   crictl --version
   helm version --short
+  registry --version
   ls /usr/lib/cni/bridge /usr/lib/cni/loopback /usr/lib/cni/host-local >/dev/null
   criu check || { log "criu check failed"; exit 1; }
 }
@@ -141,6 +143,7 @@ go_tool containerd "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINE
 go_tool ctr "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION"
 go_tool containerd-shim-runc-v2 "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION"
 go_tool crictl "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION" "-X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION"
+go_tool registry "github.com/distribution/distribution/v3/cmd/registry@$DISTRIBUTION_VERSION"
 go_tool helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 build_runc
 verify
