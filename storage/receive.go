@@ -46,6 +46,15 @@ func (s *Store) Receive(id string) (*Staging, error) {
 	return &Staging{store: s, dir: dir, lock: lock}, nil
 }
 
+// Suspend lets go of a received copy without removing it, so that the
+// next Receive of the same id resumes it (a transfer cut short by a dead
+// registry or a deadline). Prune removes it once it is older than its
+// staleness bound.
+func (st *Staging) Suspend() {
+	st.dir = ""
+	st.unlock()
+}
+
 // Accept publishes a copied checkpoint under its own name: manifest.json
 // (and manifest.sig, if signed) must be in Dir byte for byte as the source
 // holds them, so the signature still verifies. Every file is hashed
