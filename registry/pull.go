@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -168,18 +167,11 @@ func (r *Remote) fetchChunks(ctx context.Context, dir string, a *artifact, m *st
 		return err
 	}
 	defer journal.Close()
-	var total, moved atomic.Int64
+	var total int64
 	for _, c := range a.chunks {
-		total.Add(c.desc.Size)
+		total += c.desc.Size
 	}
-	var mu sync.Mutex
-	advance := func(n int64) {
-		if o.Progress != nil {
-			mu.Lock()
-			o.Progress(moved.Add(n), total.Load())
-			mu.Unlock()
-		}
-	}
+	advance := newMeter(o.Progress, total).add
 	var todo []chunk
 	var kept int64
 	for _, c := range a.chunks {
@@ -192,6 +184,7 @@ func (r *Remote) fetchChunks(ctx context.Context, dir string, a *artifact, m *st
 	if kept > 0 {
 		advance(kept) // what an interrupted pull already wrote, in one report
 	}
+	var journalMu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(parallel(o))
 	for _, c := range todo {
@@ -199,9 +192,9 @@ func (r *Remote) fetchChunks(ctx context.Context, dir string, a *artifact, m *st
 			if err := r.fetchChunk(gctx, dir, c); err != nil {
 				return err
 			}
-			mu.Lock()
+			journalMu.Lock()
 			_, err := journal.WriteString(journalLine(c) + "\n")
-			mu.Unlock()
+			journalMu.Unlock()
 			advance(c.desc.Size)
 			return err
 		})

@@ -172,18 +172,12 @@ func hashChunks(ctx context.Context, path string, f storage.File) ([]blob, error
 // (zero pages) go up once.
 func uploadBlobs(ctx context.Context, repo *remote.Repository, set *blobSet, o Options) (int64, error) {
 	all := append([]blob{set.config}, set.layers...)
-	var total, done, uploaded atomic.Int64
+	var total int64
 	for _, b := range all {
-		total.Add(b.desc.Size)
+		total += b.desc.Size
 	}
-	var mu sync.Mutex
-	report := func(n int64) {
-		if o.Progress != nil {
-			mu.Lock()
-			o.Progress(done.Add(n), total.Load())
-			mu.Unlock()
-		}
-	}
+	report := newMeter(o.Progress, total).add
+	var uploaded atomic.Int64
 	seen := make(map[digest.Digest]bool)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(parallel(o))
@@ -222,6 +216,26 @@ func uploadBlob(ctx context.Context, repo *remote.Repository, b blob) (int64, er
 		return 0, fmt.Errorf("blob %s (%s): %w", b.desc.Digest, blobName(b.desc), err)
 	}
 	return b.desc.Size, nil
+}
+
+// meter adds up the bytes of concurrent transfers for one Progress.
+type meter struct {
+	mu          sync.Mutex
+	done, total int64
+	progress    Progress
+}
+
+func newMeter(p Progress, total int64) *meter { return &meter{progress: p, total: total} }
+
+// add counts n more bytes and reports, one report at a time.
+func (m *meter) add(n int64) {
+	if m.progress == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.done += n
+	m.progress(m.done, m.total)
 }
 
 func parallel(o Options) int {

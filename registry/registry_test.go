@@ -89,6 +89,16 @@ auth:
 	return &testRegistry{host: host, data: data, config: Config{HostsDir: hosts, Credentials: creds}}
 }
 
+// open is the test repository as the node reaches it.
+func (reg *testRegistry) open(t *testing.T) *Remote {
+	t.Helper()
+	r, err := Open(context.Background(), reg.host+"/checkpoints/llm", reg.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
 func writeCredentials(t *testing.T, path, host, user, password string) {
 	auth := base64.StdEncoding.EncodeToString([]byte(user + ":" + password))
 	writeTestFile(t, path, fmt.Sprintf(`{"auths": {%q: {"auth": %q}}}`, host, auth))
@@ -212,10 +222,7 @@ func TestPushPullRoundTrip(t *testing.T) {
 	ctx := context.Background()
 	key, trusted := testSigningKey(t)
 	src := publishTestCheckpoint(t, openStore(t), randomBytes(t, 2*ChunkSize+12345), key)
-	remote, err := Open(ctx, reg.host+"/checkpoints/llm", reg.config)
-	if err != nil {
-		t.Fatal(err)
-	}
+	remote := reg.open(t)
 	pushed, err := remote.Push(ctx, src, Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -257,10 +264,7 @@ func TestPushPullRoundTrip(t *testing.T) {
 func TestPushUploadsOnlyChangedChunks(t *testing.T) {
 	reg := startRegistry(t)
 	ctx := context.Background()
-	remote, err := Open(ctx, reg.host+"/checkpoints/llm", reg.config)
-	if err != nil {
-		t.Fatal(err)
-	}
+	remote := reg.open(t)
 	store := openStore(t)
 	pages := randomBytes(t, 4*ChunkSize)
 	first := publishTestCheckpoint(t, store, pages, nil)
@@ -291,10 +295,7 @@ func TestPushUploadsOnlyChangedChunks(t *testing.T) {
 func TestPullFailures(t *testing.T) {
 	reg := startRegistry(t)
 	ctx := context.Background()
-	remote, err := Open(ctx, reg.host+"/checkpoints/llm", reg.config)
-	if err != nil {
-		t.Fatal(err)
-	}
+	remote := reg.open(t)
 	src := publishTestCheckpoint(t, openStore(t), randomBytes(t, ChunkSize+1), nil)
 	if _, err := remote.Push(ctx, src, Options{}); err != nil {
 		t.Fatal(err)
@@ -351,17 +352,14 @@ func TestPullFailures(t *testing.T) {
 func TestPullResumes(t *testing.T) {
 	reg := startRegistry(t)
 	ctx := context.Background()
-	remote, err := Open(ctx, reg.host+"/checkpoints/llm", reg.config)
-	if err != nil {
-		t.Fatal(err)
-	}
+	remote := reg.open(t)
 	src := publishTestCheckpoint(t, openStore(t), randomBytes(t, 6*ChunkSize), nil)
 	if _, err := remote.Push(ctx, src, Options{}); err != nil {
 		t.Fatal(err)
 	}
 	dst := openStore(t)
 	cut, cancel := context.WithCancel(ctx)
-	_, err = remote.Pull(cut, src.Name, dst, Options{Parallel: 1, Progress: func(done, total int64) {
+	_, err := remote.Pull(cut, src.Name, dst, Options{Parallel: 1, Progress: func(done, total int64) {
 		if done >= 3*ChunkSize {
 			cancel()
 		}
