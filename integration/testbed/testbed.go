@@ -328,8 +328,9 @@ const CRIUDelayFile = "delay-criu"
 // criuWrapper is the `criu` containerd's shims find first on their PATH: it
 // runs the real CRIU, in the same process, unless CRIUKillFile asks for a
 // SIGKILL after a delay. With CRIU_CALL_LOG set in containerd's environment
-// it appends "criu * <pid> 0" to that file for every RPC-mode CRIU (runc's
-// dumps and restores), so tests can check when CRIU ran relative to other
+// it appends "criu * <pid> 0" to that file for every RPC-mode CRIU runc
+// starts (its dumps and restores; not the shim's own version query over
+// CRIU's RPC), so tests can check when CRIU ran relative to other
 // calls logged there in the same format (the fake CUDA driver's). The
 // append runs in a subshell: dash closes a builtin's fd 1 while it
 // redirects it, and runc reads /proc/<criu>/fd/1 right after starting CRIU
@@ -337,11 +338,15 @@ const CRIUDelayFile = "delay-criu"
 // file or directory").
 func criuWrapper(dir string) string {
 	return fmt.Sprintf(`#!/bin/sh
-if [ -n "$CRIU_CALL_LOG" ] && [ "$1" = swrk ]; then
+runc_rpc=
+if [ "$1" = swrk ] && [ "$(cat /proc/$PPID/comm 2>/dev/null)" = runc ]; then
+  runc_rpc=1
+fi
+if [ -n "$CRIU_CALL_LOG" ] && [ -n "$runc_rpc" ]; then
   (echo "criu * $$ 0" >> "$CRIU_CALL_LOG")
 fi
 d=%q
-if [ -f "$d" ] && [ "$1" = swrk ]; then
+if [ -f "$d" ] && [ -n "$runc_rpc" ]; then
   sleep "$(cat "$d")"
 fi
 f=%q
