@@ -75,9 +75,9 @@ type chunk struct {
 func annotations(m *storage.Manifest, signed bool) map[string]string {
 	node, _ := json.Marshal(m.Node)
 	a := map[string]string{
-		AnnotationName:           m.Name,
-		AnnotationKey:            m.Key,
-		AnnotationNode:           string(node),
+		AnnotationName:            m.Name,
+		AnnotationKey:             m.Key,
+		AnnotationNode:            string(node),
 		ocispec.AnnotationCreated: m.Created.UTC().Format(time.RFC3339),
 	}
 	var gpus []string
