@@ -46,8 +46,10 @@ func fakeCRIU(t *testing.T, script string) string {
 	return bin
 }
 
-// answering is the line of a fake CRIU's script that sends resp over
-// swrk's socket (fd 3) as one message.
+// answering is the line of a fake CRIU's script that reads the request and
+// sends resp over swrk's socket (fd 3) as one message. It reads first, as
+// CRIU does: a unix socket closed with a message still unread resets the
+// peer, whose read then fails with ECONNRESET instead of the answer.
 func answering(t *testing.T, resp *rpc.CriuResp) string {
 	t.Helper()
 	b, err := proto.Marshal(resp)
@@ -58,7 +60,7 @@ func answering(t *testing.T, resp *rpc.CriuResp) string {
 	for _, c := range b {
 		octal.Write([]byte{'\\', '0' + c>>6, '0' + c>>3&7, '0' + c&7})
 	}
-	return "printf '" + octal.String() + "' >&3"
+	return "dd bs=4096 count=1 <&3 >/dev/null 2>&1; printf '" + octal.String() + "' >&3"
 }
 
 func versionAnswer(major, minor, sublevel int32, gitID string) *rpc.CriuResp {

@@ -130,7 +130,7 @@ func TestCRIUMissingOrTooOld(t *testing.T) {
 		t.Fatal(err)
 	}
 	old := filepath.Join(t.TempDir(), "criu")
-	if err := os.WriteFile(old, fmt.Appendf(nil, "#!/bin/sh\nprintf '%s' >&3\n", octal(answer)), 0o755); err != nil {
+	if err := os.WriteFile(old, fmt.Appendf(nil, "#!/bin/sh\ndd bs=4096 count=1 <&3 >/dev/null 2>&1\nprintf '%s' >&3\n", octal(answer)), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct{ name, criu, want string }{
