@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // The bed has no NVIDIA devices; /dev/vcs stands in for one (its major is
@@ -213,6 +214,10 @@ func TestGPUInheritedDeviceFiles(t *testing.T) {
 	}
 	expectRecord(t, token, map[string]string{"state": "RUNNING", "checkpoint": "1", "restore": "1"})
 	waitWarm(t, id, before.Count+1)
+	// ctr names a checkpoint image after the container and the time to the
+	// second; a second checkpoint within the same second is refused as
+	// "already exists".
+	time.Sleep(time.Until(time.Now().Truncate(time.Second).Add(time.Second)))
 	if _, err := bed.Ctr("tasks", "checkpoint", "--exit", id); err != nil {
 		t.Fatalf("checkpoint --exit: %v", err)
 	}
