@@ -23,12 +23,9 @@ type Entry struct {
 	Signed  bool
 }
 
-// ErrNoMatch means the repository holds no checkpoint of the identity.
-var ErrNoMatch = storage.ErrNotFound
-
 // Newest is the tag of the newest checkpoint of identity key in the
 // repository: the highest generation among tags with the key's prefix
-// whose annotations name the full key.
+// whose annotations name the full key. None wraps storage.ErrNotFound.
 func (r *Remote) Newest(ctx context.Context, key string) (string, error) {
 	tags, err := r.Tags(ctx)
 	if err != nil {
@@ -43,7 +40,7 @@ func (r *Remote) Newest(ctx context.Context, key string) (string, error) {
 			return tag, nil
 		}
 	}
-	return "", fmt.Errorf("registry %s: no checkpoint of key %s: %w", r.Name, key, ErrNoMatch)
+	return "", fmt.Errorf("registry %s: no checkpoint of key %s: %w", r.Name, key, storage.ErrNotFound)
 }
 
 // List describes every checkpoint tag of the repository, newest first;

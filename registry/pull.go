@@ -2,6 +2,7 @@ package registry
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -50,9 +51,6 @@ func (r *Remote) Pull(ctx context.Context, tag string, store *storage.Store, o O
 	}
 	if m.Name != tag {
 		return nil, fmt.Errorf("pull %s: the artifact carries checkpoint %s", ref, m.Name)
-	}
-	if have, err := store.Get(m.Name); err == nil && string(have.RawManifest()) == string(raw) {
-		return have, nil
 	}
 	a, err := parseArtifact(im, m)
 	if err != nil {
@@ -107,7 +105,7 @@ func (r *Remote) fetchSmall(ctx context.Context, d ocispec.Descriptor) ([]byte, 
 // (resuming one an earlier pull left), then manifest.json and manifest.sig,
 // and has the store accept it.
 func (r *Remote) receive(ctx context.Context, store *storage.Store, id string, a *artifact, raw []byte, m *storage.Manifest, o Options) (*storage.Checkpoint, error) {
-	st, landed, err := stage(ctx, store, id, m.Name)
+	st, landed, err := stage(ctx, store, id, m.Name, raw)
 	if err != nil || landed != nil {
 		return landed, err
 	}
@@ -269,13 +267,14 @@ func writeFile(path string, data []byte) error {
 	return os.WriteFile(path, data, 0o600)
 }
 
-// stage opens the store's staging directory for the pull id. While another
-// pull of the same checkpoint holds it, stage waits: that pull's checkpoint
-// is returned when it lands, and if it fails, this pull takes over (resuming
-// its chunks).
-func stage(ctx context.Context, store *storage.Store, id, name string) (*storage.Staging, *storage.Checkpoint, error) {
+// stage opens the store's staging directory for the pull id, unless the
+// store already holds the checkpoint (manifest raw). While another pull of
+// the same checkpoint holds the directory, stage waits: that pull's
+// checkpoint is returned when it lands, and if it fails, this pull takes
+// over (resuming its chunks).
+func stage(ctx context.Context, store *storage.Store, id, name string, raw []byte) (*storage.Staging, *storage.Checkpoint, error) {
 	for {
-		if c, err := store.Get(name); err == nil {
+		if c, err := store.Get(name); err == nil && bytes.Equal(c.RawManifest(), raw) {
 			return nil, c, nil
 		}
 		st, err := store.Receive(id)
