@@ -326,11 +326,31 @@ func waitCRIUStarted(t *testing.T, id string) {
 	wrapper := filepath.Join(bed.Dir, "bin", "criu") + " swrk"
 	shim := "containerd-shim-snapshot-v2 .*-id " + id + "( |$)"
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if exec.Command("pgrep", "-f", wrapper).Run() == nil && exec.Command("pgrep", "-f", shim).Run() == nil {
+		if runcCRIURunning(wrapper) && exec.Command("pgrep", "-f", shim).Run() == nil {
 			return
 		}
 	}
 	t.Fatalf("the restore of %s never reached CRIU", id)
+}
+
+// runcCRIURunning reports whether a CRIU that runc started runs through
+// the bed's wrapper: the shim's own version query is a `criu swrk` too.
+func runcCRIURunning(wrapper string) bool {
+	out, _ := exec.Command("pgrep", "-f", wrapper).Output()
+	for _, pid := range strings.Fields(string(out)) {
+		stat, err := os.ReadFile("/proc/" + pid + "/stat")
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, so cut after ')'.
+		fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+		if len(fields) > 1 {
+			if comm, err := os.ReadFile("/proc/" + fields[1] + "/comm"); err == nil && strings.TrimSpace(string(comm)) == "runc" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // logOnFailure logs what containerd's log and the control directory say of
