@@ -10,12 +10,14 @@ import (
 	"time"
 )
 
-// The bed has no NVIDIA devices; /dev/vcs stands in for one (its major is
+// The bed has no NVIDIA devices; /dev/fuse stands in for one (its major is
 // named to the shims through SNAPSHOT_GPU_DEVICE_MAJORS), as the fake
-// driver stands in for libcuda.
+// driver stands in for libcuda. Like NVIDIA's device files, and unlike
+// most, it cannot seek (lseek gives ESPIPE): a restore that set the file
+// position of a reopened device failed on the H100 for exactly that.
 const (
-	standInDevice      = "/dev/vcs"
-	standInDeviceMajor = "7"
+	standInDevice      = "/dev/fuse"
+	standInDeviceMajor = "10"
 )
 
 // driverOps lists, in order, the fake driver's calls for the given tokens

@@ -79,8 +79,8 @@ run_example() {
   local id=$1 gpu=$2 script=$3; shift 3
   local extra=()
   for e in "$@"; do extra+=(--env "$e"); done
-  mkdir -p $MODELS $W/logs
-  ctr run -d --log-uri file://$W/logs/$id.log --runtime io.containerd.snapshot.v2 --runtime-config-path ${HANDLER:-$W/handler.toml} --net-host \
+  mkdir -p $MODELS $OUT/logs
+  ctr run -d --log-uri file://$OUT/logs/$id.log --runtime io.containerd.snapshot.v2 --runtime-config-path ${HANDLER:-$W/handler.toml} --net-host \
     --mount type=bind,src=/usr,dst=/usr,options=bind:ro --mount type=bind,src=/etc,dst=/etc,options=bind:ro \
     --mount type=bind,src=/opt,dst=/opt,options=bind:ro --mount type=bind,src=/var,dst=/var,options=bind:ro \
     --mount type=bind,src=/usr/local/nvidia,dst=/usr/local/nvidia,options=bind:ro \
@@ -96,12 +96,15 @@ MODELS=${MODELS:-/var/tmp/snapmodels}
 
 # first_answer [PORT]: waits up to $FIRST_ANSWER_TIMEOUT s (120) for the worker's first answer,
 # asking every 10 ms from one process (a new python per attempt and 0.1 s
-# between attempts added up to 0.15 s to the times measured).
+# between attempts added up to 0.15 s to the times measured). With
+# WATCH_PID set, it gives up as soon as that process is gone.
 first_answer() {
-  python3 - "${1:-8000}" "${FIRST_ANSWER_TIMEOUT:-120}" <<'PY'
-import sys, time, urllib.request
-url, deadline = "http://127.0.0.1:%s/" % sys.argv[1], time.time() + float(sys.argv[2])
+  python3 - "${1:-8000}" "${FIRST_ANSWER_TIMEOUT:-120}" "${WATCH_PID:-}" <<'PY'
+import os, sys, time, urllib.request
+url, deadline, watch = "http://127.0.0.1:%s/" % sys.argv[1], time.time() + float(sys.argv[2]), sys.argv[3]
 while time.time() < deadline:
+    if watch and not os.path.exists("/proc/" + watch):
+        sys.exit(2)
     try:
         print(urllib.request.urlopen(url, timeout=2).read().decode())
         sys.exit(0)
@@ -124,8 +127,10 @@ status_of() { cat /run/containerd-shim-snapshot/$1/snapshot-status 2>/dev/null; 
 # restored ID: whether the shim logged a restore of ID.
 restored() { grep -q "msg=\"snapshot: restored\" id=$1" $OUT/containerd.log; }
 
+# task_pid ID: the host pid of container ID's first process.
+task_pid() { ctr t ls | awk -v id="$1" '$1 == id {print $2}'; }
+
 collect_logs() {
-  cp $W/logs/*.log "$OUT/" 2>/dev/null
   cp $W/state/io.containerd.runtime.v2.task/gpu/*/*.log "$OUT/" 2>/dev/null
   for f in $(find $W -name "*.log" -path "*criu*" 2>/dev/null | head -4); do cp "$f" "$OUT/$(basename "$(dirname "$f")")-$(basename "$f")"; done
 }

@@ -2,13 +2,14 @@
 
 At start it imports torch and transformers, loads a Qwen3-style model from
 safetensors on disk (MODEL_DIR), compiles its forward pass with
-torch.compile(mode="reduce-overhead") under PyTorch's default settings
-(inductor's parallel compile workers on), warms up with a static KV cache
-(CUDA graphs captured), and answers HTTP GET / with the greedy generation
-of a fixed prompt. The weights are random, written once by write_model.py;
+torch.compile under PyTorch's default settings (inductor's default mode, its
+parallel compile workers on: they stay beside the server, holding the GPU's
+device files), warms up with a static KV cache, and answers HTTP GET / with
+the greedy generation of a fixed prompt. The weights are random, written once by write_model.py;
 what matters is the work a cold start does, not what the model says.
 
 Environment: MODEL_DIR (default /models/qwen3), NEW_TOKENS (default 32),
+COMPILE_MODE (default "default"; see below for reduce-overhead),
 PORT (default 8000), CONTROL_DIR (the shim's control directory: it writes
 ready-for-checkpoint there once warm and, when the shim asks before a
 checkpoint, hands the allocator's free reserve back: common/snapshot_hooks.py).
@@ -26,6 +27,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from snapshot_hooks import serve  # noqa: E402
 
 T_IMPORT = time.time()
+
+
+def progress(what):
+    """One line per start-up phase, so a slow cold start shows where it is."""
+    print("%7.1f s  %s" % (time.time() - T0, what), flush=True)
+
+
+progress("imported torch %s" % torch.__version__)
 MODEL_DIR = os.environ.get("MODEL_DIR", "/models/qwen3")
 NEW_TOKENS = int(os.environ.get("NEW_TOKENS", "32"))
 # A fixed prompt of token ids: no tokenizer is needed to tell answers apart.
@@ -35,11 +44,17 @@ model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.bfloat16, de
 model.eval()
 torch.cuda.synchronize()
 T_WEIGHTS = time.time()
+progress("weights on the GPU")
 model.generation_config.cache_implementation = "static"
 # One compile, ours: transformers would otherwise compile the static-cache
 # decode step itself as well.
 model.generation_config.disable_compile = True
-COMPILE_MODE = os.environ.get("COMPILE_MODE", "reduce-overhead")
+# inductor's default mode. "reduce-overhead" (CUDA graph trees) refuses
+# transformers 5's StaticCache: its layers update a cumulative_length tensor
+# in place, cudagraphs skip the 108 mutated inputs of a 36-layer model and the
+# next generation fails with "accessing tensor output of CUDAGraphs that has
+# been overwritten" (H100, torch 2.11, 2026-12-05). COMPILE_MODE picks another.
+COMPILE_MODE = os.environ.get("COMPILE_MODE", "default")
 
 
 def generate():
@@ -51,28 +66,22 @@ def generate():
 
 
 def compile_and_warm(mode):
-    """Compile the forward pass in mode and run it until its CUDA graphs are
-    recorded and replayed."""
-    model.forward = torch.compile(eager_forward, mode=mode)
-    for _ in range(3):  # compile, record the CUDA graphs, replay them
+    """Compile the forward pass in mode and run it until every shape it
+    serves is compiled (and, under reduce-overhead, its CUDA graphs recorded
+    and replayed)."""
+    model.forward = torch.compile(eager_forward, mode=None if mode == "default" else mode)
+    for i in range(3):  # compile (prefill and decode shapes), then run compiled
         generate()
+        progress("compiled generation %d (mode %s)" % (i + 1, mode))
 
 
 # One eager generation first: the static KV cache is then allocated outside
-# the compiled region, not as an output of a CUDA graph that the next replay
-# overwrites.
+# the compiled region (under reduce-overhead it would otherwise be the output
+# of a CUDA graph that the next replay overwrites).
 eager_forward = model.forward
 generate()
-try:
-    compile_and_warm(COMPILE_MODE)
-except RuntimeError as e:
-    # CUDA graph trees refuse some transformers versions' in-place cache
-    # updates; inductor's default mode (no CUDA graphs) is what such a
-    # server then runs. /info says which mode served.
-    print("compile mode %s failed: %s; using the default mode" % (COMPILE_MODE, str(e).splitlines()[0]), flush=True)
-    COMPILE_MODE = "default"
-    torch._dynamo.reset()
-    compile_and_warm(None)
+progress("eager generation")
+compile_and_warm(COMPILE_MODE)
 T_WARM = time.time()
 TIMES = {"import_s": round(T_IMPORT - T0, 2), "weights_s": round(T_WEIGHTS - T_IMPORT, 2),
          "compile_and_warmup_s": round(T_WARM - T_WEIGHTS, 2), "start_to_warm_s": round(T_WARM - T0, 2),
