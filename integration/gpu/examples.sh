@@ -48,11 +48,13 @@ script_of() {
   esac
 }
 
-# gpu_holders ID: every process of container ID with what it holds of
-# /dev/nvidia* and what the driver says of it (the leftovers question).
+# gpu_holders ID: every process of container ID with its anonymous memory
+# (what CRIU dumps of it), what it holds of /dev/nvidia* and what the driver
+# says of it (the leftovers question).
 gpu_holders() {
   for pid in $(ctr t ps "$1" | awk 'NR>1 {print $1}'); do
-    printf 'pid %s (%s): maps %s, fds %s, driver: %s\n' "$pid" "$(cat /proc/$pid/comm)" \
+    printf 'pid %s (%s): anon %s, maps %s, fds %s, driver: %s\n' "$pid" "$(cat /proc/$pid/comm)" \
+      "$(awk '/^RssAnon/ {print $2 " " $3}' /proc/$pid/status)" \
       "$(grep -c /dev/nvidia /proc/$pid/maps)" "$(ls -l /proc/$pid/fd 2>/dev/null | grep -c /dev/nvidia)" \
       "$(SNAPSHOT_LIBCUDA=/usr/local/nvidia/lib64/libcuda.so.1 cudactl state $pid 2>&1 | tail -1)"
   done
