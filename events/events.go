@@ -69,6 +69,9 @@ type Event struct {
 	// Phases are the timed steps, name -> seconds, as in the manifest and
 	// the control directory's status file.
 	Phases map[string]float64 `json:"phases_seconds,omitempty"`
+	// CRIUStats are CRIU's own measurements of the dump or restore
+	// (criu.Stats: seconds in the _s names, page counts).
+	CRIUStats map[string]float64 `json:"criu_stats,omitempty"`
 	// BytesRead is the size of the checkpoint a restore read; BytesWritten
 	// the size of the checkpoint a checkpoint published.
 	BytesRead    int64 `json:"bytes_read,omitempty"`

@@ -124,6 +124,16 @@ func TestGPURestoreFromStore(t *testing.T) {
 	if phases, _ := st["phases_seconds"].(map[string]any); st["decision"] != "restored" || phases["cuda_restore"] == nil {
 		t.Fatalf("status %v", st)
 	}
+	// CRIU's own measurements reach the records: the dump's in the
+	// manifest, the restore's in the status file.
+	if cs, _ := st["criu_stats"].(map[string]any); cs["restore_s"] == nil || cs["restore_s"].(float64) <= 0 {
+		t.Errorf("status has no CRIU restore statistics: %v", st["criu_stats"])
+	}
+	for _, ck := range checkpoints(t, store) {
+		if cs := ck.Manifest.CRIUStats; cs["pages_written"] <= 0 || cs["frozen_s"] <= 0 {
+			t.Errorf("checkpoint %s has no CRIU dump statistics: %v", ck.Name, cs)
+		}
+	}
 
 	t.Run("a checkpoint taken on a GPU this node lacks cold-starts", func(t *testing.T) {
 		claimGPU(t, store)

@@ -16,6 +16,7 @@ import (
 	ptypes "github.com/containerd/containerd/v2/pkg/protobuf/types"
 	"github.com/containerd/log"
 
+	"github.com/gpusnap/containerd-shim-snapshot-v2/criu"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/crypt"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/events"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/phases"
@@ -58,6 +59,7 @@ func reportCheckpoint(ctx context.Context, c *container, pub *published, times p
 			return
 		}
 		o.outcome, o.bytes, o.fields = events.OutcomeCheckpointed, pub.ck.Size(), pub.fields
+		o.criuStats = pub.ck.Manifest.CRIUStats
 	}
 	report(ctx, c, o)
 }
@@ -98,15 +100,25 @@ func (s *Service) checkpoint(ctx context.Context, c *container, r *taskAPI.Check
 	if err != nil {
 		return nil, nil, err
 	}
-	var resp *ptypes.Empty
+	var (
+		resp      *ptypes.Empty
+		dumpStats criu.Stats
+	)
 	err = times.time(phases.CRIUDump, func() (err error) {
 		start := time.Now()
 		if err = prepareCRIUConfigForDump(c, r, leftovers); err != nil {
 			return fmt.Errorf("writing the CRIU configuration: %w", err)
 		}
+		work, removeWork, err := keepDumpWorkDir(c, r)
+		if err != nil {
+			return fmt.Errorf("preparing CRIU's work directory: %w", err)
+		}
+		defer removeWork()
 		if resp, err = s.TTRPCTaskService.Checkpoint(ctx, r); err != nil {
 			err = explainCRIU(err, filepath.Join(c.bundle, criuDumpLog), start)
 			s.recoverFailedCheckpoint(ctx, c, wasPaused)
+		} else if work != "" {
+			dumpStats = criuStats(ctx, criu.ReadDumpStats, work)
 		}
 		return err
 	})
@@ -115,7 +127,7 @@ func (s *Service) checkpoint(ctx context.Context, c *container, r *taskAPI.Check
 	}
 	var pub *published
 	if err == nil && c.options.Store != "" {
-		pub, err = s.publish(ctx, c, r.Path, gpus, pp, times)
+		pub, err = s.publish(ctx, c, r.Path, gpus, pp, times, dumpStats)
 	}
 	if err != nil || !exitsAfterCheckpoint(r) {
 		if rbErr := thawedFor(ctx, c, thaw, rollback); rbErr != nil {
@@ -171,7 +183,7 @@ func loadPublishPrereqs(o options.Options) (pp publishPrereqs, err error) {
 // plaintext byte, not even before the rename that publishes it. A
 // checkpoint of an identity another writer published first is kept as
 // theirs: no error, and nothing published.
-func (s *Service) publish(ctx context.Context, c *container, dir string, gpus storage.GPUNode, pp publishPrereqs, times phaseTimes) (*published, error) {
+func (s *Service) publish(ctx context.Context, c *container, dir string, gpus storage.GPUNode, pp publishPrereqs, times phaseTimes, dumpStats criu.Stats) (*published, error) {
 	signer, enc := pp.signer, pp.enc
 	store, err := storage.Open(c.options.Store)
 	if err != nil {
@@ -195,8 +207,8 @@ func (s *Service) publish(ctx context.Context, c *container, dir string, gpus st
 		return nil, fmt.Errorf("checkpoint %s: %w", phase, err)
 	}
 	key, fields := containerIdentity(c)
-	m := &storage.Manifest{Key: key, Identity: fields, Node: pp.node, Phases: times, GPUs: gpus.GPUs, DriverVersion: gpus.DriverVersion, GPULeftovers: c.gpuLeftovers,
-		Source: storage.Source{ContainerID: c.id, Namespace: c.namespace, Hostname: c.spec.Hostname}}
+	m := &storage.Manifest{Key: key, Identity: fields, Node: pp.node, Phases: times, CRIUStats: dumpStats, GPUs: gpus.GPUs, DriverVersion: gpus.DriverVersion,
+		GPULeftovers: c.gpuLeftovers, Source: storage.Source{ContainerID: c.id, Namespace: c.namespace, Hostname: c.spec.Hostname}}
 	if enc != nil {
 		m.Encryption = &storage.Encryption{Algorithm: crypt.Algorithm, KeyID: enc.ID}
 	}

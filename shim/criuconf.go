@@ -12,6 +12,8 @@ import (
 	"time"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	runcoptions "github.com/containerd/containerd/api/types/runc/options"
+	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/gpusnap/containerd-shim-snapshot-v2/criu"
@@ -123,7 +125,8 @@ func useCRIU(criuPath string) {
 // work directory as CRIU's work path.
 const (
 	criuDumpLog    = "criu-dump.log"
-	criuRestoreLog = "work/restore.log"
+	criuWorkLink   = "work"
+	criuRestoreLog = criuWorkLink + "/restore.log"
 )
 
 // explainCRIU adds CRIU's own error lines (criu.ExplainLog) to the error of
@@ -140,4 +143,39 @@ func explainCRIU(err error, logPath string, since time.Time) error {
 		return fmt.Errorf("%w; %v", err, why)
 	}
 	return err
+}
+
+// criuDumpWork is the work directory the shim gives CRIU's dump when the
+// client names none.
+const criuDumpWork = "criu-dump-work"
+
+// keepDumpWorkDir makes the dump run in a work directory that outlives it,
+// so that the shim can read CRIU's statistics afterwards: the client's
+// (runc's WorkPath option), or criuDumpWork in the bundle, which remove
+// deletes (containerd's runc shim deletes its own, statistics included, as
+// soon as the dump returns). A request whose options are not runc's is left
+// alone: work is then empty and there are no statistics.
+func keepDumpWorkDir(c *container, r *taskAPI.CheckpointTaskRequest) (work string, remove func(), err error) {
+	opts := checkpointOptions(r)
+	switch {
+	case opts != nil && opts.WorkPath != "":
+		return opts.WorkPath, func() {}, nil
+	case opts == nil && r.Options != nil:
+		return "", func() {}, nil
+	case opts == nil:
+		opts = &runcoptions.CheckpointOptions{}
+	}
+	work = filepath.Join(c.bundle, criuDumpWork)
+	if err := os.RemoveAll(work); err != nil {
+		return "", nil, err
+	}
+	if err := os.Mkdir(work, 0o700); err != nil {
+		return "", nil, err
+	}
+	opts.WorkPath = work
+	if r.Options, err = typeurl.MarshalAnyToProto(opts); err != nil {
+		os.RemoveAll(work)
+		return "", nil, err
+	}
+	return work, func() { os.RemoveAll(work) }, nil
 }

@@ -106,3 +106,56 @@ func TestExplainCRIU(t *testing.T) {
 		t.Fatalf("with a stale log: %v", got)
 	}
 }
+
+// TestKeepDumpWorkDir: the dump gets a work directory that outlives it, so
+// that CRIU's statistics can be read: one in the bundle when the client
+// names none (with or without runc options), the client's own otherwise,
+// and none for options the shim does not know.
+func TestKeepDumpWorkDir(t *testing.T) {
+	c := &container{bundle: t.TempDir()}
+	withOpts := func(o *runcoptions.CheckpointOptions) *taskAPI.CheckpointTaskRequest {
+		a, err := typeurl.MarshalAnyToProto(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &taskAPI.CheckpointTaskRequest{Options: a}
+	}
+	for name, r := range map[string]*taskAPI.CheckpointTaskRequest{
+		"no options (CRI)":         {},
+		"runc options without one": withOpts(&runcoptions.CheckpointOptions{Exit: true}),
+	} {
+		work, remove, err := keepDumpWorkDir(c, r)
+		if err != nil || work != filepath.Join(c.bundle, criuDumpWork) {
+			t.Fatalf("%s: work %q, %v", name, work, err)
+		}
+		if opts := checkpointOptions(r); opts == nil || opts.WorkPath != work || (name != "no options (CRI)" && !opts.Exit) {
+			t.Errorf("%s: options sent on: %+v", name, opts)
+		}
+		if st, err := os.Stat(work); err != nil || !st.IsDir() {
+			t.Errorf("%s: %v", name, err)
+		}
+		remove()
+		if _, err := os.Stat(work); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s: work directory left after remove: %v", name, err)
+		}
+	}
+
+	own := t.TempDir()
+	r := withOpts(&runcoptions.CheckpointOptions{WorkPath: own})
+	if work, remove, err := keepDumpWorkDir(c, r); err != nil || work != own {
+		t.Fatalf("client's work path: %q, %v", work, err)
+	} else if remove(); !dirExists(own) {
+		t.Errorf("the client's work directory was removed")
+	}
+
+	other, _ := typeurl.MarshalAnyToProto(&runcoptions.Options{})
+	r = &taskAPI.CheckpointTaskRequest{Options: other}
+	if work, _, err := keepDumpWorkDir(c, r); err != nil || work != "" || r.Options != other {
+		t.Errorf("options of another kind: work %q, %v, options replaced: %v", work, err, r.Options != other)
+	}
+}
+
+func dirExists(path string) bool {
+	st, err := os.Stat(path)
+	return err == nil && st.IsDir()
+}

@@ -72,7 +72,7 @@ func joinedNetns(c *container) string {
 // CRIU run), the bundle and the shim's own working directory.
 func criuWorkDirs(c *container) []string {
 	dirs := []string{c.bundle}
-	if work, err := filepath.EvalSymlinks(filepath.Join(c.bundle, "work")); err == nil {
+	if work, err := filepath.EvalSymlinks(filepath.Join(c.bundle, criuWorkLink)); err == nil {
 		dirs = append(dirs, work)
 	}
 	if wd, err := os.Getwd(); err == nil && wd != c.bundle {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/containerd/log"
 
+	"github.com/gpusnap/containerd-shim-snapshot-v2/criu"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/events"
 )
 
@@ -23,6 +24,8 @@ type outcome struct {
 	from        string
 	criuThreads int
 	phases      phaseTimes
+	// criuStats are CRIU's own measurements of its dump or restore.
+	criuStats criu.Stats
 	// bytes is the size of the checkpoint read or written.
 	bytes int64
 	// fields are more for the log line.
@@ -33,8 +36,9 @@ type outcome struct {
 // log (gpusnap status and metrics), the container's status file (the
 // workload and operators) and containerd's log.
 func report(ctx context.Context, c *container, o outcome) {
-	ev := events.Event{Kind: o.kind, Outcome: o.outcome, Checkpoint: o.checkpoint, Phases: o.phases}
-	st := snapshotStatus{Decision: o.outcome, Checkpoint: o.checkpoint, From: o.from, At: time.Now(), CRIUThreads: o.criuThreads, Phases: o.phases}
+	ev := events.Event{Kind: o.kind, Outcome: o.outcome, Checkpoint: o.checkpoint, Phases: o.phases, CRIUStats: o.criuStats}
+	st := snapshotStatus{Decision: o.outcome, Checkpoint: o.checkpoint, From: o.from, At: time.Now(), CRIUThreads: o.criuThreads,
+		Phases: o.phases, CRIUStats: o.criuStats}
 	logger := log.G(ctx).WithField("id", c.id).WithFields(o.fields)
 	if o.reason != nil {
 		ev.Reason, ev.ReasonCode = o.reason.Error(), events.CodeOf(o.reason)
@@ -76,6 +80,8 @@ type snapshotStatus struct {
 	// reads with one.
 	CRIUThreads int                `json:"criu_threads,omitempty"`
 	Phases      map[string]float64 `json:"phases_seconds,omitempty"`
+	// CRIUStats are CRIU's own measurements of the restore (criu.Stats).
+	CRIUStats map[string]float64 `json:"criu_stats,omitempty"`
 }
 
 // phaseTimes are the seconds each timed phase took (names from package
@@ -89,6 +95,17 @@ func (p phaseTimes) time(name string, f func() error) error {
 	err := f()
 	p[name] = time.Since(start).Seconds()
 	return err
+}
+
+// criuStats reads CRIU's own measurements of the dump or restore that just
+// ran in workDir. Without them the records only lack them: a failure is
+// logged, not returned.
+func criuStats(ctx context.Context, read func(workDir string) (criu.Stats, error), workDir string) criu.Stats {
+	st, err := read(workDir)
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("snapshot: CRIU's statistics")
+	}
+	return st
 }
 
 // eventsDir is the node-level record of restores and checkpoints that

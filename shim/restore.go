@@ -12,6 +12,7 @@ import (
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/log"
 
+	"github.com/gpusnap/containerd-shim-snapshot-v2/criu"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/cudackpt"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/events"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/phases"
@@ -33,6 +34,8 @@ type restoreRun struct {
 	// drv and cuda are the driver and the restored CUDA processes.
 	drv  *cudackpt.Driver
 	cuda []int
+	// criuStats are CRIU's own measurements of its restore.
+	criuStats criu.Stats
 }
 
 // restoreStep is one timed phase of a restore; skip, when set, leaves it out
@@ -60,6 +63,7 @@ var restoreSteps = []restoreStep{
 			return explainCRIU(err, filepath.Join(r.c.bundle, criuRestoreLog), start)
 		}
 		r.created = true
+		r.criuStats = criuStats(ctx, criu.ReadRestoreStats, filepath.Join(r.c.bundle, criuWorkLink))
 		return nil
 	}},
 	// The GPU state goes back onto the container's GPUs, process by
@@ -108,7 +112,7 @@ func (s *Service) restore(ctx context.Context, c *container, plan *restorePlan, 
 		log.G(ctx).WithError(err).Warn("snapshot: writing restore-complete")
 	}
 	report(ctx, c, outcome{kind: events.KindRestore, outcome: events.OutcomeRestored, checkpoint: plan.checkpoint.Name,
-		from: plan.checkpoint.Dir, criuThreads: plan.criuThreads, phases: plan.phases, bytes: plan.checkpoint.Size()})
+		from: plan.checkpoint.Dir, criuThreads: plan.criuThreads, phases: plan.phases, criuStats: r.criuStats, bytes: plan.checkpoint.Size()})
 	return r.resp, nil
 }
 

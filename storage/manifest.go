@@ -33,7 +33,9 @@ type Manifest struct {
 	Created  time.Time         `json:"created"`
 	Files    []File            `json:"files"`
 	// Phases holds seconds spent per checkpoint phase, for tuning.
-	Phases        map[string]float64 `json:"phases,omitempty"`
+	Phases map[string]float64 `json:"phases,omitempty"`
+	// CRIUStats are CRIU's own measurements of the dump (criu.Stats).
+	CRIUStats     map[string]float64 `json:"criu_stats,omitempty"`
 	GPUs          []GPU              `json:"gpus,omitempty"`
 	DriverVersion string             `json:"driver_version,omitempty"`
 	// GPULeftovers are the container PIDs of processes without CUDA state

@@ -100,7 +100,7 @@ restore_example() {
   a=$(first_answer); t1=$(now)
   record ${1}_restore_${2}_s $(dt $t0 $t1)
   status_of $id >$OUT/status-$id.json; echo "\"${1}_status_restore_${2}\": $(grep . $OUT/status-$id.json || echo null)," >>$R
-  python3 -c "import json,sys; print('  phases', json.load(open(sys.argv[1])).get('phases_seconds'))" $OUT/status-$id.json 2>/dev/null
+  python3 -c "import json,sys; st=json.load(open(sys.argv[1])); print('  phases', st.get('phases_seconds'), 'criu', st.get('criu_stats'))" $OUT/status-$id.json 2>/dev/null
   if ! restored $id; then
     result FAIL "$1: $id was not restored: $(status_of $id)"
   elif [ -n "$a" ] && [ "$a" = "$A1" ]; then
@@ -144,7 +144,8 @@ for NAME in $EXAMPLES; do
     remove_worker $NAME-src; continue
   fi
   CK=$(ls -d $STORE/*/)
-  python3 -c "import json,sys; print('  checkpoint phases', json.load(open(sys.argv[1])).get('phases'))" $CK/manifest.json
+  python3 -c "import json,sys; m=json.load(open(sys.argv[1])); print('  checkpoint phases', m.get('phases'), 'criu', m.get('criu_stats'))" $CK/manifest.json
+  echo "\"${NAME}_checkpoint_criu_stats\": $(python3 -c "import json,sys;print(json.dumps(json.load(open(sys.argv[1])).get('criu_stats')))" $CK/manifest.json)," >>$R
   echo "\"${NAME}_checkpoint_phases\": $(python3 -c "import json,sys;print(json.dumps(json.load(open(sys.argv[1])).get('phases')))" $CK/manifest.json)," >>$R
   record ${NAME}_image_bytes $(du -sb $CK | cut -f1)
   record ${NAME}_pages_bytes $(du -cb $CK/checkpoint/pages-*.img | tail -1 | cut -f1)
