@@ -16,9 +16,12 @@ import (
 
 // RuntimeType is the runtime type under which containerd knows the snapshot
 // shim: the runtime_type of a handler in containerd's config, the --runtime
-// of ctr, and the name the shim registers itself with. containerd turns it
-// into the binary name containerd-shim-snapshot-v2.
+// of ctr, and the name the shim registers itself with.
 const RuntimeType = "io.containerd.snapshot.v2"
+
+// ShimBinary is the binary containerd runs for RuntimeType, by its naming
+// rule (io.containerd.NAME.vN: containerd-shim-NAME-vN on its PATH).
+const ShimBinary = "containerd-shim-snapshot-v2"
 
 // criRuntimes is the table under which containerd 2.x (config version 3)
 // declares CRI runtime handlers, one sub-table each.

@@ -19,6 +19,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+
+	"github.com/gpusnap/containerd-shim-snapshot-v2/containerdconfig"
 )
 
 // Defaults of Config, also the command's flag defaults.
@@ -33,7 +35,7 @@ const (
 
 // Names of what the installer writes.
 const (
-	ShimBinary = "containerd-shim-snapshot-v2"
+	ShimBinary = containerdconfig.ShimBinary
 	CLIBinary  = "gpusnap"
 	CRIUBinary = "criu"
 	DropinName = "containerd-shim-snapshot.toml"

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	goruntime "runtime"
+	"runtime"
 	"strconv"
 	"time"
 
@@ -132,7 +132,7 @@ func tuneCRIURestore(o options.Options) int {
 		v = "1"
 	}
 	os.Setenv(criuHugePagesEnv, v)
-	threads := o.CRIURestoreThreads(goruntime.NumCPU())
+	threads := o.CRIURestoreThreads(runtime.NumCPU())
 	os.Setenv(criuThreadsEnv, strconv.Itoa(threads))
 	return threads
 }

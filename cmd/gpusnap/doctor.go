@@ -266,7 +266,7 @@ func networkLockCheck() check {
 }
 
 func shimBinaryCheck() check {
-	const bin = "containerd-shim-snapshot-v2"
+	const bin = containerdconfig.ShimBinary
 	if p, ok := lookTool(bin); ok {
 		return pass("shim binary", "%s", p)
 	}

@@ -24,7 +24,7 @@ import (
 // (containerdconfig.RuntimeType), and the shim's binary.
 const (
 	RuncRuntime = "io.containerd.runc.v2"
-	ShimBinary  = "containerd-shim-snapshot-v2"
+	ShimBinary  = containerdconfig.ShimBinary
 )
 
 // Config says what the bed runs.
