@@ -20,6 +20,9 @@ type example struct {
 	Info, Prepare                       map[string]any // the server's own /info, at the cold start and after the checkpoint
 	CkptPhases                          map[string]float64
 	Phases                              map[string]map[string]float64 // restore case -> phases
+	// CRIU's own measurements (criu.Stats): of the dump, and per restore case.
+	DumpStats    map[string]float64
+	RestoreStats map[string]map[string]float64
 }
 
 // loadExamples reads the examples of a gpu-examples result.
@@ -30,7 +33,7 @@ func loadExamples(raw map[string]json.RawMessage) []*example {
 			data, ok := raw[name+"_"+key]
 			return ok && json.Unmarshal(data, v) == nil
 		}
-		e := &example{Name: name, Phases: map[string]map[string]float64{}}
+		e := &example{Name: name, Phases: map[string]map[string]float64{}, RestoreStats: map[string]map[string]float64{}}
 		if !get("cold_s", &e.Cold) {
 			continue
 		}
@@ -45,12 +48,17 @@ func loadExamples(raw map[string]json.RawMessage) []*example {
 		get("info", &e.Info)
 		get("prepare", &e.Prepare)
 		get("checkpoint_phases", &e.CkptPhases)
+		get("checkpoint_criu_stats", &e.DumpStats)
 		for _, c := range []string{"cold", "warm"} {
 			var st struct {
-				Phases map[string]float64 `json:"phases_seconds"`
+				Phases    map[string]float64 `json:"phases_seconds"`
+				CRIUStats map[string]float64 `json:"criu_stats"`
 			}
 			if get("status_restore_"+c, &st) && st.Phases != nil {
 				e.Phases[c] = st.Phases
+			}
+			if st.CRIUStats != nil {
+				e.RestoreStats[c] = st.CRIUStats
 			}
 		}
 		out = append(out, e)
@@ -80,6 +88,14 @@ func examplesTable(b *strings.Builder, r *result) {
 		for _, c := range []string{"cold", "warm"} {
 			if p := e.Phases[c]; p != nil {
 				fmt.Fprintf(b, "; restore (%s page cache): %s", c, phaseList(p))
+			}
+		}
+		if e.DumpStats != nil {
+			fmt.Fprintf(b, "; CRIU's own, dump: %s", criuStatsList(e.DumpStats))
+		}
+		for _, c := range []string{"cold", "warm"} {
+			if st := e.RestoreStats[c]; st != nil {
+				fmt.Fprintf(b, "; CRIU's own, restore (%s page cache): %s", c, criuStatsList(st))
 			}
 		}
 		if rel, ok := e.Prepare["last_release"].(map[string]any); ok {
@@ -117,6 +133,22 @@ func infoList(info map[string]any) string {
 	for k, v := range info {
 		if f, ok := v.(float64); ok && strings.HasSuffix(k, "_s") {
 			parts = append(parts, fmt.Sprintf("%s %.2f s", strings.TrimSuffix(k, "_s"), f))
+		}
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
+}
+
+// criuStatsList renders CRIU's own measurements (criu.Stats), sorted:
+// seconds for the _s names, page counts as bytes of 4 KiB pages.
+func criuStatsList(st map[string]float64) string {
+	var parts []string
+	for k, v := range st {
+		switch {
+		case strings.HasSuffix(k, "_s"):
+			parts = append(parts, fmt.Sprintf("%s %.3f s", strings.TrimSuffix(k, "_s"), v))
+		case strings.HasPrefix(k, "pages_"):
+			parts = append(parts, fmt.Sprintf("%s %.2f GB", k, v*4096/1e9))
 		}
 	}
 	sort.Strings(parts)
