@@ -80,6 +80,12 @@ func TestSignatureRestore(t *testing.T) {
 		!strings.Contains(string(out), "signed by key "+idA) {
 		t.Fatalf("gpusnap verify --trusted-key: %v: %s", err, out)
 	}
+	// The images CRIU wrote hold the workload and its child (both named
+	// stateful), each a row of inspect's Processes.
+	if out, err := exec.Command(cliPath, "--store", store, "inspect", ck.Name).CombinedOutput(); err != nil ||
+		!strings.Contains(string(out), "Processes:\n") || strings.Count(string(out), " stateful ") < 2 {
+		t.Fatalf("gpusnap inspect does not list the workload and its child: %v: %s", err, out)
+	}
 
 	t.Run("signed and trusted restores", func(t *testing.T) {
 		runStateful(t, "sig-restored", opts)

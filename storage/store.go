@@ -74,6 +74,10 @@ type Checkpoint struct {
 	raw []byte
 }
 
+// ImagesDir is the directory of the checkpoint's CRIU images: checkpoint/,
+// the name the Kubernetes checkpoint archive gives it (docs/checkpoint-restore.md).
+func (c *Checkpoint) ImagesDir() string { return filepath.Join(c.Dir, "checkpoint") }
+
 // ref is a checkpoint directory found by name, before its manifest is read.
 type ref struct {
 	name, prefix string

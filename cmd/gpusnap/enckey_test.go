@@ -52,14 +52,15 @@ func TestInspectEncryption(t *testing.T) {
 	mustRun(t, exitOK, "enckey", otherPath)
 	key, _ := storage.LoadEncryptionKey(keyPath)
 	other, _ := storage.LoadEncryptionKey(otherPath)
-	enc := publishWith(t, s, "enc", time.Now(), 100, func(m *storage.Manifest) {
+	enc := publishWith(t, s, "enc", time.Now(), 1, func(m *storage.Manifest) {
 		m.Encryption = &storage.Encryption{Algorithm: crypt.Algorithm, KeyID: key.ID}
 	})
 
 	out, _ := mustRun(t, exitOK, "--store", ts.root, "inspect", ts.web2)
 	contains(t, "inspect of a clear checkpoint", out, "Encryption:  none (stored in the clear)")
 	out, _ = mustRun(t, exitOK, "--store", ts.root, "inspect", enc.Name)
-	contains(t, "inspect", out, "Encryption:  aes-256-gcm-chunked, key "+key.ID)
+	contains(t, "inspect", out, "Encryption:  aes-256-gcm-chunked, key "+key.ID,
+		"Processes:   not read: the CRIU images are encrypted (aes-256-gcm-chunked)")
 
 	handler := func(extra string) string {
 		p := filepath.Join(t.TempDir(), "h.toml")
@@ -76,7 +77,7 @@ func TestInspectEncryption(t *testing.T) {
 	}
 	out, _ = mustRun(t, exitOK, "--store", ts.root, "--json", "inspect", enc.Name)
 	if got := decode[inspectOutput](t, out); got.Manifest.Encryption == nil || got.Manifest.Encryption.KeyID != key.ID ||
-		!strings.Contains(got.Encryption, key.ID) {
-		t.Errorf("inspect --json: encryption %+v, %q", got.Manifest.Encryption, got.Encryption)
+		!strings.Contains(got.Encryption, key.ID) || got.Images != nil || !strings.Contains(got.ImagesNote, "encrypted") {
+		t.Errorf("inspect --json: encryption %+v, %q; images %+v, %q", got.Manifest.Encryption, got.Encryption, got.Images, got.ImagesNote)
 	}
 }

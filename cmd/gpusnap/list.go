@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/gpusnap/containerd-shim-snapshot-v2/criu"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/criuimage"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
 )
 
@@ -29,7 +30,7 @@ func init() {
 		},
 	}
 	commands["inspect"] = &command{
-		summary: "Show a checkpoint's manifest, its size, its signature and whether it can be restored on\nthis node.",
+		summary: "Show a checkpoint's manifest, its size, its signature, whether it can be restored on\nthis node, and the processes its CRIU images hold with their memory.",
 		args:    "NAME",
 		setup: func(fs *flag.FlagSet) runFunc {
 			keys := trustedKeyFlag(fs)
@@ -182,6 +183,12 @@ type inspectOutput struct {
 	// Encryption says whether the checkpoint is encrypted, with which key,
 	// and whether the handler's encryption_key (--handler-config) is it.
 	Encryption string `json:"encryption"`
+	// Images is what the CRIU images hold: the processes, their memory and
+	// the pages in the image. ImagesNote says why they were not read
+	// (encrypted, undecodable) or how their pages files disagree with
+	// their pagemaps.
+	Images     *criuimage.Summary `json:"images,omitempty"`
+	ImagesNote string             `json:"images_note,omitempty"`
 }
 
 func runInspect(e *env, args []string, trustedKeys pathList) int {
@@ -205,6 +212,7 @@ func runInspect(e *env, args []string, trustedKeys pathList) int {
 		Manifest: c.Manifest, Compatibility: checkCompatibility(c.Manifest, e.criuPath()),
 		Signature: checkSignature(c, policy), Encryption: e.encryptionReport(c),
 	}
+	out.Images, out.ImagesNote = readImages(c)
 	if e.json {
 		return e.writeJSON(out)
 	}
@@ -236,6 +244,9 @@ func runInspect(e *env, args []string, trustedKeys pathList) int {
 	section(e, "Identity", m.Identity, func(v string) string { return v })
 	section(e, "Labels", m.Labels, func(v string) string { return v })
 	section(e, "Phases", m.Phases, func(v float64) string { return fmt.Sprintf("%.3fs", v) })
+	if err := printProcesses(e.stdout, out.Images, out.ImagesNote); err != nil {
+		return e.errorf("write output: %v", err)
+	}
 
 	fmt.Fprintln(e.stdout, "Files:")
 	w = table(e.stdout)

@@ -37,11 +37,13 @@ Commands:
                           registry repository (host/repository), those pushed there
   inspect NAME [--trusted-key PATH]...
                           show a checkpoint's manifest, its signature, its
-                          encryption and whether it fits this node
+                          encryption, whether it fits this node, and its
+                          processes with their memory
   verify NAME... | --all [--trusted-key PATH]...
                           check every file against its manifest digest and the
                           signature against the trusted keys (default: the
-                          handler's trusted_keys)
+                          handler's trusted_keys), then the CRIU images' pages
+                          files against their pagemaps
   keygen PREFIX           make a signing key pair: PREFIX.key (signing_key)
                           and PREFIX.pub (trusted_keys)
   enckey PATH             make an encryption key for encryption_key (never

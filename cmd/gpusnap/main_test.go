@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gpusnap/containerd-shim-snapshot-v2/containerdconfig"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/criuimage/criuimagetest"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/shim/options"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
 )
@@ -47,9 +50,9 @@ func newTestStore(t *testing.T) *testStore {
 	base := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	return &testStore{
 		root: s.Root,
-		web1: publish(t, s, "web", base, 4096).Name,
-		web2: publish(t, s, "web", base.Add(time.Hour), 8192).Name,
-		db:   publish(t, s, "db", base.Add(2*time.Hour), 1024).Name,
+		web1: publish(t, s, "web", base, 1).Name,
+		web2: publish(t, s, "web", base.Add(time.Hour), 2).Name,
+		db:   publish(t, s, "db", base.Add(2*time.Hour), 0).Name,
 	}
 }
 
@@ -59,15 +62,26 @@ func publish(t *testing.T, s *storage.Store, label string, created time.Time, pa
 }
 
 // publishWith is publish with edit applied to the manifest before publishing.
+// The checkpoint's CRIU images are real: one process, the label, whose
+// pages (pages-1.img) number pages.
 func publishWith(t *testing.T, s *storage.Store, label string, created time.Time, pages int, edit func(*storage.Manifest)) *storage.Checkpoint {
+	t.Helper()
+	return publishImages(t, s, label, created, edit, func(dir string) {
+		writeImages(t, dir, criuimagetest.Process{PID: 1, Comm: label, Pages: pages, Mappings: 3, Files: 2, PagesID: 1})
+	})
+}
+
+// publishImages publishes a checkpoint whose CRIU images images writes
+// into its staging directory.
+func publishImages(t *testing.T, s *storage.Store, label string, created time.Time, edit func(*storage.Manifest), images func(dir string)) *storage.Checkpoint {
 	t.Helper()
 	st, err := s.Stage()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Abort()
+	images(st.Dir())
 	files := map[string]string{
-		"checkpoint/pages-1.img":   strings.Repeat("p", pages),
 		"checkpoint/inventory.img": "inventory",
 		"rootfs-diff.tar":          "tar",
 		"spec.dump":                "{}",
@@ -95,6 +109,41 @@ func publishWith(t *testing.T, s *storage.Store, label string, created time.Time
 		t.Fatal(err)
 	}
 	return c
+}
+
+// writeImages writes real CRIU images of procs into dir/checkpoint.
+func writeImages(t *testing.T, dir string, procs ...criuimagetest.Process) {
+	t.Helper()
+	images := filepath.Join(dir, "checkpoint")
+	if err := os.MkdirAll(images, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	criuimagetest.Write(t, images, procs...)
+}
+
+// payload is the bytes the checkpoints under dir hold besides their manifests,
+// summed from the disk rather than from the manifest that records them.
+func payload(t *testing.T, dir string) (size int64, files int) {
+	t.Helper()
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || d.Name() == "manifest.json" {
+			return err
+		}
+		fi, err := d.Info()
+		size, files = size+fi.Size(), files+1
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return size, files
+}
+
+// human is the size of checkpoint name as gpusnap prints it.
+func (ts *testStore) human(t *testing.T, name string) string {
+	t.Helper()
+	size, _ := payload(t, filepath.Join(ts.root, name))
+	return humanBytes(size)
 }
 
 // gpusnap runs the CLI in-process.
@@ -143,7 +192,7 @@ func TestLs(t *testing.T) {
 
 	out, _ := mustRun(t, exitOK, "--store", ts.root, "ls")
 	contains(t, "ls", out, "NAME", "KEY", ts.web1, ts.web2, ts.db, testKey("web")[:16],
-		"k8s.io/web-ctr", "amd64/6.8.0-45-generic/4.2.1", "4.0 KiB", broken, "BROKEN: invalid manifest")
+		"k8s.io/web-ctr", "amd64/6.8.0-45-generic/4.2.1", ts.human(t, ts.web1), broken, "BROKEN: invalid manifest")
 	if strings.Contains(out, testKey("web")[:17]) {
 		t.Errorf("ls shows more than 16 characters of the key:\n%s", out)
 	}
@@ -158,7 +207,8 @@ func TestLs(t *testing.T) {
 	for _, e := range entries {
 		byName[e.Name] = e
 	}
-	if e := byName[ts.web2]; e.Key != testKey("web") || e.Size != 8192+9+3+2 || e.Source.ContainerID != "web-ctr" || *e.Node != thisNode || e.Error != "" {
+	size, _ := payload(t, filepath.Join(ts.root, ts.web2))
+	if e := byName[ts.web2]; e.Key != testKey("web") || e.Size != size || e.Source.ContainerID != "web-ctr" || *e.Node != thisNode || e.Error != "" {
 		t.Errorf("ls --json entry %+v", e)
 	}
 	if e := byName[broken]; e.Error == "" || e.Key != "" {
@@ -221,20 +271,21 @@ func write(t *testing.T, path, content string) {
 
 func TestInspect(t *testing.T) {
 	ts := newTestStore(t)
+	size, files := payload(t, filepath.Join(ts.root, ts.web2))
 	out, _ := mustRun(t, exitOK, "--store", ts.root, "inspect", ts.web2)
 	contains(t, "inspect", out,
 		"Name:", ts.web2, "Key:", testKey("web"), "Generation:  2",
 		"container web-ctr, namespace k8s.io, host node-a",
 		"arch amd64, kernel 6.8.0-45-generic, criu 4.2.1, cgroup v2",
 		"This node:   compatible",
-		"Size:        8.0 KiB (8206 bytes in 4 files)",
+		fmt.Sprintf("Size:        %s (%d bytes in %d files)", humanBytes(size), size, files),
 		"image", "registry.local/web:1", "criu_dump", "1.250s",
 		"8.0 KiB", "checkpoint/pages-1.img", "spec.dump")
 
 	out, _ = mustRun(t, exitOK, "--store", ts.root, "--json", "inspect", ts.web2)
 	got := decode[inspectOutput](t, out)
-	if got.Name != ts.web2 || got.Size != 8206 || got.Manifest.Key != testKey("web") ||
-		len(got.Manifest.Files) != 4 || !got.Compatibility.Compatible || got.Compatibility.Message != "compatible" {
+	if got.Name != ts.web2 || got.Size != size || got.Manifest.Key != testKey("web") ||
+		len(got.Manifest.Files) != files || !got.Compatibility.Compatible || got.Compatibility.Message != "compatible" {
 		t.Errorf("inspect --json = %+v", got)
 	}
 }
@@ -346,8 +397,9 @@ func TestProgressLine(t *testing.T) {
 
 func TestRm(t *testing.T) {
 	ts := newTestStore(t)
+	size := ts.human(t, ts.web1)
 	out, _ := mustRun(t, exitOK, "--store", ts.root, "rm", ts.web1)
-	contains(t, "rm", out, "removed "+ts.web1+" (4.0 KiB)")
+	contains(t, "rm", out, "removed "+ts.web1+" ("+size+")")
 
 	out, errOut := mustRun(t, exitFail, "--store", ts.root, "rm", ts.web1, ts.db, "--json")
 	contains(t, "stderr", errOut, `checkpoint "`+ts.web1+`" not found in store `+ts.root)
@@ -387,7 +439,7 @@ func TestPrune(t *testing.T) {
 	}{
 		{"no policy", nil, func(*testStore) []string { return nil }},
 		{"keep newest per key", []string{"--keep", "1"}, func(ts *testStore) []string { return []string{ts.web1} }},
-		// 8206 + 1038 bytes fit in 10K; the oldest (web1) goes.
+		// web2 (two pages) and db (none) fit in 10K; the oldest (web1) goes.
 		{"byte budget", []string{"--max-bytes", "10K"}, func(ts *testStore) []string { return []string{ts.web1} }},
 		{"tight byte budget", []string{"--max-bytes", "2k"}, func(ts *testStore) []string { return []string{ts.web1, ts.web2} }},
 	}
@@ -420,8 +472,9 @@ func TestPruneHuman(t *testing.T) {
 	ts := newTestStore(t)
 	// A staging directory left by a killed writer is cleaned with --stale 0.
 	mkdir(t, ts.root, ".staging-dead")
+	size := ts.human(t, ts.web1)
 	out, _ := mustRun(t, exitOK, "--store", ts.root, "prune", "--keep", "1", "--stale", "0s")
-	contains(t, "prune", out, "removed "+ts.web1+" (4.0 KiB)", "removed leftover .staging-dead", "freed 4.0 KiB")
+	contains(t, "prune", out, "removed "+ts.web1+" ("+size+")", "removed leftover .staging-dead", "freed "+size)
 	out, _ = mustRun(t, exitOK, "--store", ts.root, "prune", "--keep", "1")
 	contains(t, "prune", out, "nothing to prune")
 
@@ -522,7 +575,8 @@ func TestStoreChecks(t *testing.T) {
 	} else {
 		contains(t, "checks", text, "FAIL store "+ts.root+": owned by uid ")
 	}
-	contains(t, "checks", text, "INFO store "+ts.root+": 3 checkpoints, 13.0 KiB")
+	total, _ := payload(t, ts.root)
+	contains(t, "checks", text, "INFO store "+ts.root+": 3 checkpoints, "+humanBytes(total))
 
 	if err := os.Chmod(ts.root, 0o777); err != nil {
 		t.Fatal(err)

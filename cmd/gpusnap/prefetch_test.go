@@ -20,7 +20,7 @@ func TestPrefetch(t *testing.T) {
 	verifiedDir = t.TempDir()
 	t.Cleanup(func() { verifiedDir = saved })
 	out, _ := mustRun(t, exitOK, "--store", ts.root, "prefetch", "--cache", cache, ts.web1)
-	contains(t, "prefetch", out, ts.web1+": 4.0 KiB in "+filepath.Join(cache, ts.web1))
+	contains(t, "prefetch", out, ts.web1+": "+ts.human(t, ts.web1)+" in "+filepath.Join(cache, ts.web1))
 	mustRun(t, exitOK, "--store", cache, "verify", ts.web1)
 	// The copy was remembered as verified: a restore's VerifyCached on it
 	// need not hash it.

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpusnap/containerd-shim-snapshot-v2/criuimage/criuimagetest"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
 )
 
@@ -76,6 +77,7 @@ func publishSignedTo(t *testing.T, s *storage.Store, label, keyPath string) stri
 		t.Fatal(err)
 	}
 	write(t, filepath.Join(st.Dir(), "spec.dump"), "{}")
+	writeImages(t, st.Dir(), criuimagetest.Process{PID: 1, Comm: label, Pages: 1, PagesID: 1})
 	c, err := st.PublishSigned(&storage.Manifest{Key: testKey(label), Node: thisNode, Created: time.Now()}, key)
 	if err != nil {
 		t.Fatal(err)

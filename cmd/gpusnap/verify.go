@@ -16,7 +16,9 @@ func init() {
 	commands["verify"] = &command{
 		summary: "Check every file of the named checkpoints (or --all) against the sizes and sha256\n" +
 			"digests in their manifests, and their signatures against the trusted keys, as a restore\n" +
-			"would. Exits 1 if any checkpoint fails, naming each bad file or the refused signature.",
+			"would; then, for a checkpoint stored in the clear, that the CRIU images' pages files hold\n" +
+			"the pages their pagemaps list. Exits 1 if any checkpoint fails, naming each bad file or\n" +
+			"the refused signature.",
 		args: "NAME... | --all",
 		setup: func(fs *flag.FlagSet) runFunc {
 			all := fs.Bool("all", false, "verify every checkpoint in the store")
@@ -116,9 +118,16 @@ func verifyOne(c *storage.Checkpoint, policy storage.SignaturePolicy, bar *progr
 	if bar != nil {
 		bar.clear()
 	}
-	r.Seconds = time.Since(start).Seconds()
 	if err == nil {
+		r.Problems = imageProblems(c)
+	}
+	r.Seconds = time.Since(start).Seconds()
+	switch {
+	case err == nil && len(r.Problems) == 0:
 		r.OK = true
+		return r
+	case err == nil:
+		r.Error = imagesError(c.Name, r.Problems)
 		return r
 	}
 	r.Error = err.Error()
