@@ -1,36 +1,34 @@
 package criu
 
 import (
-	"encoding/binary"
 	"maps"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	criustats "github.com/checkpoint-restore/go-criu/v7/stats"
+	"github.com/checkpoint-restore/go-criu/v7/crit"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/stats"
 	"google.golang.org/protobuf/proto"
 )
 
-// writeStats writes a stats image as CRIU does: two magics, the payload's
-// size, the payload.
-func writeStats(t *testing.T, dir, name string, entry *criustats.StatsEntry) {
+// writeStats writes a stats image as CRIU does, with go-criu's crit.
+func writeStats(t *testing.T, dir, name string, entry *stats.StatsEntry) {
 	t.Helper()
-	payload, err := proto.Marshal(entry)
+	f, err := os.Create(filepath.Join(dir, name))
 	if err != nil {
 		t.Fatal(err)
 	}
-	buf := binary.LittleEndian.AppendUint32(nil, criustats.ImgServiceMagic)
-	buf = binary.LittleEndian.AppendUint32(buf, criustats.StatsMagic)
-	buf = binary.LittleEndian.AppendUint32(buf, uint32(len(payload)))
-	if err := os.WriteFile(filepath.Join(dir, name), append(buf, payload...), 0o644); err != nil {
+	defer f.Close()
+	img := &crit.CriuImage{Magic: "STATS", Entries: []*crit.CriuEntry{{Message: entry}}}
+	if err := crit.New(nil, f, "", false, false).Encode(img); err != nil {
 		t.Fatal(err)
 	}
 }
 
 func TestReadDumpStats(t *testing.T) {
 	dir := t.TempDir()
-	writeStats(t, dir, criustats.StatsDump, &criustats.StatsEntry{Dump: &criustats.DumpStatsEntry{
+	writeStats(t, dir, dumpStatsFile, &stats.StatsEntry{Dump: &stats.DumpStatsEntry{
 		FreezingTime: proto.Uint32(1500), FrozenTime: proto.Uint32(2_250_000), MemdumpTime: proto.Uint32(1_000_000),
 		MemwriteTime: proto.Uint32(750_000), PagesScanned: proto.Uint64(4096), PagesSkippedParent: proto.Uint64(0),
 		PagesWritten: proto.Uint64(4000), PagesLazy: proto.Uint64(0),
@@ -47,7 +45,7 @@ func TestReadDumpStats(t *testing.T) {
 
 func TestReadRestoreStats(t *testing.T) {
 	dir := t.TempDir()
-	writeStats(t, dir, criustats.StatsRestore, &criustats.StatsEntry{Restore: &criustats.RestoreStatsEntry{
+	writeStats(t, dir, restoreStatsFile, &stats.StatsEntry{Restore: &stats.RestoreStatsEntry{
 		PagesCompared: proto.Uint64(0), PagesSkippedCow: proto.Uint64(0), ForkingTime: proto.Uint32(20_000),
 		RestoreTime: proto.Uint32(3_500_000), PagesRestored: proto.Uint64(123),
 	}})
@@ -67,15 +65,15 @@ func TestReadStatsErrors(t *testing.T) {
 	if _, err := ReadRestoreStats(dir); err == nil || !strings.Contains(err.Error(), "stats-restore in "+dir) {
 		t.Errorf("missing file: %v", err)
 	}
-	os.WriteFile(filepath.Join(dir, criustats.StatsDump), []byte("not a CRIU image at all"), 0o644)
+	os.WriteFile(filepath.Join(dir, dumpStatsFile), []byte("not a CRIU image at all"), 0o644)
 	if _, err := ReadDumpStats(dir); err == nil || !strings.Contains(err.Error(), "stats-dump in "+dir) {
 		t.Errorf("garbage file: %v", err)
 	}
 	// Cut short, as by a CRIU killed while writing it.
 	for _, n := range []int64{5, 14} {
-		writeStats(t, dir, criustats.StatsRestore, &criustats.StatsEntry{Restore: &criustats.RestoreStatsEntry{
+		writeStats(t, dir, restoreStatsFile, &stats.StatsEntry{Restore: &stats.RestoreStatsEntry{
 			PagesCompared: proto.Uint64(1), PagesSkippedCow: proto.Uint64(2), ForkingTime: proto.Uint32(3), RestoreTime: proto.Uint32(4)}})
-		os.Truncate(filepath.Join(dir, criustats.StatsRestore), n)
+		os.Truncate(filepath.Join(dir, restoreStatsFile), n)
 		if _, err := ReadRestoreStats(dir); err == nil || !strings.Contains(err.Error(), "cut short") {
 			t.Errorf("file cut to %d bytes: %v", n, err)
 		}
