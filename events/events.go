@@ -35,6 +35,9 @@ const DefaultKeepDays = 7
 const (
 	KindRestore    = "restore"
 	KindCheckpoint = "checkpoint"
+	// KindTransfer is a checkpoint pushed to or pulled from a registry
+	// (the handler's registry option).
+	KindTransfer = "transfer"
 )
 
 // Outcomes. A restore event is restored, cold-start (restore = auto fell
@@ -46,12 +49,17 @@ const (
 	OutcomeFailed           = "failed"
 	OutcomeCheckpointed     = "checkpointed"
 	OutcomeCheckpointFailed = "checkpoint-failed"
+	OutcomePushed           = "pushed"
+	OutcomePushFailed       = "push-failed"
+	OutcomePulled           = "pulled"
+	OutcomePullFailed       = "pull-failed"
 )
 
 // RestoreOutcomes and CheckpointOutcomes are the outcomes of each kind.
 var (
 	RestoreOutcomes    = []string{OutcomeRestored, OutcomeColdStart, OutcomeFailed}
 	CheckpointOutcomes = []string{OutcomeCheckpointed, OutcomeCheckpointFailed}
+	TransferOutcomes   = []string{OutcomePushed, OutcomePushFailed, OutcomePulled, OutcomePullFailed}
 )
 
 // Event is one restore decision or one checkpoint.
@@ -99,8 +107,12 @@ func (e Event) validate() error {
 		if !slices.Contains(CheckpointOutcomes, e.Outcome) {
 			return fmt.Errorf("event: outcome %q is not one of %s for kind %q", e.Outcome, strings.Join(CheckpointOutcomes, ", "), e.Kind)
 		}
+	case KindTransfer:
+		if !slices.Contains(TransferOutcomes, e.Outcome) {
+			return fmt.Errorf("event: outcome %q is not one of %s for kind %q", e.Outcome, strings.Join(TransferOutcomes, ", "), e.Kind)
+		}
 	default:
-		return fmt.Errorf("event: kind %q is not %q or %q", e.Kind, KindRestore, KindCheckpoint)
+		return fmt.Errorf("event: kind %q is not %q, %q or %q", e.Kind, KindRestore, KindCheckpoint, KindTransfer)
 	}
 	return nil
 }

@@ -33,6 +33,10 @@ var (
 		"Bytes of checkpoints restored"+sinceNote, nil, nil)
 	bytesWrittenDesc = prometheus.NewDesc("gpusnap_checkpoint_bytes_written_total",
 		"Bytes of checkpoints published"+sinceNote, nil, nil)
+	transfersDesc = prometheus.NewDesc("gpusnap_registry_transfers_total",
+		"Checkpoints pushed to or pulled from a registry, or failed"+sinceNote, []string{"outcome"}, nil)
+	transferBytesDesc = prometheus.NewDesc("gpusnap_registry_bytes_total",
+		"Bytes moved to (push: blobs the registry lacked) or from (pull) a registry"+sinceNote, []string{"direction"}, nil)
 	phaseDesc = prometheus.NewDesc("gpusnap_phase_duration_seconds",
 		"Duration of restore and checkpoint phases"+sinceNote, []string{"kind", "phase"}, nil)
 )
@@ -47,6 +51,8 @@ var (
 //	gpusnap_cold_start_fallbacks_total{reason}          counter, reason = reason code
 //	gpusnap_restore_bytes_read_total                    counter
 //	gpusnap_checkpoint_bytes_written_total              counter
+//	gpusnap_registry_transfers_total{outcome}           counter
+//	gpusnap_registry_bytes_total{direction}             counter, direction = push or pull
 //	gpusnap_phase_duration_seconds{kind,phase}          histogram (PhaseBuckets)
 //
 // Every known outcome and reason code is present, zero when no event has
@@ -63,7 +69,8 @@ func NewCollector(read func() ([]Event, error)) *Collector {
 
 // Describe sends every family's description.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{oldestDesc, restoresDesc, checkpointsDesc, fallbacksDesc, bytesReadDesc, bytesWrittenDesc, phaseDesc} {
+	for _, d := range []*prometheus.Desc{oldestDesc, restoresDesc, checkpointsDesc, fallbacksDesc, bytesReadDesc, bytesWrittenDesc,
+		transfersDesc, transferBytesDesc, phaseDesc} {
 		ch <- d
 	}
 }
@@ -89,6 +96,8 @@ func collect(evts []Event, ch chan<- prometheus.Metric) {
 		fallbacks    = counterSet(ReasonCodes)
 		bytesRead    int64
 		bytesWritten int64
+		transfers    = counterSet(TransferOutcomes)
+		moved        = map[string]int64{"push": 0, "pull": 0}
 		histograms   = map[[2]string]*histogram{}
 	)
 	for _, e := range evts {
@@ -108,6 +117,10 @@ func collect(evts []Event, ch chan<- prometheus.Metric) {
 		case KindCheckpoint:
 			checkpoints[labelValue(e.Outcome)]++
 			bytesWritten += e.BytesWritten
+		case KindTransfer:
+			transfers[labelValue(e.Outcome)]++
+			moved["push"] += e.BytesWritten
+			moved["pull"] += e.BytesRead
 		default:
 			continue
 		}
@@ -133,6 +146,10 @@ func collect(evts []Event, ch chan<- prometheus.Metric) {
 	counters(ch, fallbacksDesc, fallbacks)
 	ch <- prometheus.MustNewConstMetric(bytesReadDesc, prometheus.CounterValue, float64(bytesRead))
 	ch <- prometheus.MustNewConstMetric(bytesWrittenDesc, prometheus.CounterValue, float64(bytesWritten))
+	counters(ch, transfersDesc, transfers)
+	for direction, n := range moved {
+		ch <- prometheus.MustNewConstMetric(transferBytesDesc, prometheus.CounterValue, float64(n), direction)
+	}
 	for key, h := range histograms {
 		buckets := make(map[float64]uint64, len(PhaseBuckets))
 		var cumulative uint64

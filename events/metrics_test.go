@@ -215,6 +215,10 @@ func TestMetrics(t *testing.T) {
 			Phases: map[string]float64{"cuda_checkpoint": 0.5, "criu_dump": 12, "copy_images": 0.0625, "rootfs_diff": 0.01}},
 		{Time: base.Add(6 * time.Minute), Kind: KindCheckpoint, Outcome: OutcomeCheckpointFailed,
 			Reason: "pausing for the checkpoint: x", Phases: map[string]float64{weird: 1}},
+		// Registry transfers: bytes by direction, phases under kind transfer.
+		{Time: base.Add(6 * time.Minute), Kind: KindTransfer, Outcome: OutcomePushed, BytesWritten: 500, Phases: map[string]float64{"push": 1.5}},
+		{Time: base.Add(6 * time.Minute), Kind: KindTransfer, Outcome: OutcomePulled, BytesRead: 700, Phases: map[string]float64{"pull": 3}},
+		{Time: base.Add(6 * time.Minute), Kind: KindTransfer, Outcome: OutcomePullFailed, Reason: "pull x: 401"},
 		// A kind this build does not know counts nowhere.
 		{Time: base.Add(7 * time.Minute), Kind: "migration", Outcome: "done", BytesRead: 7, Phases: map[string]float64{"x": 1}},
 	}
@@ -229,6 +233,8 @@ func TestMetrics(t *testing.T) {
 		"gpusnap_cold_start_fallbacks_total":      "counter",
 		"gpusnap_restore_bytes_read_total":        "counter",
 		"gpusnap_checkpoint_bytes_written_total":  "counter",
+		"gpusnap_registry_transfers_total":        "counter",
+		"gpusnap_registry_bytes_total":            "counter",
 		"gpusnap_phase_duration_seconds":          "histogram",
 	} {
 		if x.typ[name] != typ || x.help[name] == "" {
@@ -262,6 +268,14 @@ func TestMetrics(t *testing.T) {
 
 		seriesKey("gpusnap_restore_bytes_read_total", nil):       1500,
 		seriesKey("gpusnap_checkpoint_bytes_written_total", nil): 3000,
+
+		seriesKey("gpusnap_registry_transfers_total", l{"outcome": "pushed"}):      1,
+		seriesKey("gpusnap_registry_transfers_total", l{"outcome": "pulled"}):      1,
+		seriesKey("gpusnap_registry_transfers_total", l{"outcome": "pull-failed"}): 1,
+		seriesKey("gpusnap_registry_transfers_total", l{"outcome": "push-failed"}): 0,
+		seriesKey("gpusnap_registry_bytes_total", l{"direction": "push"}):          500,
+		seriesKey("gpusnap_registry_bytes_total", l{"direction": "pull"}):          700,
+		hist("sum", "transfer", "pull"):                                            3,
 
 		// restore/criu_restore: 3.5, 2.5 and 200 (above every bound).
 		bucket("restore", "criu_restore", "1"):    0,
@@ -299,8 +313,8 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("%s = %v, want %v", k, got, v)
 		}
 	}
-	if n := len(x.samples); n != 1+3+2+len(ReasonCodes)+2+8*15 {
-		t.Errorf("%d series, want %d (8 histograms):\n%s", n, 1+3+2+len(ReasonCodes)+2+8*15, text)
+	if n := len(x.samples); n != 1+3+2+len(ReasonCodes)+2+4+2+10*15 {
+		t.Errorf("%d series, want %d (10 histograms):\n%s", n, 1+3+2+len(ReasonCodes)+2+4+2+10*15, text)
 	}
 
 	// The escaped label, exactly as written.
@@ -336,7 +350,7 @@ func TestMetricsEmpty(t *testing.T) {
 		t.Error("an oldest event timestamp without events")
 	}
 	// Every known outcome and reason is there, at zero.
-	if n := len(x.samples); n != 3+2+len(ReasonCodes)+2 {
+	if n := len(x.samples); n != 3+2+len(ReasonCodes)+2+4+2 {
 		t.Errorf("%d series:\n%s", n, text)
 	}
 	for k, v := range x.samples {

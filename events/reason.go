@@ -15,6 +15,8 @@ const (
 	ReasonGPUMismatch        = "gpu-mismatch"
 	ReasonVerificationFailed = "verification-failed"
 	ReasonRestoreTimeout     = "restore-timeout"
+	ReasonPullTimeout        = "pull-timeout"   // restore_timeout ran out while pulling from the registry
+	ReasonRegistryError      = "registry-error" // the registry could not be reached, refused, or served something unusable
 	ReasonRestoreFailed      = "restore-failed"
 	ReasonStoreError         = "store-error"
 	ReasonUntrustedStore     = "untrusted-store"
@@ -30,8 +32,8 @@ const (
 // ReasonCodes are every code CodeOf returns, in the order CodeOf tries
 // them, "other" last.
 var ReasonCodes = []string{
-	ReasonOptedOut, ReasonRestoreTimeout, ReasonDecryptFailed, ReasonRestoreFailed, ReasonUntrustedStore,
-	ReasonUnsigned, ReasonBadSignature, ReasonKeyError, ReasonWrongKey, ReasonVerificationFailed,
+	ReasonOptedOut, ReasonPullTimeout, ReasonRestoreTimeout, ReasonDecryptFailed, ReasonRestoreFailed, ReasonUntrustedStore,
+	ReasonUnsigned, ReasonBadSignature, ReasonKeyError, ReasonWrongKey, ReasonVerificationFailed, ReasonRegistryError,
 	ReasonGPUMismatch, ReasonNodeMismatch, ReasonNoCheckpoint, ReasonIdentityMismatch, ReasonStoreError, ReasonOther,
 }
 

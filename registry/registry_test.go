@@ -3,161 +3,38 @@ package registry
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/base64"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
-	"golang.org/x/crypto/bcrypt"
-
+	"github.com/gpusnap/containerd-shim-snapshot-v2/internal/testregistry"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
 )
 
-// testRegistry is a real distribution registry on loopback, with TLS from
-// a test CA and htpasswd auth, and the node configuration that reaches it.
+// testRegistry is a real distribution registry on loopback (package
+// testregistry) and the Config that reaches it.
 type testRegistry struct {
-	host   string // 127.0.0.1:port
-	data   string // the registry's storage root
+	*testregistry.Registry
 	config Config
 }
 
-const (
-	testUser     = "gpusnap"
-	testPassword = "s3cret-pass"
-)
-
-// startRegistry runs `registry serve` (distribution v3, installed by make
-// deps) until the test ends.
 func startRegistry(t *testing.T) *testRegistry {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("needs the distribution registry that make deps installs (run without -short)")
-	}
-	bin, err := exec.LookPath("registry")
-	if err != nil {
-		t.Fatalf("the distribution registry is not installed (make deps): %v", err)
-	}
-	dir := t.TempDir()
-	host := freeLoopbackAddr(t)
-	caPEM, certFile, keyFile := writeTestTLS(t, dir)
-	hash, err := bcrypt.GenerateFromPassword([]byte(testPassword), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeTestFile(t, filepath.Join(dir, "htpasswd"), testUser+":"+string(hash)+"\n")
-	data := filepath.Join(dir, "data")
-	writeTestFile(t, filepath.Join(dir, "config.yml"), fmt.Sprintf(`version: 0.1
-log: {level: error}
-storage:
-  filesystem: {rootdirectory: %s}
-  delete: {enabled: true}
-http:
-  addr: %s
-  tls: {certificate: %s, key: %s}
-auth:
-  htpasswd: {realm: test, path: %s}
-`, data, host, certFile, keyFile, filepath.Join(dir, "htpasswd")))
-	cmd := exec.Command(bin, "serve", filepath.Join(dir, "config.yml"))
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	waitListening(t, host, &logs)
-
-	// The node's configuration, as an operator writes it for containerd.
-	hosts := filepath.Join(dir, "certs.d")
-	writeTestFile(t, filepath.Join(hosts, host, "ca.pem"), string(caPEM))
-	writeTestFile(t, filepath.Join(hosts, host, "hosts.toml"), fmt.Sprintf("server = \"https://%s\"\nca = %q\n",
-		host, filepath.Join(hosts, host, "ca.pem")))
-	creds := filepath.Join(dir, "config.json")
-	writeCredentials(t, creds, host, testUser, testPassword)
-	return &testRegistry{host: host, data: data, config: Config{HostsDir: hosts, Credentials: creds}}
+	r := testregistry.Start(t)
+	return &testRegistry{Registry: r, config: Config{HostsDir: r.HostsDir, Credentials: r.Credentials}}
 }
 
 // open is the test repository as the node reaches it.
 func (reg *testRegistry) open(t *testing.T) *Remote {
 	t.Helper()
-	r, err := Open(context.Background(), reg.host+"/checkpoints/llm", reg.config)
+	r, err := Open(context.Background(), reg.Host+"/checkpoints/llm", reg.config)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return r
-}
-
-func writeCredentials(t *testing.T, path, host, user, password string) {
-	auth := base64.StdEncoding.EncodeToString([]byte(user + ":" + password))
-	writeTestFile(t, path, fmt.Sprintf(`{"auths": {%q: {"auth": %q}}}`, host, auth))
-}
-
-func freeLoopbackAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-func waitListening(t *testing.T, host string, logs *bytes.Buffer) {
-	for range 100 {
-		if c, err := net.Dial("tcp", host); err == nil {
-			c.Close()
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("registry did not listen on %s: %s", host, logs)
-}
-
-// writeTestTLS writes a CA and a server certificate for 127.0.0.1 signed by it.
-func writeTestTLS(t *testing.T, dir string) (caPEM []byte, certFile, keyFile string) {
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	ca := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "gpusnap test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
-		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true}
-	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	leaf := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		KeyUsage: x509.KeyUsageDigitalSignature}
-	leafDER, err := x509.CreateCertificate(rand.Reader, leaf, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, _ := x509.MarshalECPrivateKey(key)
-	certFile, keyFile = filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key")
-	writeTestFile(t, certFile, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leafDER})))
-	writeTestFile(t, keyFile, string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})))
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), certFile, keyFile
-}
-
-func writeTestFile(t *testing.T, path, data string) {
-	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
-		t.Fatal(err)
-	}
 }
 
 const testKey = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
@@ -170,9 +47,9 @@ func publishTestCheckpoint(t *testing.T, store *storage.Store, pages []byte, key
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeTestFile(t, filepath.Join(st.Dir(), "checkpoint", "pages-1.img"), string(pages))
-	writeTestFile(t, filepath.Join(st.Dir(), "checkpoint", "inventory.img"), "inventory")
-	writeTestFile(t, filepath.Join(st.Dir(), "rootfs-deleted.txt"), "")
+	testregistry.WriteFile(t, filepath.Join(st.Dir(), "checkpoint", "pages-1.img"), string(pages))
+	testregistry.WriteFile(t, filepath.Join(st.Dir(), "checkpoint", "inventory.img"), "inventory")
+	testregistry.WriteFile(t, filepath.Join(st.Dir(), "rootfs-deleted.txt"), "")
 	c, err := st.PublishSigned(&storage.Manifest{Key: testKey, GPUs: []storage.GPU{{Product: "NVIDIA H100 80GB HBM3"}}}, key)
 	if err != nil {
 		t.Fatal(err)
@@ -186,8 +63,8 @@ func testSigningKey(t *testing.T) (*storage.SigningKey, []*storage.PublicKey) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	writeTestFile(t, filepath.Join(dir, "key"), string(priv))
-	writeTestFile(t, filepath.Join(dir, "key.pub"), string(pub))
+	testregistry.WriteFile(t, filepath.Join(dir, "key"), string(priv))
+	testregistry.WriteFile(t, filepath.Join(dir, "key.pub"), string(pub))
 	sk, err := storage.LoadSigningKey(filepath.Join(dir, "key"))
 	if err != nil {
 		t.Fatal(err)
@@ -227,7 +104,7 @@ func TestPushPullRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pushed.Uploaded < src.Size() || pushed.Ref != reg.host+"/checkpoints/llm:"+src.Name {
+	if pushed.Uploaded < src.Size() || pushed.Ref != reg.Host+"/checkpoints/llm:"+src.Name {
 		t.Fatalf("push: %+v, want all of %d bytes uploaded to %s", pushed, src.Size(), src.Name)
 	}
 
@@ -312,8 +189,8 @@ func TestPullFailures(t *testing.T) {
 	t.Run("wrong credentials", func(t *testing.T) {
 		cfg := reg.config
 		cfg.Credentials = filepath.Join(t.TempDir(), "config.json")
-		writeCredentials(t, cfg.Credentials, reg.host, testUser, "wrong")
-		bad, err := Open(ctx, reg.host+"/checkpoints/llm", cfg)
+		testregistry.WriteCredentials(t, cfg.Credentials, reg.Host, testregistry.User, "wrong")
+		bad, err := Open(ctx, reg.Host+"/checkpoints/llm", cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -327,8 +204,8 @@ func TestPullFailures(t *testing.T) {
 	t.Run("CA not configured", func(t *testing.T) {
 		cfg := reg.config
 		cfg.HostsDir = t.TempDir()
-		writeTestFile(t, filepath.Join(cfg.HostsDir, reg.host, "hosts.toml"), fmt.Sprintf("server = \"https://%s\"\n", reg.host))
-		bad, err := Open(ctx, reg.host+"/checkpoints/llm", cfg)
+		testregistry.WriteFile(t, filepath.Join(cfg.HostsDir, reg.Host, "hosts.toml"), fmt.Sprintf("server = \"https://%s\"\n", reg.Host))
+		bad, err := Open(ctx, reg.Host+"/checkpoints/llm", cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -337,7 +214,7 @@ func TestPullFailures(t *testing.T) {
 		}
 	})
 	t.Run("blob changed on the registry's disk", func(t *testing.T) {
-		tamperBlobs(t, reg.data, ChunkSize)
+		tamperBlobs(t, reg.Data, ChunkSize)
 		dst := openStore(t)
 		_, err := remote.Pull(ctx, src.Name, dst, Options{})
 		if err == nil || !strings.Contains(err.Error(), "digest") {

@@ -103,13 +103,14 @@ func parseSince(s string) (time.Duration, error) {
 	return d, nil
 }
 
-// summary counts outcomes: "3 restores (2 restored, 1 cold-start), 1 checkpoint (1 checkpointed)".
+// summary counts outcomes: "3 restores (2 restored, 1 cold-start), 1 checkpoint (1 checkpointed)",
+// then registry transfers, if any.
 func summary(evts []events.Event) string {
 	var parts []string
 	for _, kind := range []struct {
 		name     string
 		outcomes []string
-	}{{events.KindRestore, events.RestoreOutcomes}, {events.KindCheckpoint, events.CheckpointOutcomes}} {
+	}{{events.KindRestore, events.RestoreOutcomes}, {events.KindCheckpoint, events.CheckpointOutcomes}, {events.KindTransfer, events.TransferOutcomes}} {
 		counts := map[string]int{}
 		total := 0
 		for _, ev := range evts {
@@ -117,6 +118,9 @@ func summary(evts []events.Event) string {
 				counts[ev.Outcome]++
 				total++
 			}
+		}
+		if total == 0 && kind.name == events.KindTransfer { // only where a registry is configured
+			continue
 		}
 		var detail []string
 		for _, o := range append(slices.Clone(kind.outcomes), slices.Sorted(maps.Keys(counts))...) {
