@@ -11,6 +11,9 @@ import (
 
 // Planning a restore, at Create.
 const (
+	// Pull brings a checkpoint from the handler's registry into the store
+	// when the store has none for the container (pull = on-demand).
+	Pull = "pull"
 	// Find picks the checkpoint for the container and checks it suits the
 	// container and the node.
 	Find = "find"
@@ -41,6 +44,10 @@ const (
 	Encrypt    = "encrypt"
 )
 
+// Push uploads a published checkpoint to the handler's registry, in the
+// background (a transfer event's phase, not the checkpoint's).
+const Push = "push"
+
 // Lookup is Find, Cache and Key as one phase, as shims recorded it before
 // those were timed apart. No shim records it now; it is kept so that older
 // events, manifests and bench results still sort.
@@ -51,10 +58,10 @@ const Lookup = "lookup"
 // CRIUDump (a checkpoint captures the diff after the dump) and before
 // CRIURestore (a restore applies it before CRIU runs).
 var Order = []string{
-	Find, Cache, Key, Lookup, Verify, Decrypt,
+	Pull, Find, Cache, Key, Lookup, Verify, Decrypt,
 	Prepare, CUDACheckpoint, CRIUDump,
 	RootfsDiff,
-	CopyImages, Encrypt,
+	CopyImages, Encrypt, Push,
 	CRIURestore, CUDARestore, CUDAUnlock,
 }
 

@@ -227,6 +227,7 @@ func (s *Service) publish(ctx context.Context, c *container, dir string, gpus st
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("snapshot: remembering the new checkpoint as verified")
 	}
+	pushLater(ctx, c, ck)
 	pub := &published{ck: ck, fields: log.Fields{}}
 	if signer != nil {
 		pub.fields["signed_by"] = signer.ID

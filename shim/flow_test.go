@@ -89,7 +89,7 @@ func TestPhaseOrder(t *testing.T) {
 	for _, s := range restoreSteps {
 		run = append(run, s.name)
 	}
-	if want := []string{phases.Find, phases.Cache, phases.Key, phases.Verify}; !slices.Equal(plan, want) {
+	if want := []string{phases.Pull, phases.Find, phases.Cache, phases.Key, phases.Verify}; !slices.Equal(plan, want) {
 		t.Errorf("plan steps %v, want %v", plan, want)
 	}
 	if want := []string{phases.Decrypt, phases.RootfsDiff, phases.CRIURestore, phases.CUDARestore, phases.CUDAUnlock}; !slices.Equal(run, want) {
@@ -111,7 +111,7 @@ func TestMakePlanStops(t *testing.T) {
 	c := &container{id: "c1", options: options.Default()}
 	var ran []string
 	step := func(name string, err error) planStep {
-		return planStep{name, func(context.Context, *container, *restorePlan) error { ran = append(ran, name); return err }}
+		return planStep{name, nil, func(context.Context, *container, *restorePlan) error { ran = append(ran, name); return err }}
 	}
 	wrongKey := events.Because(events.ReasonWrongKey, errors.New("encrypted with another key"))
 	plan, err := makePlan(context.Background(), c, []planStep{

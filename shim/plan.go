@@ -96,29 +96,35 @@ func planRestore(ctx context.Context, c *container) (*restorePlan, error) {
 }
 
 // planStep is one timed step of planning a restore; it fills in the plan.
+// skip, when set, leaves it out (untimed) for this container.
 type planStep struct {
 	name string
+	skip func(c *container) bool
 	run  func(ctx context.Context, c *container, p *restorePlan) error
 }
 
-// planSteps are what a checkpoint must pass to be restored, in order: one
-// whose identity matches the container on a node that suits it, its copy
+// planSteps are what a checkpoint must pass to be restored, in order: with
+// a registry, a pull into the store when it has no match; one whose
+// identity matches the container on a node that suits it, its copy
 // in cache_dir if any, the key it is encrypted with (if it is), and a
 // signature the handler accepts and intact files.
 var planSteps = []planStep{
-	{phases.Find, func(_ context.Context, c *container, p *restorePlan) (err error) {
+	{phases.Pull, func(c *container) bool { return !wantsPull(c) }, func(ctx context.Context, c *container, _ *restorePlan) error {
+		return pullIfMissing(ctx, c)
+	}},
+	{phases.Find, nil, func(_ context.Context, c *container, p *restorePlan) (err error) {
 		p.checkpoint, err = findCheckpoint(c)
 		return err
 	}},
-	{phases.Cache, func(ctx context.Context, c *container, p *restorePlan) error {
+	{phases.Cache, nil, func(ctx context.Context, c *container, p *restorePlan) error {
 		p.checkpoint = cachedCopy(ctx, p.checkpoint, c.options.CacheDir)
 		return nil
 	}},
-	{phases.Key, func(_ context.Context, c *container, p *restorePlan) (err error) {
+	{phases.Key, nil, func(_ context.Context, c *container, p *restorePlan) (err error) {
 		p.key, err = checkEncryption(p.checkpoint, c.options)
 		return err
 	}},
-	{phases.Verify, func(ctx context.Context, c *container, p *restorePlan) error {
+	{phases.Verify, nil, func(ctx context.Context, c *container, p *restorePlan) error {
 		p.startPrefetch(c.options.PrefetchReaders) // the page cache fills while the files are hashed
 		return verifyCheckpoint(ctx, p.checkpoint, c.options)
 	}},
@@ -133,6 +139,9 @@ func makePlan(ctx context.Context, c *container, steps []planStep) (*restorePlan
 	vctx, cancel := context.WithTimeout(ctx, o.RestoreTimeout.Duration)
 	defer cancel()
 	for _, step := range steps {
+		if step.skip != nil && step.skip(c) {
+			continue
+		}
 		if err := plan.phases.time(step.name, func() error { return step.run(vctx, c, plan) }); err != nil {
 			plan.stopPrefetch(ctx, c.id)
 			return plan, fmt.Errorf("%s: %w", step.name, err)

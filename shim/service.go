@@ -158,6 +158,21 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	return resp, err
 }
 
+// Shutdown lets the runc shim end the process once no container is left,
+// after this shim's background transfers (pushes, background pulls) end:
+// containerd does not wait for them (it moves on after its own shutdown
+// timeout), so a shim whose last container was deleted stays until they
+// end, at most backgroundTransferMax, rather than cut them.
+func (s *Service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*ptypes.Empty, error) {
+	s.mu.Lock()
+	empty := len(s.containers) == 0
+	s.mu.Unlock()
+	if empty {
+		transfers.Wait()
+	}
+	return s.TTRPCTaskService.Shutdown(ctx, r)
+}
+
 // startExplicitCheckpoint restores a checkpoint the client named
 // (ctr c restore --live): the writable layer comes back from the rootfs diff
 // that this shim's Checkpoint put next to CRIU's images, when the checkpoint

@@ -36,6 +36,16 @@ const (
 // CheckpointAuto selects the newest checkpoint whose identity key matches.
 const CheckpointAuto = "auto"
 
+// Registry policies (with registry set).
+const (
+	PushOff          = "off"
+	PushOnCheckpoint = "on-checkpoint" // push each published checkpoint, in the background
+
+	PullOnDemand   = "on-demand"  // no match in the store: pull within restore_timeout, then restore
+	PullBackground = "background" // no match in the store: cold-start now, pull for the next container
+	PullOff        = "off"
+)
+
 // Options are one handler's settings. Field tags are the TOML keys.
 type Options struct {
 	// Store is the checkpoint store directory; empty disables restore.
@@ -125,6 +135,22 @@ type Options struct {
 	// store.
 	DecryptDir string `toml:"decrypt_dir"`
 
+	// Registry is an OCI repository ("host[:port]/path", no tag) that
+	// checkpoints travel through (docs/registry.md): Push puts the
+	// handler's checkpoints there, Pull brings one into the store when the
+	// store has no match.
+	Registry string `toml:"registry"`
+	// RegistryHostsDir holds containerd's hosts.toml files (mirrors, CAs,
+	// plain HTTP), read as containerd reads them for images.
+	RegistryHostsDir string `toml:"registry_hosts_dir"`
+	// RegistryCredentials is a docker-style config.json (mode 0600,
+	// root's) with the registry's credentials; empty means anonymous.
+	RegistryCredentials string `toml:"registry_credentials"`
+	// Push is off or on-checkpoint.
+	Push string `toml:"push"`
+	// Pull is on-demand, background or off.
+	Pull string `toml:"pull"`
+
 	// Source names where these options came from, for error messages.
 	Source string `toml:"-"`
 }
@@ -160,9 +186,16 @@ func Default() Options {
 		PrepareTimeout:    Duration{30 * time.Second},
 		RestoreTimeout:    Duration{5 * time.Minute},
 		DecryptDir:        DefaultDecryptDir,
+		RegistryHostsDir:  DefaultRegistryHostsDir,
+		Push:              PushOff,
+		Pull:              PullOnDemand,
 		Source:            "defaults",
 	}
 }
+
+// DefaultRegistryHostsDir is containerd's usual hosts directory
+// (config_path of its CRI registry settings).
+const DefaultRegistryHostsDir = "/etc/containerd/certs.d"
 
 // DefaultRestoreThreadsMax caps restore_threads = 0 (one per CPU).
 const DefaultRestoreThreadsMax = 16
@@ -224,7 +257,7 @@ func (o Options) validate() error {
 		return err
 	}
 	for key, p := range map[string]string{"store": o.Store, "control_dir": o.ControlDir, "criu_path": o.CRIUPath, "cache_dir": o.CacheDir, "signing_key": o.SigningKey,
-		"encryption_key": o.EncryptionKey, "decrypt_dir": o.DecryptDir} {
+		"encryption_key": o.EncryptionKey, "decrypt_dir": o.DecryptDir, "registry_hosts_dir": o.RegistryHostsDir, "registry_credentials": o.RegistryCredentials} {
 		if p != "" && !filepath.IsAbs(p) {
 			return fmt.Errorf("%s = %q: must be an absolute path", key, p)
 		}
@@ -266,6 +299,35 @@ func (o Options) validate() error {
 	}
 	if o.PrefetchReaders < 0 || o.PrefetchReaders > 64 {
 		return fmt.Errorf("prefetch_readers = %d: must be 0 (off) to 64", o.PrefetchReaders)
+	}
+	return o.validateRegistry()
+}
+
+// validateRegistry checks the registry options: the repository is named
+// without a tag or digest (checkpoint names are the tags), and push and pull
+// need it and a store.
+func (o Options) validateRegistry() error {
+	if err := oneOf("push", o.Push, PushOff, PushOnCheckpoint); err != nil {
+		return err
+	}
+	if err := oneOf("pull", o.Pull, PullOnDemand, PullBackground, PullOff); err != nil {
+		return err
+	}
+	if o.Registry == "" {
+		if o.Push != PushOff {
+			return fmt.Errorf("push = %q needs registry", o.Push)
+		}
+		return nil
+	}
+	if o.Store == "" {
+		return fmt.Errorf("registry = %q needs a store (pulled checkpoints land there; pushed ones come from there)", o.Registry)
+	}
+	host, path, ok := strings.Cut(o.Registry, "/")
+	if !ok || host == "" || path == "" || strings.ContainsAny(o.Registry, "@ ") || strings.Contains(path, ":") || strings.Contains(o.Registry, "://") {
+		return fmt.Errorf("registry = %q: must be host[:port]/repository, without a scheme, tag or digest", o.Registry)
+	}
+	if o.RegistryHostsDir == "" {
+		return errors.New(`registry_hosts_dir = "": must be an absolute path`)
 	}
 	return nil
 }

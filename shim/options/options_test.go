@@ -164,3 +164,24 @@ func TestValueKind(t *testing.T) {
 		}
 	}
 }
+
+func TestRegistryChecks(t *testing.T) {
+	for body, want := range map[string]string{
+		"push = \"on-checkpoint\"\n": `push = "on-checkpoint" needs registry`,
+		"store = \"/s\"\nregistry = \"r.example:5000/ck\"\npush = \"always\"\n":                 `push = "always": must be one of off, on-checkpoint`,
+		"store = \"/s\"\nregistry = \"r.example/ck\"\npull = \"eager\"\n":                       `pull = "eager": must be one of on-demand, background, off`,
+		"registry = \"r.example/ck\"\n":                                                         "needs a store",
+		"store = \"/s\"\nregistry = \"r.example\"\n":                                            "must be host[:port]/repository",
+		"store = \"/s\"\nregistry = \"r.example/ck:latest\"\n":                                  "without a scheme, tag or digest",
+		"store = \"/s\"\nregistry = \"https://r.example/ck\"\n":                                 "without a scheme, tag or digest",
+		"store = \"/s\"\nregistry = \"r.example/ck\"\nregistry_credentials = \"config.json\"\n": "registry_credentials = \"config.json\": must be an absolute path",
+	} {
+		if _, err := Parse([]byte(body), "test.toml"); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want an error containing %q", body, err, want)
+		}
+	}
+	o, err := Parse([]byte("store = \"/s\"\nregistry = \"127.0.0.1:5000/checkpoints/llm\"\npush = \"on-checkpoint\"\n"), "test.toml")
+	if err != nil || o.Pull != PullOnDemand || o.RegistryHostsDir != DefaultRegistryHostsDir {
+		t.Errorf("registry with defaults: %+v, %v", o, err)
+	}
+}
