@@ -1,0 +1,98 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gpusnap/containerd-shim-snapshot-v2/events"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/internal/testregistry"
+)
+
+// registryOptions are the handler options that reach reg's repository.
+func registryOptions(reg *testregistry.Registry, repo string) string {
+	return fmt.Sprintf("registry = %q\nregistry_hosts_dir = %q\nregistry_credentials = %q\n", reg.Host+"/"+repo, reg.HostsDir, reg.Credentials)
+}
+
+// TestRegistryPushAndPull: a checkpoint one handler publishes is pushed to a
+// real registry (distribution, TLS from a test CA, htpasswd) in the
+// background; a handler whose store is empty, as on a node that never saw
+// the checkpoint, pulls it on Create and restores it. A registry that
+// cannot be reached, and restore_timeout running out during the pull, each
+// end in a cold start with its reason and leave the store empty.
+func TestRegistryPushAndPull(t *testing.T) {
+	reg := testregistry.Start(t)
+	start := time.Now()
+	regOpts := registryOptions(reg, "checkpoints/stateful")
+	src, srcStore := handlerOptions(t, regOpts+"push = \"on-checkpoint\"\n")
+	before := checkpointWarm(t, "reg-source", src, srcStore)
+	name := checkpoints(t, srcStore)[0].Name
+	pushed := waitTransfer(t, "reg-source", start)
+	if pushed.Outcome != events.OutcomePushed || pushed.Checkpoint != name || pushed.BytesWritten == 0 || pushed.Phases["push"] == 0 {
+		t.Fatalf("push event %+v, want %s pushed", pushed, name)
+	}
+
+	fresh, freshStore := handlerOptions(t, regOpts)
+	runStateful(t, "reg-fresh", fresh)
+	got := waitWarm(t, "reg-fresh", 0)
+	if got.Count < before.Count || got.Child != "alive" {
+		t.Fatalf("restored %+v does not continue from %+v", got, before)
+	}
+	st := statusOf(t, "reg-fresh")
+	phases, _ := st["phases_seconds"].(map[string]any)
+	if st["decision"] != events.OutcomeRestored || st["checkpoint"] != name || phases["pull"] == nil {
+		t.Fatalf("status %v: want restored from %s after a pull", st, name)
+	}
+	if cks := checkpoints(t, freshStore); len(cks) != 1 || cks[0].Name != name {
+		t.Fatalf("the fresh store holds %v after the pull", cks)
+	}
+	if pulled := waitTransfer(t, "reg-fresh", start); pulled.Outcome != events.OutcomePulled || pulled.BytesRead == 0 {
+		t.Errorf("pull event %+v", pulled)
+	}
+
+	for _, tc := range []struct{ name, id, opts, code string }{
+		{"a registry that is not there", "reg-dead", registryOptions(&testregistry.Registry{Host: testregistry.FreeLoopbackAddr(t),
+			HostsDir: reg.HostsDir, Credentials: reg.Credentials}, "checkpoints/stateful"), events.ReasonRegistryError},
+		{"restore_timeout running out", "reg-timeout", regOpts + "restore_timeout = \"1ms\"\n", events.ReasonPullTimeout},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			since := time.Now()
+			opts, store := handlerOptions(t, tc.opts)
+			runStateful(t, tc.id, opts)
+			if got := waitWarm(t, tc.id, 0); got.Count >= before.Count {
+				t.Fatalf("%s was restored: %+v", tc.id, got)
+			}
+			if ev := restoreEvent(t, tc.id, since); ev.Outcome != events.OutcomeColdStart || ev.ReasonCode != tc.code {
+				t.Fatalf("restore event %+v, want a cold start for %s", ev, tc.code)
+			}
+			if entries, _ := os.ReadDir(store); len(entries) != 0 {
+				t.Fatalf("the store keeps %v after a failed pull", entries)
+			}
+		})
+	}
+}
+
+// waitTransfer waits for the registry transfer event of container id.
+func waitTransfer(t *testing.T, id string, since time.Time) events.Event {
+	t.Helper()
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		evts, err := events.Read(eventsDir, since)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range evts {
+			if e.Kind == events.KindTransfer && e.ContainerID == id {
+				return e
+			}
+		}
+	}
+	var seen []string
+	evts, _ := events.Read(eventsDir, since)
+	for _, e := range evts {
+		seen = append(seen, e.Kind+"/"+e.Outcome+"/"+e.ContainerID)
+	}
+	t.Fatalf("no transfer event for %s; events: %s", id, strings.Join(seen, ", "))
+	return events.Event{}
+}
