@@ -52,6 +52,28 @@ func TestRegistryPushAndPull(t *testing.T) {
 		t.Errorf("pull event %+v", pulled)
 	}
 
+	t.Run("pull = background cold-starts and pulls for the next container", func(t *testing.T) {
+		since := time.Now()
+		opts, store := handlerOptions(t, regOpts+"pull = \"background\"\n")
+		runStateful(t, "reg-bg", opts)
+		if got := waitWarm(t, "reg-bg", 0); got.Count >= before.Count {
+			t.Fatalf("reg-bg was restored: %+v", got)
+		}
+		if ev := restoreEvent(t, "reg-bg", since); ev.Outcome != events.OutcomeColdStart || ev.ReasonCode != events.ReasonNoCheckpoint {
+			t.Fatalf("restore event %+v, want a cold start for no-checkpoint", ev)
+		}
+		if pulled := waitTransfer(t, "reg-bg", since); pulled.Outcome != events.OutcomePulled {
+			t.Fatalf("background pull %+v", pulled)
+		}
+		runStateful(t, "reg-bg-next", opts)
+		if got := waitWarm(t, "reg-bg-next", 0); got.Count < before.Count {
+			t.Fatalf("the next container was not restored: %+v", got)
+		}
+		if cks := checkpoints(t, store); len(cks) != 1 || cks[0].Name != name {
+			t.Fatalf("store after the background pull: %v", cks)
+		}
+	})
+
 	for _, tc := range []struct{ name, id, opts, code string }{
 		{"a registry that is not there", "reg-dead", registryOptions(&testregistry.Registry{Host: testregistry.FreeLoopbackAddr(t),
 			HostsDir: reg.HostsDir, Credentials: reg.Credentials}, "checkpoints/stateful"), events.ReasonRegistryError},
