@@ -3,7 +3,6 @@ package integration
 import (
 	"fmt"
 	"os"
-	"strings"
 	"testing"
 	"time"
 
@@ -100,21 +99,10 @@ func TestRegistryPushAndPull(t *testing.T) {
 func waitTransfer(t *testing.T, id string, since time.Time) events.Event {
 	t.Helper()
 	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		evts, err := events.Read(eventsDir, since)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range evts {
-			if e.Kind == events.KindTransfer && e.ContainerID == id {
-				return e
-			}
+		if e, ok := eventOf(t, events.KindTransfer, id, since); ok {
+			return e
 		}
 	}
-	var seen []string
-	evts, _ := events.Read(eventsDir, since)
-	for _, e := range evts {
-		seen = append(seen, e.Kind+"/"+e.Outcome+"/"+e.ContainerID)
-	}
-	t.Fatalf("no transfer event for %s; events: %s", id, strings.Join(seen, ", "))
+	t.Fatalf("no transfer event for %s in %s", id, eventsDir)
 	return events.Event{}
 }

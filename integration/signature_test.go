@@ -47,17 +47,26 @@ func storeOptions(t *testing.T, store, extra string) string {
 // restoreEvent is the restore decision the shim recorded for a container.
 func restoreEvent(t *testing.T, id string, since time.Time) events.Event {
 	t.Helper()
+	e, ok := eventOf(t, events.KindRestore, id, since)
+	if !ok {
+		t.Fatalf("no restore event for %s in %s", id, eventsDir)
+	}
+	return e
+}
+
+// eventOf is the first event of kind recorded for container id since.
+func eventOf(t *testing.T, kind, id string, since time.Time) (events.Event, bool) {
+	t.Helper()
 	evts, err := events.Read(eventsDir, since)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, e := range evts {
-		if e.Kind == events.KindRestore && e.ContainerID == id {
-			return e
+		if e.Kind == kind && e.ContainerID == id {
+			return e, true
 		}
 	}
-	t.Fatalf("no restore event for %s in %s", id, eventsDir)
-	return events.Event{}
+	return events.Event{}, false
 }
 
 // TestSignatureRestore: a handler with signing_key signs what it
