@@ -40,6 +40,9 @@ const (
 	CRIUBinary = "criu"
 	DropinName = "containerd-shim-snapshot.toml"
 	StateName  = "installed.json"
+	// RegistryCredentialsName is the registry credentials file, in the
+	// options directory (mode 0600).
+	RegistryCredentialsName = "registry-credentials.json"
 )
 
 // Config is one run of the installer.
@@ -53,6 +56,11 @@ type Config struct {
 	Shim, CLI, CRIU string
 	// Handlers are the runtime handlers to declare; at least one on install.
 	Handlers []Handler
+	// RegistryCredentials is a docker-style config.json (a Kubernetes
+	// dockerconfigjson Secret's file) to install as the registry
+	// credentials of every handler with a registry and no
+	// registry_credentials of its own; empty installs none.
+	RegistryCredentials string
 	// ContainerdConfig is containerd's main config file (node path).
 	ContainerdConfig string
 	// DropinDir holds the drop-in; the main config must import *.toml from it.

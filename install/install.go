@@ -2,6 +2,7 @@ package install
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -144,6 +145,13 @@ func (c Config) desiredFiles() ([]desired, error) {
 		}
 		want = append(want, desired{path: filepath.Join(c.BinDir, b.name), data: data, mode: 0o755})
 	}
+	if c.RegistryCredentials != "" {
+		data, err := readRegistryCredentials(c.RegistryCredentials)
+		if err != nil {
+			return nil, err
+		}
+		want = append(want, desired{path: c.registryCredentialsPath(), data: data, mode: 0o600})
+	}
 	for _, h := range c.Handlers {
 		data, err := c.renderOptions(h)
 		if err != nil {
@@ -153,6 +161,23 @@ func (c Config) desiredFiles() ([]desired, error) {
 	}
 	dropin := desired{path: filepath.Join(c.DropinDir, DropinName), data: c.renderDropin(), mode: 0o644, containerd: true}
 	return append(want, dropin), nil
+}
+
+// readRegistryCredentials reads a docker-style config.json and checks that
+// it is one (an "auths" object), so that a wrong file is refused before
+// anything changes rather than by every pull on the node.
+func readRegistryCredentials(path string) ([]byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("registry credentials: %w", err)
+	}
+	var cfg struct {
+		Auths map[string]json.RawMessage `json:"auths"`
+	}
+	if err := json.Unmarshal(data, &cfg); err != nil || cfg.Auths == nil {
+		return nil, fmt.Errorf("registry credentials %s: not a docker-style config.json with \"auths\" (%v)", path, err)
+	}
+	return data, nil
 }
 
 // checkConflicts refuses a handler name that the main config or another

@@ -629,3 +629,47 @@ func TestBoolOption(t *testing.T) {
 		t.Fatalf("want an error naming restore_huge_pages, got %v", err)
 	}
 }
+
+// TestRegistryCredentials: --registry-credentials installs the file
+// root-only in the options directory and names it in every handler with a
+// registry that names no credentials of its own; a file that is not a
+// docker config.json is refused before anything is written.
+func TestRegistryCredentials(t *testing.T) {
+	b := newBed(t, "")
+	b.writeSrc("config.json", `{"auths": {"registry.example:5000": {"auth": "dXNlcjpwYXNz"}}}`)
+	b.handler = []Handler{
+		mustHandler(t, "name=pulls,store=/var/lib/gpusnap/store,registry=registry.example:5000/ck"),
+		mustHandler(t, "name=own,store=/var/lib/gpusnap/store,registry=registry.example:5000/ck,registry_credentials=/etc/other.json"),
+		mustHandler(t, "name=local,store=/var/lib/gpusnap/store"),
+	}
+	cfg := b.config()
+	cfg.RegistryCredentials = filepath.Join(b.src, "config.json")
+	if _, err := Install(cfg); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(DefaultOptionsDir, RegistryCredentialsName)
+	if got := b.read(path); !strings.Contains(got, "dXNlcjpwYXNz") {
+		t.Errorf("credentials file: %q", got)
+	}
+	if fi, err := os.Stat(filepath.Join(b.root, path)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("credentials file mode: %v, %v", fi.Mode(), err)
+	}
+	want := map[string]string{"pulls": "registry_credentials = \"" + path + "\"\n", "own": "registry_credentials = \"/etc/other.json\"\n", "local": ""}
+	for name, line := range want {
+		got := b.read(filepath.Join(DefaultOptionsDir, name+".toml"))
+		if line != "" && !strings.Contains(got, line) || line == "" && strings.Contains(got, "registry_credentials") || strings.Count(got, "registry_credentials") > 1 {
+			t.Errorf("%s.toml:\n%s\nwant %q", name, got, line)
+		}
+	}
+
+	bad := newBed(t, "")
+	bad.writeSrc("config.json", `{"user": "x"}`)
+	cfg = bad.config()
+	cfg.RegistryCredentials = filepath.Join(bad.src, "config.json")
+	if _, err := Install(cfg); err == nil || !strings.Contains(err.Error(), "not a docker-style config.json") {
+		t.Fatalf("want the file refused, got %v", err)
+	}
+	if bad.exists(filepath.Join(DefaultOptionsDir, RegistryCredentialsName)) || bad.exists(filepath.Join(DefaultOptionsDir, "snapshot.toml")) {
+		t.Error("a refused install wrote files")
+	}
+}

@@ -15,6 +15,11 @@ func (c Config) optionsPath(name string) string {
 	return filepath.Join(c.OptionsDir, name+".toml")
 }
 
+// registryCredentialsPath is where the registry credentials live on the node.
+func (c Config) registryCredentialsPath() string {
+	return filepath.Join(c.OptionsDir, RegistryCredentialsName)
+}
+
 // renderOptions writes a handler's options TOML and checks it with the
 // shim's own parser, so that the node never gets a file the shim would
 // refuse at container start; the parser's error names the key.
@@ -22,14 +27,18 @@ func (c Config) renderOptions(h Handler) ([]byte, error) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Options of runtime handler %q of %s.\n", h.Name, ShimBinary)
 	b.WriteString("# Written by gpusnap-install: rerunning it rewrites this file.\n")
-	hasCRIU := false
+	set := map[string]bool{}
 	for _, o := range h.Options {
 		fmt.Fprintf(&b, "%s = %s\n", o.Key, tomlValue(o))
-		hasCRIU = hasCRIU || o.Key == "criu_path"
+		set[o.Key] = true
+	}
+	// The credentials we install serve every handler with a registry.
+	if c.RegistryCredentials != "" && set["registry"] && !set["registry_credentials"] {
+		fmt.Fprintf(&b, "registry_credentials = %s\n", tomlString(c.registryCredentialsPath()))
 	}
 	// The CRIU we install is the one the shim should use, even when
 	// containerd's PATH (which shims inherit) does not include BinDir.
-	if c.CRIU != "" && !hasCRIU {
+	if c.CRIU != "" && !set["criu_path"] {
 		fmt.Fprintf(&b, "criu_path = %s\n", tomlString(filepath.Join(c.BinDir, CRIUBinary)))
 	}
 	data := []byte(b.String())

@@ -102,6 +102,7 @@ func parseFlags(args []string, stderr io.Writer) (install.Config, bool, error) {
 	fs.StringVar(&cfg.Shim, "shim", "", "containerd-shim-snapshot-v2 binary to install (`FILE` in the installer's file system)")
 	fs.StringVar(&cfg.CLI, "cli", "", "gpusnap binary to install (`FILE`)")
 	fs.StringVar(&cfg.CRIU, "criu", "", "criu binary to install as <bin-dir>/criu (`FILE`); handlers without criu_path then use it")
+	fs.StringVar(&cfg.RegistryCredentials, "registry-credentials", "", "docker-style config.json (`FILE`) installed as the registry credentials of every handler with a registry")
 	fs.Var(&hs, "handler", "runtime `handler` as name=NAME,KEY=VALUE,... (repeatable, at least one)")
 	fs.StringVar(&cfg.ContainerdConfig, "containerd-config", install.DefaultContainerdConfig, "containerd's main config `FILE` (node path)")
 	fs.StringVar(&cfg.DropinDir, "dropin-dir", install.DefaultDropinDir, "containerd drop-in `DIR` (node path)")

@@ -722,3 +722,54 @@ example:
 		}
 	})
 }
+
+// TestHelmRegistryCredentials: registryCredentialsSecret hands the Secret's
+// docker config.json to the installer, read-only, which installs it for
+// the handlers that name a registry; without it nothing of it renders.
+func TestHelmRegistryCredentials(t *testing.T) {
+	installOf := func(args ...string) (corev1.Container, []corev1.Volume) {
+		objs := byKey(t, decodeAll(t, "helm template (registry)", helmTemplate(t, args...)))
+		spec := get[*appsv1.DaemonSet](t, objs, "DaemonSet", "gpusnap-node").Spec.Template.Spec
+		return container(t, spec.InitContainers, "install"), spec.Volumes
+	}
+	values := filepath.Join(t.TempDir(), "values.yaml")
+	if err := os.WriteFile(values, []byte(`registryCredentialsSecret: regcred
+handlers:
+  - name: snapshot
+    store: /var/lib/gpusnap/store
+    options:
+      registry: registry.example:5000/checkpoints
+      push: on-checkpoint
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	install, volumes := installOf("-f", values)
+	if !slices.Contains(install.Args, "--registry-credentials=/gpusnap-registry/.dockerconfigjson") {
+		t.Errorf("install args %q: no --registry-credentials", install.Args)
+	}
+	var mounted bool
+	for _, m := range install.VolumeMounts {
+		mounted = mounted || m.Name == "registry-credentials" && m.MountPath == "/gpusnap-registry" && m.ReadOnly
+	}
+	var secret *corev1.SecretVolumeSource
+	for _, v := range volumes {
+		if v.Name == "registry-credentials" {
+			secret = v.Secret
+		}
+	}
+	if !mounted || secret == nil || secret.SecretName != "regcred" || len(secret.Items) != 1 || secret.Items[0].Key != ".dockerconfigjson" {
+		t.Errorf("credentials mounted %v, volume %+v", mounted, secret)
+	}
+
+	install, volumes = installOf()
+	for _, a := range install.Args {
+		if strings.HasPrefix(a, "--registry-credentials") {
+			t.Errorf("default render passes %s", a)
+		}
+	}
+	for _, v := range volumes {
+		if v.Name == "registry-credentials" {
+			t.Errorf("default render has the credentials volume")
+		}
+	}
+}
