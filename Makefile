@@ -5,7 +5,7 @@ BIN       ?= bin
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build deps deps-k8s test test-unit fuzz test-integration test-kube soak bench benchmarks bench-cold bench-encryption gpu-bundle test-gpu bench-gpu bench-gpu-synthetic demo clean
+.PHONY: all build deps deps-k8s test test-unit fuzz test-integration test-kube soak bench benchmarks bench-cold bench-encryption bench-registry gpu-bundle test-gpu bench-gpu bench-gpu-synthetic demo clean
 
 all: build
 
@@ -71,6 +71,12 @@ bench-cold:
 ## bench-encryption: checkpoint and restore of 2 GiB of state in the clear against encrypted at rest
 bench-encryption:
 	$(GO) run ./integration/bench -mode encryption -state-mb 2048 -warmup 20
+
+## bench-registry: checkpoints through a real registry on loopback: push, a fresh node's pull + restore, concurrent pulls, against the floor
+bench-registry:
+	$(GO) run ./integration/bench -mode registry -state-mb 2048 -warmup 20 \
+		-out bench/results/$$(date -u +%Y-%m-%d)-$$(hostname)-registry.json
+	$(MAKE) benchmarks
 
 ## gpu-bundle: pack the binaries integration/gpu/run.sh carries to the GPU machine
 gpu-bundle:

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
 	"time"
 
@@ -24,14 +25,14 @@ import (
 )
 
 func main() {
-	mode := flag.String("mode", "cold", "benchmark: cold, restore or encryption")
+	mode := flag.String("mode", "cold", "benchmark: cold, restore, encryption or registry")
 	runs := flag.Int("runs", 30, "runs per runtime (cold)")
 	stateMB := flag.Int("state-mb", 2048, "workload state in MiB (restore)")
 	warmup := flag.Int("warmup", 20, "workload warm-up seconds (restore)")
-	out := flag.String("out", "", "also write the restore results as JSON to this file (restore)")
+	out := flag.String("out", "", "also write the results as JSON to this file (restore, registry)")
 	decryptDir := flag.String("decrypt-dir", "", "decrypt_dir of the encrypting handler (encryption; default: the shim's)")
 	flag.Parse()
-	if *mode != "cold" && *mode != "restore" && *mode != "encryption" {
+	if *mode != "cold" && *mode != "restore" && *mode != "encryption" && *mode != "registry" {
 		fail(fmt.Errorf("unknown mode %q", *mode))
 	}
 	dir, err := os.MkdirTemp("/var/tmp", "snapshot-bench-")
@@ -42,18 +43,23 @@ func main() {
 	// (gigabytes of store) goes first.
 	fail := func(err error) { os.RemoveAll(dir); fail(err) }
 	defer os.RemoveAll(dir)
-	bed, err := testbed.Prepare(dir, "", nil)
+	// The bench's node events stay in its directory.
+	eventsDir := filepath.Join(dir, "events")
+	bed, err := testbed.Prepare(dir, "", nil, "SNAPSHOT_EVENTS_DIR="+eventsDir)
 	if err != nil {
 		fail(err)
 	}
 	var times map[string][]time.Duration
 	var restore *restoreResult
 	var encryption *encryptionResult
+	var reg *registryResult
 	switch *mode {
 	case "cold":
 		times, err = coldRuns(bed, *runs)
 	case "encryption":
 		encryption, err = encryptionBench(bed, dir, *stateMB, *warmup, *decryptDir)
+	case "registry":
+		reg, err = registryBench(bed, dir, eventsDir, *stateMB, *warmup)
 	default:
 		restore, err = restoreBench(bed, dir, *stateMB, *warmup)
 	}
@@ -68,6 +74,13 @@ func main() {
 		report(times, *runs)
 	case "encryption":
 		encryption.report(*stateMB, *warmup)
+	case "registry":
+		reg.report(*stateMB, *warmup)
+		if *out != "" {
+			if err := reg.writeJSON(*out, *stateMB, *warmup); err != nil {
+				fail(err)
+			}
+		}
 	default:
 		reportRestore(restore, *stateMB, *warmup)
 		if *out != "" {

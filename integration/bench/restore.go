@@ -165,14 +165,23 @@ func checkRestored(id string, phases *string) error {
 // restoreDroppedCache drops the page cache and times one restore to its
 // first answer.
 func restoreDroppedCache(bed *testbed.Bed, id, options string, env []string) (time.Duration, error) {
-	exec.Command("sync").Run()
-	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0o200); err != nil {
-		return 0, fmt.Errorf("dropping the page cache: %w", err)
+	if err := dropPageCache(); err != nil {
+		return 0, err
 	}
 	took, err := runToAnswer(bed, id, options, env)
 	removeNetns(id)
 	stopContainer(bed, id)
 	return took, err
+}
+
+// dropPageCache writes back and drops the page cache, so that what is read
+// next comes from the disk.
+func dropPageCache() error {
+	syscall.Sync()
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0o200); err != nil {
+		return fmt.Errorf("dropping the page cache: %w", err)
+	}
+	return nil
 }
 
 // parallelRestores restores n containers at once from the one checkpoint,

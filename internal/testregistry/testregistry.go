@@ -1,5 +1,5 @@
 // Package testregistry runs a real distribution registry (v3, installed by
-// make deps) on loopback for tests, with TLS from a test CA and htpasswd
+// make deps) on loopback for tests and benchmarks, with TLS from a test CA and htpasswd
 // auth, and writes the node configuration that reaches it as an operator
 // writes it for containerd: a hosts.toml directory and a docker-style
 // credentials file.
@@ -47,20 +47,39 @@ func Start(t *testing.T) *Registry {
 	if testing.Short() {
 		t.Skip("needs the distribution registry that make deps installs (run without -short)")
 	}
-	bin, err := exec.LookPath("registry")
-	if err != nil {
-		t.Fatalf("the distribution registry is not installed (make deps): %v", err)
-	}
-	dir := t.TempDir()
-	host := FreeLoopbackAddr(t)
-	caPEM, certFile, keyFile := writeTLS(t, dir)
-	hash, err := bcrypt.GenerateFromPassword([]byte(Password), bcrypt.MinCost)
+	r, stop, err := Run(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	WriteFile(t, filepath.Join(dir, "htpasswd"), User+":"+string(hash)+"\n")
+	t.Cleanup(stop)
+	return r
+}
+
+// Run starts `registry serve` with its files in dir (for benchmarks, which
+// have no *testing.T); stop ends it.
+func Run(dir string) (r *Registry, stop func(), err error) {
+	bin, err := exec.LookPath("registry")
+	if err != nil {
+		return nil, nil, fmt.Errorf("the distribution registry is not installed (make deps): %w", err)
+	}
+	host, err := freeLoopbackAddr()
+	if err != nil {
+		return nil, nil, err
+	}
+	caPEM, certFile, keyFile, err := writeTLS(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	hash, err := bcrypt.GenerateFromPassword([]byte(Password), bcrypt.MinCost)
+	if err != nil {
+		return nil, nil, err
+	}
 	data := filepath.Join(dir, "data")
-	WriteFile(t, filepath.Join(dir, "config.yml"), fmt.Sprintf(`version: 0.1
+	hosts := filepath.Join(dir, "certs.d")
+	creds := filepath.Join(dir, "config.json")
+	files := map[string]string{
+		filepath.Join(dir, "htpasswd"): User + ":" + string(hash) + "\n",
+		filepath.Join(dir, "config.yml"): fmt.Sprintf(`version: 0.1
 log: {level: error}
 storage:
   filesystem: {rootdirectory: %s}
@@ -70,85 +89,120 @@ http:
   tls: {certificate: %s, key: %s}
 auth:
   htpasswd: {realm: test, path: %s}
-`, data, host, certFile, keyFile, filepath.Join(dir, "htpasswd")))
+`, data, host, certFile, keyFile, filepath.Join(dir, "htpasswd")),
+		// The node's configuration, as an operator writes it for containerd.
+		filepath.Join(hosts, host, "ca.pem"):     string(caPEM),
+		filepath.Join(hosts, host, "hosts.toml"): fmt.Sprintf("server = \"https://%s\"\nca = %q\n", host, filepath.Join(hosts, host, "ca.pem")),
+		creds:                                    credentials(host, User, Password),
+	}
+	for path, content := range files {
+		if err := writeFile(path, content); err != nil {
+			return nil, nil, err
+		}
+	}
 	cmd := exec.Command(bin, "serve", filepath.Join(dir, "config.yml"))
 	var logs bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	waitListening(t, host, &logs)
-
-	hosts := filepath.Join(dir, "certs.d")
-	WriteFile(t, filepath.Join(hosts, host, "ca.pem"), string(caPEM))
-	WriteFile(t, filepath.Join(hosts, host, "hosts.toml"), fmt.Sprintf("server = \"https://%s\"\nca = %q\n",
-		host, filepath.Join(hosts, host, "ca.pem")))
-	creds := filepath.Join(dir, "config.json")
-	WriteCredentials(t, creds, host, User, Password)
-	return &Registry{Host: host, Data: data, HostsDir: hosts, Credentials: creds}
+	stop = func() { cmd.Process.Kill(); cmd.Wait() }
+	if err := waitListening(host); err != nil {
+		stop()
+		return nil, nil, fmt.Errorf("%w: %s", err, logs.String())
+	}
+	return &Registry{Host: host, Data: data, HostsDir: hosts, Credentials: creds}, stop, nil
 }
 
 // WriteCredentials writes a docker-style config.json for host.
 func WriteCredentials(t *testing.T, path, host, user, password string) {
+	WriteFile(t, path, credentials(host, user, password))
+}
+
+func credentials(host, user, password string) string {
 	auth := base64.StdEncoding.EncodeToString([]byte(user + ":" + password))
-	WriteFile(t, path, fmt.Sprintf(`{"auths": {%q: {"auth": %q}}}`, host, auth))
+	return fmt.Sprintf(`{"auths": {%q: {"auth": %q}}}`, host, auth)
 }
 
 // FreeLoopbackAddr is a loopback address nothing listens on (yet).
 func FreeLoopbackAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeLoopbackAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }
 
-func waitListening(t *testing.T, host string, logs *bytes.Buffer) {
+func freeLoopbackAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+func waitListening(host string) error {
 	for range 100 {
 		if c, err := net.Dial("tcp", host); err == nil {
 			c.Close()
-			return
+			return nil
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatalf("registry did not listen on %s: %s", host, logs)
+	return fmt.Errorf("registry did not listen on %s", host)
 }
 
 // writeTLS writes a CA and a server certificate for 127.0.0.1 signed by it.
-func writeTLS(t *testing.T, dir string) (caPEM []byte, certFile, keyFile string) {
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+func writeTLS(dir string) (caPEM []byte, certFile, keyFile string, err error) {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, "", "", err
+	}
 	ca := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "gpusnap test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour), IsCA: true,
 		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true}
 	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
 	if err != nil {
-		t.Fatal(err)
+		return nil, "", "", err
 	}
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, "", "", err
+	}
 	leaf := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
 		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		KeyUsage: x509.KeyUsageDigitalSignature}
 	leafDER, err := x509.CreateCertificate(rand.Reader, leaf, ca, &key.PublicKey, caKey)
 	if err != nil {
-		t.Fatal(err)
+		return nil, "", "", err
 	}
-	keyDER, _ := x509.MarshalECPrivateKey(key)
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, "", "", err
+	}
 	certFile, keyFile = filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key")
-	WriteFile(t, certFile, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leafDER})))
-	WriteFile(t, keyFile, string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})))
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), certFile, keyFile
+	if err := writeFile(certFile, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leafDER}))); err != nil {
+		return nil, "", "", err
+	}
+	if err := writeFile(keyFile, string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}))); err != nil {
+		return nil, "", "", err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), certFile, keyFile, nil
 }
 
 // WriteFile writes data at path, creating its directory (0700, 0600).
 func WriteFile(t *testing.T, path, data string) {
 	t.Helper()
+	if err := writeFile(path, data); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func writeFile(path, data string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		t.Fatal(err)
+		return err
 	}
-	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	return os.WriteFile(path, []byte(data), 0o600)
 }
