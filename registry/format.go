@@ -27,6 +27,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/restic/chunker"
 
 	"github.com/gpusnap/containerd-shim-snapshot-v2/storage"
 )
@@ -51,10 +52,22 @@ const (
 	AnnotationOffset = "io.gpusnap.checkpoint.offset" // on a chunk: its offset in that file
 )
 
-// ChunkSize is where files are cut. Fixed-size chunks keep the chunks of
-// pages that did not move between two checkpoints identical (CRIU writes
-// page images in address order); docs/registry.md has the measurement.
-const ChunkSize = 16 << 20
+// Files are cut where their content says (content-defined chunking,
+// restic/chunker: a Rabin fingerprint over a 64-byte window), so that the
+// chunks of pages that did not change between two checkpoints stay
+// identical even where pages before them came or went and moved them in
+// the page image: with fixed 16 MiB chunks, the second checkpoint of a
+// running workload re-uploaded 100% of its bytes (docs/registry.md). Chunks
+// are MinChunk to MaxChunk bytes, 2^chunkAverageBits (16 MiB) on average.
+const (
+	MinChunk         = 4 << 20
+	MaxChunk         = 64 << 20
+	chunkAverageBits = 24
+)
+
+// chunkPolynomial is the fingerprint's irreducible polynomial. It is part
+// of the format: every pusher must cut alike for chunks to be shared.
+const chunkPolynomial = chunker.Pol(0x3DA3358B4DC173)
 
 // specsVersion is the image manifest schema version, 2.
 var specsVersion = specs.Versioned{SchemaVersion: 2}

@@ -52,3 +52,11 @@ func TestCandidateTags(t *testing.T) {
 		t.Fatalf("candidateTags = %v", got)
 	}
 }
+
+// TestChunkPolynomial: the fingerprint's polynomial is irreducible, as
+// content-defined chunking needs for boundaries spread by content.
+func TestChunkPolynomial(t *testing.T) {
+	if !chunkPolynomial.Irreducible() {
+		t.Fatalf("chunk polynomial %v is not irreducible", chunkPolynomial)
+	}
+}

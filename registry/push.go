@@ -14,6 +14,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/restic/chunker"
 	"golang.org/x/sync/errgroup"
 	"oras.land/oras-go/v2/content"
 	"oras.land/oras-go/v2/registry/remote"
@@ -141,28 +142,35 @@ func checkpointBlobs(ctx context.Context, c *storage.Checkpoint) (*blobSet, erro
 	return set, nil
 }
 
-// hashChunks cuts one file into ChunkSize pieces (an empty file is one
-// empty chunk, so every listed file appears in the artifact).
+// hashChunks cuts one file where its content says (see MinChunk) and
+// hashes each piece; an empty file is one empty chunk, so every listed file
+// appears in the artifact.
 func hashChunks(ctx context.Context, path string, f storage.File) ([]blob, error) {
 	fh, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer fh.Close()
+	if f.Size == 0 {
+		return []blob{{desc: chunkDescriptor(f.Path, 0, 0, digest.SHA256.FromBytes(nil)), file: path}}, nil
+	}
+	cut := chunker.NewWithBoundaries(io.LimitReader(fh, f.Size), chunkPolynomial, MinChunk, MaxChunk)
+	cut.SetAverageBits(chunkAverageBits)
+	buf := make([]byte, MaxChunk)
 	var out []blob
-	for off := int64(0); off < f.Size || off == 0; off += ChunkSize {
+	for {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		n := min(ChunkSize, f.Size-off)
-		d, err := digest.SHA256.FromReader(io.NewSectionReader(fh, off, n))
+		c, err := cut.Next(buf)
+		if err == io.EOF {
+			break
+		}
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", f.Path, err)
 		}
-		out = append(out, blob{desc: chunkDescriptor(f.Path, off, n, d), file: path, off: off})
-		if f.Size == 0 {
-			break
-		}
+		off, n := int64(c.Start), int64(c.Length)
+		out = append(out, blob{desc: chunkDescriptor(f.Path, off, n, digest.SHA256.FromBytes(c.Data)), file: path, off: off})
 	}
 	return out, nil
 }

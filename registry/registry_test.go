@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -98,7 +99,7 @@ func TestPushPullRoundTrip(t *testing.T) {
 	reg := startRegistry(t)
 	ctx := context.Background()
 	key, trusted := testSigningKey(t)
-	src := publishTestCheckpoint(t, openStore(t), randomBytes(t, 2*ChunkSize+12345), key)
+	src := publishTestCheckpoint(t, openStore(t), randomBytes(t, 40*mib+12345), key)
 	remote := reg.open(t)
 	pushed, err := remote.Push(ctx, src, Options{})
 	if err != nil {
@@ -137,33 +138,40 @@ func TestPushPullRoundTrip(t *testing.T) {
 }
 
 // TestPushUploadsOnlyChangedChunks: the next checkpoint of the same
-// workload, one page region changed, uploads only the chunks that differ.
+// workload uploads only the chunks that differ: one page changed, and one
+// page added early in the image, which moves every page after it (fixed-size
+// chunks would all differ).
 func TestPushUploadsOnlyChangedChunks(t *testing.T) {
 	reg := startRegistry(t)
 	ctx := context.Background()
 	remote := reg.open(t)
 	store := openStore(t)
-	pages := randomBytes(t, 4*ChunkSize)
+	pages := randomBytes(t, 256*mib)
 	first := publishTestCheckpoint(t, store, pages, nil)
 	if _, err := remote.Push(ctx, first, Options{}); err != nil {
 		t.Fatal(err)
 	}
-	copy(pages[ChunkSize+100:], randomBytes(t, 4096)) // one chunk changes
+	copy(pages[20*mib+100:], randomBytes(t, 4096)) // one page changes
 	second := publishTestCheckpoint(t, store, pages, nil)
-	res, err := remote.Push(ctx, second, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The changed chunk and the new manifest.json; nothing else.
-	if res.Uploaded > ChunkSize+int64(len(second.RawManifest())) {
-		t.Fatalf("second push uploaded %d of %d bytes, want one chunk (%d) and the manifest", res.Uploaded, res.Bytes, ChunkSize)
+	// 4 KiB of new pages early in the image: everything after them moves.
+	third := publishTestCheckpoint(t, store, slices.Concat(pages[:mib], randomBytes(t, 4096), pages[mib:]), nil)
+	for _, ck := range []*storage.Checkpoint{second, third} {
+		res, err := remote.Push(ctx, ck, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The chunks around the change (one, or two where it moved a
+		// boundary) and the new manifest.json; nothing else.
+		if limit := 2*MaxChunk + int64(len(ck.RawManifest())); res.Uploaded > limit {
+			t.Fatalf("push of %s uploaded %d of %d bytes, want at most %d", ck.Name, res.Uploaded, res.Bytes, limit)
+		}
 	}
 	tags, err := remote.Tags(ctx)
-	if err != nil || len(tags) != 2 {
+	if err != nil || len(tags) != 3 {
 		t.Fatalf("tags %v, %v", tags, err)
 	}
-	if tag, err := remote.Newest(ctx, testKey); err != nil || tag != second.Name {
-		t.Fatalf("Newest = %q, %v; want %s", tag, err, second.Name)
+	if tag, err := remote.Newest(ctx, testKey); err != nil || tag != third.Name {
+		t.Fatalf("Newest = %q, %v; want %s", tag, err, third.Name)
 	}
 }
 
@@ -173,7 +181,7 @@ func TestPullFailures(t *testing.T) {
 	reg := startRegistry(t)
 	ctx := context.Background()
 	remote := reg.open(t)
-	src := publishTestCheckpoint(t, openStore(t), randomBytes(t, ChunkSize+1), nil)
+	src := publishTestCheckpoint(t, openStore(t), randomBytes(t, 16*mib+1), nil)
 	if _, err := remote.Push(ctx, src, Options{}); err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +222,7 @@ func TestPullFailures(t *testing.T) {
 		}
 	})
 	t.Run("blob changed on the registry's disk", func(t *testing.T) {
-		tamperBlobs(t, reg.Data, ChunkSize)
+		tamperBlobs(t, reg.Data, MinChunk)
 		dst := openStore(t)
 		_, err := remote.Pull(ctx, src.Name, dst, Options{})
 		if err == nil || !strings.Contains(err.Error(), "digest") {
@@ -230,14 +238,16 @@ func TestPullResumes(t *testing.T) {
 	reg := startRegistry(t)
 	ctx := context.Background()
 	remote := reg.open(t)
-	src := publishTestCheckpoint(t, openStore(t), randomBytes(t, 6*ChunkSize), nil)
+	// 128 MiB: however the chunks fall (at most MaxChunk each), some remain
+	// once 32 MiB are in.
+	src := publishTestCheckpoint(t, openStore(t), randomBytes(t, 128*mib), nil)
 	if _, err := remote.Push(ctx, src, Options{}); err != nil {
 		t.Fatal(err)
 	}
 	dst := openStore(t)
 	cut, cancel := context.WithCancel(ctx)
 	_, err := remote.Pull(cut, src.Name, dst, Options{Parallel: 1, Progress: func(done, total int64) {
-		if done >= 3*ChunkSize {
+		if done >= 32*mib {
 			cancel()
 		}
 	}})
@@ -256,8 +266,8 @@ func TestPullResumes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if first < 3*ChunkSize {
-		t.Fatalf("resumed pull started from %d bytes, want the %d the cut pull kept", first, 3*ChunkSize)
+	if first < 32*mib {
+		t.Fatalf("resumed pull started from %d bytes, want the %d the cut pull kept", first, 32*mib)
 	}
 	if err := got.Verify(ctx, nil); err != nil {
 		t.Fatal(err)
@@ -265,20 +275,22 @@ func TestPullResumes(t *testing.T) {
 	assertNoStaging(t, dst)
 }
 
-// tamperBlobs flips a byte in every blob of size bytes the registry holds.
+const mib = 1 << 20
+
+// tamperBlobs flips a byte in every blob of at least size bytes the registry holds.
 func tamperBlobs(t *testing.T, root string, size int64) {
 	n := 0
 	filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
-		if err == nil && fi.Name() == "data" && fi.Size() == size {
+		if err == nil && fi.Name() == "data" && fi.Size() >= size {
 			b, _ := os.ReadFile(p)
-			b[size/2] ^= 0xff
+			b[len(b)/2] ^= 0xff
 			os.WriteFile(p, b, 0o644)
 			n++
 		}
 		return nil
 	})
 	if n == 0 {
-		t.Fatalf("no blob of %d bytes under %s", size, root)
+		t.Fatalf("no blob of %d bytes or more under %s", size, root)
 	}
 }
 

@@ -113,9 +113,24 @@ func pull(ctx context.Context, c *container, remote *registry.Remote, tag string
 	} else {
 		ev.BytesRead = ck.Size()
 		log.G(ctx).WithField("id", c.id).WithField("checkpoint", tag).WithField("seconds", times[phases.Pull]).Info("snapshot: pulled from the registry")
+		rememberPulled(ctx, c, ck)
 	}
 	recordEvent(ctx, c, ev)
 	return ck, err
+}
+
+// rememberPulled records the pulled checkpoint's files as verified on this
+// node: the pull hashed every byte against the manifest before the copy
+// became visible, so the restore's verify phase need not hash them again.
+// Its signature is still checked there, under the handler's policy.
+func rememberPulled(ctx context.Context, c *container, ck *storage.Checkpoint) {
+	policy, err := signaturePolicy(c.options)
+	if err == nil {
+		err = ck.RememberVerified(verifiedDir, policy)
+	}
+	if err != nil {
+		log.G(ctx).WithError(err).WithField("checkpoint", ck.Name).Warn("snapshot: remembering the pulled checkpoint as verified")
+	}
 }
 
 // pullError marks a failed pull with its reason: restore_timeout running

@@ -71,7 +71,9 @@ func registryBench(bed *testbed.Bed, dir, eventsDir string, stateMB, warmup int)
 		time.Sleep(5 * time.Second) // the workload runs on between the two
 	}
 	stopContainer(bed, "bench-reg-source")
-	r.imageBytes = dirBytes(filepath.Join(dir, "store-source"))
+	if r.imageBytes, err = newestBytes(filepath.Join(dir, "store-source")); err != nil {
+		return nil, err
+	}
 
 	fresh, err := writeHandler(dir, "fresh", regOpts)
 	if err != nil {
@@ -103,6 +105,25 @@ func registryBench(bed *testbed.Bed, dir, eventsDir string, stateMB, warmup int)
 	}
 	r.diskGBps, err = diskWriteGBps(filepath.Join(dir, "floor-write"), 2<<30)
 	return r, err
+}
+
+// newestBytes is the size of the newest checkpoint of a store.
+func newestBytes(root string) (int64, error) {
+	s, err := storage.Open(root)
+	if err != nil {
+		return 0, err
+	}
+	cks, err := s.List()
+	if err != nil || len(cks) == 0 {
+		return 0, fmt.Errorf("store %s: %v (%d checkpoints)", root, err, len(cks))
+	}
+	newest := cks[0]
+	for _, ck := range cks {
+		if ck.Err == nil && ck.Manifest.Created.After(newest.Manifest.Created) {
+			newest = ck
+		}
+	}
+	return newest.Size(), nil
 }
 
 // writeHandler writes the options of a handler with its own store.
@@ -244,7 +265,7 @@ func (r *registryResult) report(stateMB, warmup int) {
 	host, _ := os.Hostname()
 	fmt.Printf("bench-registry: stateful workload, %d MiB state, %d s warm-up; distribution on loopback (TLS, htpasswd); host %s, %d cores, %s\n",
 		stateMB, warmup, host, runtime.NumCPU(), time.Now().UTC().Format(time.RFC3339))
-	fmt.Printf("  image in the store: %.2f GB\n", float64(r.imageBytes)/1e9)
+	fmt.Printf("  checkpoint image: %.2f GB\n", float64(r.imageBytes)/1e9)
 	fmt.Printf("  %-52s %10s\n", "cold start to first answer", r.cold.Round(time.Millisecond))
 	for i, p := range r.pushes {
 		fmt.Printf("  push of checkpoint %d (background): %.2f s, %.2f GB uploaded\n", i+1, p.Phases["push"], float64(p.BytesWritten)/1e9)

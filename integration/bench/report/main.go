@@ -68,6 +68,9 @@ type result struct {
 	// gpu-examples (integration/gpu/examples.sh)
 	Torch    string     `json:"torch"`
 	Examples []*example `json:"-"`
+	// registry (integration/bench -mode registry)
+	CPUs     int          `json:"cpus"`
+	Registry *registryRun `json:"-"`
 }
 
 func main() {
@@ -123,9 +126,13 @@ func loadOne(file string) (*result, error) {
 	if err := json.Unmarshal(data, &raw); err != nil {
 		return nil, err
 	}
-	if r.Kind == "gpu-examples" {
+	switch r.Kind {
+	case "gpu-examples":
 		r.Examples = loadExamples(raw)
 		return r, nil
+	case "registry":
+		r.Registry, err = loadRegistry(data)
+		return r, err
 	}
 	r.Status = map[string]*struct {
 		Phases map[string]float64 `json:"phases_seconds"`

@@ -30,6 +30,8 @@ func markdown(results []*result, plot, out string) string {
 		switch r.Kind {
 		case "gpu-examples":
 			examplesTable(&b, r)
+		case "registry":
+			registryTable(&b, r)
 		case "gpu-restore":
 			gpuTable(&b, r)
 		default:

@@ -1,0 +1,66 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+)
+
+// registryRun is a registry result's own part (integration/bench -mode
+// registry).
+type registryRun struct {
+	Pushes []struct {
+		Seconds  float64 `json:"push_s"`
+		Uploaded float64 `json:"uploaded_bytes"`
+	} `json:"pushes"`
+	FreshRestore float64            `json:"fresh_restore_s"`
+	FreshPhases  map[string]float64 `json:"fresh_phases"`
+	LocalRestore float64            `json:"local_restore_s"`
+	Pulls        map[string]float64 `json:"pulls_s"`
+	LoopbackGBps float64            `json:"loopback_gbps"`
+	DiskGBps     float64            `json:"disk_write_gbps"`
+}
+
+func loadRegistry(data []byte) (*registryRun, error) {
+	var r registryRun
+	return &r, json.Unmarshal(data, &r)
+}
+
+// registryTable renders a registry result: a fresh node's first restore
+// against the cold start and a local restore, pushes, and pull bandwidth
+// against the floor measured in the same run.
+func registryTable(b *strings.Builder, r *result) {
+	g := r.Registry
+	fmt.Fprintf(b, "## Registry: %g MiB of CPU state through distribution on loopback, %s\n\n", r.StateMiB, r.Date)
+	fmt.Fprintf(b, "%s, kernel %s, %d cores. Command: `%s`. Image %.2f GB. TLS and htpasswd, as in the tests.\n\n",
+		r.Host, r.Kernel, r.CPUs, r.Command, r.ImageBytes/1e9)
+	note(b, r)
+	b.WriteString("| to first answer | seconds | vs cold start |\n| --- | ---: | ---: |\n")
+	fmt.Fprintf(b, "| cold start | %.2f | 1.0x |\n", r.Cold)
+	fmt.Fprintf(b, "| fresh node: pull, then restore (page cache dropped) | %.2f | %s |\n", g.FreshRestore, ratio(r.Cold, g.FreshRestore))
+	fmt.Fprintf(b, "| the same node again: restore of the pulled copy | %.2f | %s |\n\n", g.LocalRestore, ratio(r.Cold, g.LocalRestore))
+	pull := g.FreshPhases["pull"]
+	if pull > 0 {
+		fmt.Fprintf(b, "- The fresh node's restore took %.2fx (pull %.2f s + local restore %.2f s); goal: at most 1.10x. Its phases: %s.\n",
+			g.FreshRestore/(pull+g.LocalRestore), pull, g.LocalRestore, phaseList(g.FreshPhases))
+	}
+	for i, p := range g.Pushes {
+		fmt.Fprintf(b, "- Background push of checkpoint %d: %.2f s, %.2f GB uploaded.\n", i+1, p.Seconds, p.Uploaded/1e9)
+	}
+	if len(g.Pushes) == 2 && g.Pushes[0].Uploaded > 0 {
+		fmt.Fprintf(b, "- The second checkpoint of the running workload re-uploaded %.0f%% of the first's bytes (goal: at most 30%%).\n",
+			100*g.Pushes[1].Uploaded/g.Pushes[0].Uploaded)
+	}
+	floor := min(g.LoopbackGBps, g.DiskGBps)
+	fmt.Fprintf(b, "- Floor in the same run: loopback TCP %.2f GB/s, disk writes (synced) %.2f GB/s.\n", g.LoopbackGBps, g.DiskGBps)
+	for _, n := range []string{"1", "2", "4"} {
+		if s := g.Pulls[n]; s > 0 {
+			var k float64
+			fmt.Sscan(n, &k)
+			gbps := k * r.ImageBytes / s / 1e9
+			fmt.Fprintf(b, "- %s pull(s) at once, each into an empty store: %.2f s, %.2f GB/s together, %.0f%% of the floor (goal: at least 80%%).\n",
+				n, s, gbps, 100*gbps/floor)
+		}
+	}
+	b.WriteString("\n")
+}
