@@ -14,6 +14,8 @@ for b in /usr/local/bin/containerd /usr/local/bin/ctr /usr/local/bin/containerd-
 done
 export CGO_CFLAGS="-O2 -g -Wno-deprecated-declarations"
 go build -trimpath -ldflags "-s -w" -o "$tmp/bin/containerd-shim-snapshot-v2" ./cmd/containerd-shim-snapshot-v2
+# gpusnap: inspect the checkpoints there (processes, page bytes per process).
+go build -trimpath -ldflags "-s -w" -o "$tmp/bin/gpusnap" ./cmd/gpusnap
 # make bench-gpu's baseline and floor tools.
 go build -trimpath -ldflags "-s -w" -o "$tmp/bin/cudactl" ./integration/gpu/cudactl
 go build -trimpath -ldflags "-s -w" -o "$tmp/bin/floor" ./integration/floor/cmd/floor

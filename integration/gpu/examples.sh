@@ -149,6 +149,8 @@ for NAME in $EXAMPLES; do
   echo "\"${NAME}_checkpoint_phases\": $(python3 -c "import json,sys;print(json.dumps(json.load(open(sys.argv[1])).get('phases')))" $CK/manifest.json)," >>$R
   record ${NAME}_image_bytes $(du -sb $CK | cut -f1)
   record ${NAME}_pages_bytes $(du -cb $CK/checkpoint/pages-*.img | tail -1 | cut -f1)
+  # What each process of the image carries.
+  gpusnap --store $STORE inspect $(basename $CK) >$OUT/inspect-$NAME.txt 2>&1; grep -A25 "^Processes" $OUT/inspect-$NAME.txt | head -24
   grep -h "inherited-devices\|leftovers" $OUT/containerd.log | tail -2 | cut -c1-400
   sleep 1
   if [ "$(first_answer)" = "$A1" ]; then result PASS "$NAME: the source answers the same after its checkpoint"; else result FAIL "$NAME: the source answers differently after its checkpoint"; fi
