@@ -20,12 +20,16 @@ import (
 	"testing"
 
 	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/testbed"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/internal/testregistry"
 )
 
 var (
 	cluster *Cluster
 	// store is the snapshot handler's checkpoint store.
 	store string
+	// reg is the registry the handlers pushHandler and pullHandler share
+	// (registry_test.go).
+	reg *testregistry.Registry
 )
 
 func TestMain(m *testing.M) {
@@ -53,9 +57,16 @@ func TestMain(m *testing.M) {
 
 func runWithCluster(m *testing.M, dir string) (code int) {
 	defer os.RemoveAll(dir)
+	var err error
 	store = filepath.Join(dir, "store")
 	options := fmt.Sprintf("store = %q\ncontrol_dir = %q\nauto_checkpoint = \"on-ready\"\n", store, testbed.StatefulControlDir)
-	bed, err := testbed.Prepare(dir, options, nil)
+	var stopRegistry func()
+	if reg, stopRegistry, err = testregistry.Run(filepath.Join(dir, "registry")); err != nil {
+		fmt.Fprintln(os.Stderr, "kube: starting the registry:", err)
+		return 1
+	}
+	defer stopRegistry()
+	bed, err := testbed.Prepare(dir, options, registryHandlers(dir))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "kube: preparing the test bed:", err)
 		return 1

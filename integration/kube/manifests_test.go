@@ -187,6 +187,7 @@ func TestHelmChartServerDryRun(t *testing.T) {
 		{name: "example", args: []string{"--set", "example.enabled=true"}},
 		{name: "hostPath store", args: []string{"--set", "store.type=hostPath"}},
 		{name: "existing claim", args: []string{"--set", "store.type=existingClaim", "--set", "store.existingClaim=gpusnap-store-claim"}},
+		{name: "registry credentials", args: []string{"--set", "registryCredentialsSecret=gpusnap-registry"}},
 	} {
 		args := append([]string{"template", "gpusnap", chartDir, "--namespace", manifestNamespace}, v.args...)
 		var stderr bytes.Buffer
