@@ -3,10 +3,14 @@ package integration
 import (
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/gpusnap/containerd-shim-snapshot-v2/containerdconfig"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/events"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/testbed"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/internal/testregistry"
 )
 
@@ -50,6 +54,14 @@ func TestRegistryPushAndPull(t *testing.T) {
 	if pulled := waitTransfer(t, "reg-fresh", start); pulled.Outcome != events.OutcomePulled || pulled.BytesRead == 0 {
 		t.Errorf("pull event %+v", pulled)
 	}
+
+	t.Run("a second containerd restores it", func(t *testing.T) {
+		opts, store := handlerOptions(t, regOpts)
+		restoreOnNode(t, startFreshNode(t), "reg-node", opts, before.Count)
+		if cks := checkpoints(t, store); len(cks) != 1 || cks[0].Name != name {
+			t.Fatalf("the second containerd's store holds %v", cks)
+		}
+	})
 
 	t.Run("pull = background cold-starts and pulls for the next container", func(t *testing.T) {
 		since := time.Now()
@@ -105,4 +117,51 @@ func waitTransfer(t *testing.T, id string, since time.Time) events.Event {
 	}
 	t.Fatalf("no transfer event for %s in %s", id, eventsDir)
 	return events.Event{}
+}
+
+// startFreshNode starts a second private containerd, as on a node that
+// never saw a checkpoint: its own root, socket, namespace and CNI bridge,
+// with the suite's images and shim.
+func startFreshNode(t *testing.T) *testbed.Bed {
+	t.Helper()
+	b, err := testbed.Start(testbed.Config{Dir: filepath.Join(t.TempDir(), "bed"), ShimPath: bed.ShimPath,
+		Namespace: "snapshot-fresh", Bridge: "snaptest2", Subnet: "10.88.79.0/24", Env: []string{"SNAPSHOT_EVENTS_DIR=" + eventsDir}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if left, err := b.Stop(); err != nil || len(left) > 0 {
+			t.Errorf("stopping the second containerd: %v; left behind:\n  %s", err, strings.Join(left, "\n  "))
+		}
+	})
+	if err := b.ImportImages(filepath.Dir(bed.ShimPath)); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// restoreOnNode runs the workload on node b with ctr, with the handler
+// options at opts, and checks that it was restored after a pull: it
+// continues from at least count, and its status says so.
+func restoreOnNode(t *testing.T, b *testbed.Bed, id, opts string, count int) {
+	t.Helper()
+	netns := podNetns(t, id)
+	out, err := b.Ctr("run", "-d", "--runtime", containerdconfig.RuntimeType, "--runtime-config-path", opts,
+		"--with-ns", "network:"+netns, statefulRef, id)
+	t.Cleanup(func() {
+		b.Ctr("tasks", "delete", "--force", id)
+		b.Ctr("containers", "delete", id)
+	})
+	if err != nil {
+		t.Fatalf("ctr run on the second containerd: %v: %s", err, out)
+	}
+	got := waitWarmOn(t, b, id, 0)
+	if got.Count < count || got.Child != "alive" {
+		t.Fatalf("restored %+v does not continue from %d", got, count)
+	}
+	st := statusOf(t, id)
+	phases, _ := st["phases_seconds"].(map[string]any)
+	if st["decision"] != events.OutcomeRestored || phases["pull"] == nil {
+		t.Fatalf("status on the second containerd: %v", st)
+	}
 }

@@ -79,8 +79,11 @@ func podNetns(t *testing.T, id string) string {
 type workloadState = testbed.StatefulAnswer
 
 // query asks the workload over its TCP socket, from inside the container.
-func query(t *testing.T, id string) (workloadState, error) {
-	out, err := bed.Ctr("tasks", "exec", "--exec-id", fmt.Sprintf("q%d", time.Now().UnixNano()), id, "nc", "127.0.0.1", "8080")
+func query(t *testing.T, id string) (workloadState, error) { return queryOn(bed, id) }
+
+// queryOn is query for a container of another containerd.
+func queryOn(b *testbed.Bed, id string) (workloadState, error) {
+	out, err := b.Ctr("tasks", "exec", "--exec-id", fmt.Sprintf("q%d", time.Now().UnixNano()), id, "nc", "127.0.0.1", "8080")
 	if err != nil {
 		return workloadState{}, err
 	}
@@ -92,11 +95,17 @@ var parseAnswer = testbed.ParseStatefulAnswer
 // waitWarm waits until the workload answers with at least count.
 func waitWarm(t *testing.T, id string, count int) workloadState {
 	t.Helper()
+	return waitWarmOn(t, bed, id, count)
+}
+
+// waitWarmOn is waitWarm for a container of another containerd.
+func waitWarmOn(t *testing.T, b *testbed.Bed, id string, count int) workloadState {
+	t.Helper()
 	var last workloadState
 	var err error
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		if last, err = query(t, id); err == nil && last.Count >= count {
+		if last, err = queryOn(b, id); err == nil && last.Count >= count {
 			return last
 		}
 		time.Sleep(100 * time.Millisecond)
