@@ -63,6 +63,24 @@ func TestRegistryPushAndPull(t *testing.T) {
 		}
 	})
 
+	t.Run("with cache_dir the pull lands there, the store stays as it was", func(t *testing.T) {
+		cache := t.TempDir()
+		opts, store := handlerOptions(t, regOpts+fmt.Sprintf("cache_dir = %q\n", cache))
+		runStateful(t, "reg-cache", opts)
+		if got := waitWarm(t, "reg-cache", 0); got.Count < before.Count {
+			t.Fatalf("reg-cache was not restored: %+v", got)
+		}
+		if st := statusOf(t, "reg-cache"); st["decision"] != events.OutcomeRestored || !strings.HasPrefix(fmt.Sprint(st["from"]), cache) {
+			t.Fatalf("status %v: want restored from %s", st, cache)
+		}
+		if cks := checkpoints(t, cache); len(cks) != 1 || cks[0].Name != name {
+			t.Fatalf("cache_dir holds %v", cks)
+		}
+		if entries, _ := os.ReadDir(store); len(entries) != 0 {
+			t.Fatalf("the store holds %v", entries)
+		}
+	})
+
 	t.Run("pull = background cold-starts and pulls for the next container", func(t *testing.T) {
 		since := time.Now()
 		opts, store := handlerOptions(t, regOpts+"pull = \"background\"\n")

@@ -239,6 +239,28 @@ const criContainerType = "io.kubernetes.cri.container-type"
 // fail the pod for having no checkpoint.
 func isSandbox(spec *specs.Spec) bool { return spec.Annotations[criContainerType] == "sandbox" }
 
+// lookup is what a restore takes from s: the newest checkpoint of key, or
+// the pinned one.
+func lookup(s *storage.Store, key, pinned string) (*storage.Checkpoint, error) {
+	if pinned == options.CheckpointAuto {
+		return s.Latest(key)
+	}
+	return s.Get(pinned)
+}
+
+// lookupPulled looks where the handler's registry pulls land when that is
+// cache_dir rather than the store (pullTarget).
+func lookupPulled(c *container, key string) (*storage.Checkpoint, error) {
+	if c.options.Registry == "" || c.options.CacheDir == "" {
+		return nil, storage.ErrNotFound
+	}
+	cache, err := storage.Open(c.options.CacheDir)
+	if err != nil {
+		return nil, err
+	}
+	return lookup(cache, key, c.options.Checkpoint)
+}
+
 // findCheckpoint picks the checkpoint for a container and checks that it
 // matches the container and this node; errors say which field differs.
 func findCheckpoint(c *container) (*storage.Checkpoint, error) {
@@ -247,20 +269,19 @@ func findCheckpoint(c *container) (*storage.Checkpoint, error) {
 		return nil, events.Because(events.ReasonStoreError, err)
 	}
 	key, fields := containerIdentity(c)
-	var ck *storage.Checkpoint
-	if c.options.Checkpoint == options.CheckpointAuto {
-		ck, err = store.Latest(key)
-		if errors.Is(err, storage.ErrNotFound) {
-			return nil, noMatch(store, fields)
-		}
-	} else {
-		ck, err = store.Get(c.options.Checkpoint)
-		if err == nil && ck.Manifest.Key != key {
-			return nil, identityMismatch(ck, fields)
+	ck, err := lookup(store, key, c.options.Checkpoint)
+	if errors.Is(err, storage.ErrNotFound) {
+		if pulled, perr := lookupPulled(c, key); perr == nil {
+			ck, err = pulled, nil
 		}
 	}
-	if err != nil {
+	switch {
+	case errors.Is(err, storage.ErrNotFound) && c.options.Checkpoint == options.CheckpointAuto:
+		return nil, noMatch(store, fields)
+	case err != nil:
 		return nil, events.Because(events.ReasonStoreError, err)
+	case ck.Manifest.Key != key:
+		return nil, identityMismatch(ck, fields)
 	}
 	node, err := nodeFingerprint(c.options)
 	if err != nil {

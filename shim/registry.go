@@ -43,10 +43,10 @@ func wantsPull(c *container) bool {
 	return c.options.Registry != "" && c.options.Pull != options.PullOff
 }
 
-// pullIfMissing is the pull phase of planning a restore: when the store
-// holds no checkpoint the find phase would take, the registry's newest of
-// the container's identity (or the pinned checkpoint) is pulled into the
-// store, now or in the background. A registry without one is no error:
+// pullIfMissing is the pull phase of planning a restore: when neither the
+// store nor an earlier pull holds the checkpoint the find phase would take,
+// the registry's newest of the container's identity (or the pinned
+// checkpoint) is pulled into pullTarget, now or in the background. A registry without one is no error:
 // the find phase then says there is no checkpoint.
 func pullIfMissing(ctx context.Context, c *container) error {
 	store, err := storage.Open(c.options.Store)
@@ -54,8 +54,14 @@ func pullIfMissing(ctx context.Context, c *container) error {
 		return events.Because(events.ReasonStoreError, err)
 	}
 	key, _ := containerIdentity(c)
-	if hasLocal(store, key, c.options.Checkpoint) {
+	if _, err := lookup(store, key, c.options.Checkpoint); err == nil {
 		return nil
+	}
+	if _, err := lookupPulled(c, key); err == nil {
+		return nil
+	}
+	if store, err = pullTarget(c); err != nil {
+		return events.Because(events.ReasonStoreError, err)
 	}
 	remote, err := openRegistry(ctx, c.options)
 	if err != nil {
@@ -84,16 +90,14 @@ func pullIfMissing(ctx context.Context, c *container) error {
 	return err
 }
 
-// hasLocal reports whether the store holds what find would take: the
-// newest checkpoint of key, or the pinned one.
-func hasLocal(store *storage.Store, key, pinned string) bool {
-	var err error
-	if pinned == options.CheckpointAuto {
-		_, err = store.Latest(key)
-	} else {
-		_, err = store.Get(pinned)
+// pullTarget is where pulls land: the node-local cache_dir when the handler
+// has one (the store may be a shared, read-only file system), else the
+// store.
+func pullTarget(c *container) (*storage.Store, error) {
+	if c.options.CacheDir != "" {
+		return storage.Open(c.options.CacheDir)
 	}
-	return err == nil
+	return storage.Open(c.options.Store)
 }
 
 // pull brings checkpoint tag into store and records the transfer. Pulls of

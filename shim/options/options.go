@@ -100,7 +100,8 @@ type Options struct {
 	// holding copies of the store's checkpoints, filled by `gpusnap
 	// prefetch`. A restore reads the copy there when it has the same
 	// manifest as the store's checkpoint, which stays the one that decides
-	// what is restored.
+	// what is restored. With a registry, pulls land here, and a checkpoint
+	// the store lacks is restored from here.
 	CacheDir string `toml:"cache_dir"`
 	// PrefetchReaders is how many readers bring the chosen checkpoint's
 	// files into the page cache from Create on, ahead of CRIU's single
