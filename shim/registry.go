@@ -46,21 +46,16 @@ func wantsPull(c *container) bool {
 // pullIfMissing is the pull phase of planning a restore: when neither the
 // store nor an earlier pull holds the checkpoint the find phase would take,
 // the registry's newest of the container's identity (or the pinned
-// checkpoint) is pulled into pullTarget, now or in the background. A registry without one is no error:
-// the find phase then says there is no checkpoint.
+// checkpoint) is pulled into pullTarget, now or in the background. A
+// registry without one is no error: the find phase then says there is no
+// checkpoint.
 func pullIfMissing(ctx context.Context, c *container) error {
-	store, err := storage.Open(c.options.Store)
-	if err != nil {
-		return events.Because(events.ReasonStoreError, err)
-	}
 	key, _ := containerIdentity(c)
-	if _, err := lookup(store, key, c.options.Checkpoint); err == nil {
+	if held(c, key) {
 		return nil
 	}
-	if _, err := lookupPulled(c, key); err == nil {
-		return nil
-	}
-	if store, err = pullTarget(c); err != nil {
+	store, err := pullTarget(c)
+	if err != nil {
 		return events.Because(events.ReasonStoreError, err)
 	}
 	remote, err := openRegistry(ctx, c.options)
@@ -88,6 +83,19 @@ func pullIfMissing(ctx context.Context, c *container) error {
 	}
 	_, err = pull(ctx, c, remote, tag, store)
 	return err
+}
+
+// held reports whether the store, or an earlier pull, holds what the find
+// phase would take. A store that cannot be read holds nothing here: the
+// find phase reports it.
+func held(c *container, key string) bool {
+	if store, err := storage.Open(c.options.Store); err == nil {
+		if _, err := lookup(store, key, c.options.Checkpoint); err == nil {
+			return true
+		}
+	}
+	_, err := lookupPulled(c, key)
+	return err == nil
 }
 
 // pullTarget is where pulls land: the node-local cache_dir when the handler
