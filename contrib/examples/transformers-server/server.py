@@ -89,13 +89,25 @@ TIMES = {"import_s": round(T_IMPORT - T0, 2), "weights_s": round(T_WEIGHTS - T_I
          "compile_threads": torch._inductor.config.compile_threads, "compile_mode": COMPILE_MODE}
 print("warm: %s" % json.dumps(TIMES), flush=True)
 
+RELEASE_COMPILE_POOL = os.environ.get("RELEASE_COMPILE_POOL") == "1"
+
+
 def release():
     """Before a checkpoint: hand the caching allocator's free reserve back to
-    the driver, so the checkpoint does not carry it; it regrows on demand."""
+    the driver, so the checkpoint does not carry it; it regrows on demand.
+    With RELEASE_COMPILE_POOL=1 also shut inductor's compile pool down (its
+    processes and their memory leave the checkpoint; a later compile starts
+    a new pool)."""
     before = torch.cuda.memory_reserved()
     torch.cuda.empty_cache()
-    return {"reserved_before": before, "reserved_after": torch.cuda.memory_reserved(),
-            "allocated": torch.cuda.memory_allocated()}
+    out = {"reserved_before": before, "reserved_after": torch.cuda.memory_reserved(),
+           "allocated": torch.cuda.memory_allocated()}
+    if RELEASE_COMPILE_POOL:
+        from torch._inductor import async_compile
+        t = time.time()
+        async_compile.shutdown_compile_workers()
+        out["compile_pool_shutdown_s"] = round(time.time() - t, 2)
+    return out
 
 
 serve(lambda: {"tokens": generate()}, TIMES, release=release)
