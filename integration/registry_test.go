@@ -88,8 +88,9 @@ func TestRegistryPushAndPull(t *testing.T) {
 		if got := waitWarm(t, "reg-bg", 0); got.Count >= before.Count {
 			t.Fatalf("reg-bg was restored: %+v", got)
 		}
-		if ev := restoreEvent(t, "reg-bg", since); ev.Outcome != events.OutcomeColdStart || ev.ReasonCode != events.ReasonNoCheckpoint {
-			t.Fatalf("restore event %+v, want a cold start for no-checkpoint", ev)
+		if ev := restoreEvent(t, "reg-bg", since); ev.Outcome != events.OutcomeColdStart || ev.ReasonCode != events.ReasonNoCheckpoint ||
+			!strings.Contains(ev.Reason, "pulling "+name+" from "+reg.Host) {
+			t.Fatalf("restore event %+v, want a cold start for no-checkpoint that names the background pull", ev)
 		}
 		if pulled := waitTransfer(t, "reg-bg", since); pulled.Outcome != events.OutcomePulled {
 			t.Fatalf("background pull %+v", pulled)

@@ -46,9 +46,9 @@ func wantsPull(c *container) bool {
 // pullIfMissing is the pull phase of planning a restore: when neither the
 // store nor an earlier pull holds the checkpoint the find phase would take,
 // the registry's newest of the container's identity (or the pinned
-// checkpoint) is pulled into pullTarget, now or in the background. A
-// registry without one is no error: the find phase then says there is no
-// checkpoint.
+// checkpoint) is pulled into pullTarget, now or, under pull = background,
+// for the next container while this one cold-starts. A registry without
+// one is no error: the find phase then says there is no checkpoint.
 func pullIfMissing(ctx context.Context, c *container) error {
 	key, _ := containerIdentity(c)
 	if held(c, key) {
@@ -71,7 +71,6 @@ func pullIfMissing(ctx context.Context, c *container) error {
 		}
 	}
 	if c.options.Pull == options.PullBackground {
-		log.G(ctx).WithField("id", c.id).WithField("checkpoint", tag).Info("snapshot: pulling in the background for the next container")
 		transfers.Add(1)
 		go func() {
 			defer transfers.Done()
@@ -79,7 +78,9 @@ func pullIfMissing(ctx context.Context, c *container) error {
 			defer cancel()
 			pull(bg, c, remote, tag, store)
 		}()
-		return nil
+		// This container cold-starts, and says why.
+		return events.Because(events.ReasonNoCheckpoint, fmt.Errorf("no checkpoint of this container on the node; "+
+			"pulling %s from %s in the background for the next one (pull = %q)", tag, c.options.Registry, c.options.Pull))
 	}
 	_, err = pull(ctx, c, remote, tag, store)
 	return err
