@@ -89,15 +89,15 @@ TIMES = {"import_s": round(T_IMPORT - T0, 2), "weights_s": round(T_WEIGHTS - T_I
          "compile_threads": torch._inductor.config.compile_threads, "compile_mode": COMPILE_MODE}
 print("warm: %s" % json.dumps(TIMES), flush=True)
 
-RELEASE_COMPILE_POOL = os.environ.get("RELEASE_COMPILE_POOL") == "1"
+RELEASE_COMPILE_POOL = os.environ.get("RELEASE_COMPILE_POOL", "1") != "0"
 
 
 def release():
     """Before a checkpoint: hand the caching allocator's free reserve back to
     the driver, so the checkpoint does not carry it; it regrows on demand.
-    With RELEASE_COMPILE_POOL=1 also shut inductor's compile pool down (its
-    processes and their memory leave the checkpoint; a later compile starts
-    a new pool)."""
+    Unless RELEASE_COMPILE_POOL=0, also shut inductor's compile pool down
+    (its processes and their memory leave the checkpoint; a later compile
+    starts a new pool)."""
     before = torch.cuda.memory_reserved()
     torch.cuda.empty_cache()
     out = {"reserved_before": before, "reserved_after": torch.cuda.memory_reserved(),
