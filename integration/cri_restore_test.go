@@ -27,7 +27,14 @@ func criHandlerOptions(stores string) map[string]string {
 // returns the container id.
 func statefulPod(t *testing.T, handler, name string) string {
 	t.Helper()
-	podID, podJSON := runPod(t, handler, name)
+	return statefulPodOn(t, bed, handler, name)
+}
+
+// statefulPodOn runs the stateful workload in a new pod on the handler of
+// bed b and returns the container id.
+func statefulPodOn(t *testing.T, b *testbed.Bed, handler, name string) string {
+	t.Helper()
+	podID, podJSON := runPodOn(t, b, handler, name)
 	ctrJSON := writeJSON(t, "app.json", map[string]any{
 		"metadata": map[string]any{"name": "app"},
 		"image":    map[string]any{"image": statefulRef},
@@ -36,14 +43,19 @@ func statefulPod(t *testing.T, handler, name string) string {
 		// pod shares one; CRIU needs to own the namespace it dumps.
 		"linux": map[string]any{"security_context": map[string]any{"namespace_options": map[string]any{"pid": 1}}},
 	})
-	id := crictl(t, "create", podID, ctrJSON, podJSON)
-	crictl(t, "start", id)
+	id := crictlOn(t, b, "create", podID, ctrJSON, podJSON)
+	crictlOn(t, b, "start", id)
 	return id
 }
 
 // criQuery asks the workload through its socket via crictl exec.
 func criQuery(t *testing.T, id string) (workloadState, error) {
-	out, err := bed.Crictl("exec", "--sync", id, "nc", "127.0.0.1", "8080")
+	return criQueryOn(bed, id)
+}
+
+// criQueryOn asks the workload on bed b through its socket via crictl exec.
+func criQueryOn(b *testbed.Bed, id string) (workloadState, error) {
+	out, err := b.Crictl("exec", "--sync", id, "nc", "127.0.0.1", "8080")
 	if err != nil {
 		return workloadState{}, err
 	}

@@ -51,7 +51,13 @@ func containerConfig(t *testing.T, name string, args ...string) string {
 // crictl runs crictl and fails the test on error.
 func crictl(t *testing.T, args ...string) string {
 	t.Helper()
-	out, err := bed.Crictl(args...)
+	return crictlOn(t, bed, args...)
+}
+
+// crictlOn runs crictl against bed b and fails the test on error.
+func crictlOn(t *testing.T, b *testbed.Bed, args ...string) string {
+	t.Helper()
+	out, err := b.Crictl(args...)
 	if err != nil {
 		t.Fatalf("%v", err)
 	}
@@ -66,11 +72,18 @@ func inspectField(t *testing.T, verb, id, template string) string {
 // runPod starts a pod sandbox on the handler and removes it at cleanup.
 func runPod(t *testing.T, handler, name string) (podID, podJSON string) {
 	t.Helper()
+	return runPodOn(t, bed, handler, name)
+}
+
+// runPodOn starts a pod sandbox on the handler of bed b and removes it at
+// cleanup.
+func runPodOn(t *testing.T, b *testbed.Bed, handler, name string) (podID, podJSON string) {
+	t.Helper()
 	podJSON = podConfig(t, name)
-	podID = crictl(t, "runp", "--runtime", handler, podJSON)
+	podID = crictlOn(t, b, "runp", "--runtime", handler, podJSON)
 	t.Cleanup(func() {
-		bed.Crictl("stopp", podID)
-		bed.Crictl("rmp", "--force", podID)
+		b.Crictl("stopp", podID)
+		b.Crictl("rmp", "--force", podID)
 	})
 	return podID, podJSON
 }

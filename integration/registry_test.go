@@ -57,10 +57,36 @@ func TestRegistryPushAndPull(t *testing.T) {
 
 	t.Run("a second containerd restores it", func(t *testing.T) {
 		opts, store := handlerOptions(t, regOpts)
-		restoreOnNode(t, startFreshNode(t), "reg-node", opts, before.Count)
+		restoreOnNode(t, startBed(t, 2, nil), "reg-node", opts, before.Count)
 		if cks := checkpoints(t, store); len(cks) != 1 || cks[0].Name != name {
 			t.Fatalf("the second containerd's store holds %v", cks)
 		}
+	})
+
+	t.Run("through CRI from one node to another", func(t *testing.T) {
+		// A pod's spec is not a ctr container's, so its checkpoint is
+		// its own: a pod on one node is checkpointed on ready and
+		// pushed, and a pod of the same spec on another pulls it.
+		repo := registryOptions(reg, "checkpoints/pods")
+		handler := func(extra string) map[string]string {
+			return map[string]string{"snap-registry": fmt.Sprintf("store = %q\ncontrol_dir = %q\n%s%s", filepath.Join(t.TempDir(), "store"), controlDir, repo, extra)}
+		}
+		since := time.Now()
+		first := startBed(t, 2, handler("auto_checkpoint = \"on-ready\"\npush = \"on-checkpoint\"\n"))
+		source := statefulPodOn(t, first, "snap-registry", "reg-pod-source")
+		if pushed := waitTransfer(t, source, since); pushed.Outcome != events.OutcomePushed {
+			t.Fatalf("push of the pod's checkpoint: %+v", pushed)
+		}
+		if got, err := criQueryOn(first, source); err != nil || got.Count < 20 {
+			t.Fatalf("the source pod after its checkpoint: %+v, %v", got, err)
+		}
+		// The first node's pods go before the second node starts: CRI's
+		// cgroups of both live under k8s.io, and what a node leaves
+		// behind is checked when it stops.
+		crictlOn(t, first, "rmp", "--all", "--force")
+		// The workload is checkpointed once its counter reaches 20
+		// (READY_AT); a cold start counts from 0.
+		restorePodOnNode(t, startBed(t, 3, handler("")), "snap-registry", 20)
 	})
 
 	t.Run("with cache_dir the pull lands there, the store stays as it was", func(t *testing.T) {
@@ -138,25 +164,50 @@ func waitTransfer(t *testing.T, id string, since time.Time) events.Event {
 	return events.Event{}
 }
 
-// startFreshNode starts a second private containerd, as on a node that
-// never saw a checkpoint: its own root, socket, namespace and CNI bridge,
-// with the suite's images and shim.
-func startFreshNode(t *testing.T) *testbed.Bed {
+// startBed starts private containerd number n (2, 3, ...; the suite's
+// own is the first), as on a node that never saw a checkpoint: its own
+// root, socket, namespace and CNI bridge, with the suite's images and shim,
+// and the CRI runtime handlers given (name to options TOML).
+func startBed(t *testing.T, n int, handlers map[string]string) *testbed.Bed {
 	t.Helper()
-	b, err := testbed.Start(testbed.Config{Dir: filepath.Join(t.TempDir(), "bed"), ShimPath: bed.ShimPath,
-		Namespace: "snapshot-fresh", Bridge: "snaptest2", Subnet: "10.88.79.0/24", Env: []string{"SNAPSHOT_EVENTS_DIR=" + eventsDir}})
+	b, err := testbed.Start(testbed.Config{Dir: filepath.Join(t.TempDir(), "bed"), ShimPath: bed.ShimPath, Handlers: handlers,
+		Namespace: fmt.Sprintf("snapshot-node%d", n), Bridge: fmt.Sprintf("snaptest%d", n), Subnet: fmt.Sprintf("10.88.%d.0/24", 77+n),
+		Env: []string{"SNAPSHOT_EVENTS_DIR=" + eventsDir}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		if left, err := b.Stop(); err != nil || len(left) > 0 {
-			t.Errorf("stopping the second containerd: %v; left behind:\n  %s", err, strings.Join(left, "\n  "))
+			t.Errorf("stopping containerd %d: %v; left behind:\n  %s", n, err, strings.Join(left, "\n  "))
 		}
 	})
 	if err := b.ImportImages(filepath.Dir(bed.ShimPath)); err != nil {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// restorePodOnNode runs the workload in a pod of the CRI handler on node
+// b, as a RuntimeClass would, and checks that it was restored after a
+// pull: it continues from at least count, and its status says so.
+func restorePodOnNode(t *testing.T, b *testbed.Bed, handler string, count int) {
+	t.Helper()
+	id := statefulPodOn(t, b, handler, "reg-pod")
+	var got workloadState
+	var err error
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if got, err = criQueryOn(b, id); err == nil {
+			break
+		}
+	}
+	if err != nil || got.Count < count || got.Child != "alive" {
+		t.Fatalf("the pod on the second containerd %+v (%v) does not continue from %d", got, err, count)
+	}
+	st := statusOf(t, id)
+	phases, _ := st["phases_seconds"].(map[string]any)
+	if st["decision"] != events.OutcomeRestored || phases["pull"] == nil {
+		t.Fatalf("status of the pod on the second containerd: %v", st)
+	}
 }
 
 // restoreOnNode runs the workload on node b with ctr, with the handler

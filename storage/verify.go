@@ -24,11 +24,17 @@ import (
 // total. Cancelling ctx stops the hashing (a restore's deadline covers its
 // first, full verification) and returns ctx's error, not ErrCorrupt.
 func (c *Checkpoint) Verify(ctx context.Context, progress func(done, total int64)) error {
+	return c.verify(ctx, progress, nil)
+}
+
+// verify is Verify with the sums of files already hashed (by manifest
+// path), which are compared instead of read.
+func (c *Checkpoint) verify(ctx context.Context, progress func(done, total int64), sums map[string]string) error {
 	if c.Manifest == nil {
 		return fmt.Errorf("verify %s: %w", c.Name, cmp.Or(c.Err, ErrManifest))
 	}
 	problems := append(c.untrusted(), c.checkTree()...)
-	files, err := c.checkFiles(ctx, progress)
+	files, err := c.checkFiles(ctx, progress, sums)
 	if err != nil {
 		return fmt.Errorf("verify %s: %w", c.Name, err)
 	}
@@ -79,8 +85,9 @@ func (c *Checkpoint) checkTree() (problems []error) {
 	return problems
 }
 
-// checkFiles hashes every listed file; err is set only when ctx ended.
-func (c *Checkpoint) checkFiles(ctx context.Context, progress func(done, total int64)) (problems []error, err error) {
+// checkFiles hashes every listed file that sums lacks; err is set only when
+// ctx ended.
+func (c *Checkpoint) checkFiles(ctx context.Context, progress func(done, total int64), sums map[string]string) (problems []error, err error) {
 	var done int64
 	total := c.Size()
 	add := func(n int64) error {
@@ -91,7 +98,8 @@ func (c *Checkpoint) checkFiles(ctx context.Context, progress func(done, total i
 		return ctx.Err()
 	}
 	for _, f := range c.Manifest.Files {
-		if err := checkFile(filepath.Join(c.Dir, filepath.FromSlash(f.Path)), f, add); err != nil {
+		sum, hashed := sums[f.Path]
+		if err := checkFile(filepath.Join(c.Dir, filepath.FromSlash(f.Path)), f, hashed, sum, add); err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
@@ -102,8 +110,9 @@ func (c *Checkpoint) checkFiles(ctx context.Context, progress func(done, total i
 }
 
 // checkFile compares one file with its manifest entry. It hashes only when
-// the size matches; skipped bytes still count as done for progress.
-func checkFile(p string, f File, add func(int64) error) error {
+// the size matches and the sum is not known (hashed); skipped bytes still
+// count as done for progress.
+func checkFile(p string, f File, hashed bool, sum string, add func(int64) error) error {
 	fi, err := os.Lstat(p)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -113,6 +122,9 @@ func checkFile(p string, f File, add func(int64) error) error {
 		err = fmt.Errorf("is a %s, expected a regular file", describe(fi.Mode()))
 	case fi.Size() != f.Size:
 		err = fmt.Errorf("size: expected %d, got %d", f.Size, fi.Size())
+	case hashed && sum != f.SHA256:
+		err = fmt.Errorf("sha256: expected %s, got %s", f.SHA256, sum)
+	case hashed:
 	default:
 		size, sum, err := hashFile(p, false, add)
 		switch {
