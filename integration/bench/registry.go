@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -11,8 +12,10 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/gpusnap/containerd-shim-snapshot-v2/events"
@@ -32,6 +35,7 @@ type registryResult struct {
 	localRestore           time.Duration         // the same node again: the pulled copy, in the page cache
 	pulls                  map[int]time.Duration // the registry's blobs on this node's disk, page cache dropped
 	pullsServed            map[int]time.Duration // the registry's blobs in its page cache: only this node's disk writes
+	pullCPU                map[int]pullCPU       // CPU time of pullsServed
 	loopbackGBps, diskGBps float64
 }
 
@@ -104,10 +108,10 @@ func registryBench(bed *testbed.Bed, dir, eventsDir string, stateMB, warmup int)
 	if err != nil {
 		return nil, err
 	}
-	if r.pulls, err = concurrentPulls(dir, repo, reg, []int{1, 2, 4}, false); err != nil {
+	if r.pulls, _, err = concurrentPulls(dir, repo, reg, []int{1, 2, 4}, false); err != nil {
 		return nil, err
 	}
-	if r.pullsServed, err = concurrentPulls(dir, repo, reg, []int{1, 2, 4}, true); err != nil {
+	if r.pullsServed, r.pullCPU, err = concurrentPulls(dir, repo, reg, []int{1, 2, 4}, true); err != nil {
 		return nil, err
 	}
 	r.loopbackGBps, err = loopbackGBps(2 << 30)
@@ -180,32 +184,33 @@ func lastRestorePhases(eventsDir, id string) map[string]float64 {
 // are read back into the page cache before the clock starts, as a
 // registry on another machine serving from memory would: then only this
 // node's disk writes are in the path, which is what the floor measures.
-func concurrentPulls(dir, repo string, reg *testregistry.Registry, ns []int, served bool) (map[int]time.Duration, error) {
+func concurrentPulls(dir, repo string, reg *testregistry.Registry, ns []int, served bool) (map[int]time.Duration, map[int]pullCPU, error) {
 	ctx := context.Background()
 	remote, err := registry.Open(ctx, repo, registry.Config{HostsDir: reg.HostsDir, Credentials: reg.Credentials})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	list, err := remote.List(ctx)
 	if err != nil || len(list) == 0 {
-		return nil, fmt.Errorf("listing %s: %v (%d checkpoints)", repo, err, len(list))
+		return nil, nil, fmt.Errorf("listing %s: %v (%d checkpoints)", repo, err, len(list))
 	}
-	out := map[int]time.Duration{}
+	out, cpu := map[int]time.Duration{}, map[int]pullCPU{}
 	for _, n := range ns {
 		stores := make([]*storage.Store, n)
 		for i := range n {
 			if stores[i], err = storage.Open(filepath.Join(dir, fmt.Sprintf("pull-%d-%d", n, i))); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 		}
 		if err := dropPageCache(); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if served {
 			if err := readTree(reg.Data); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 		}
+		before := cpuNow(reg.Pid)
 		start := time.Now()
 		var wg sync.WaitGroup
 		errs := make([]error, n)
@@ -214,14 +219,15 @@ func concurrentPulls(dir, repo string, reg *testregistry.Registry, ns []int, ser
 		}
 		wg.Wait()
 		out[n] = time.Since(start)
+		cpu[n] = cpuNow(reg.Pid).since(before)
 		for i := range n {
 			os.RemoveAll(stores[i].Root)
 			if errs[i] != nil {
-				return nil, errs[i]
+				return nil, nil, errs[i]
 			}
 		}
 	}
-	return out, nil
+	return out, cpu, nil
 }
 
 // loopbackGBps is how fast size bytes cross a loopback TCP connection.
@@ -314,6 +320,44 @@ func (r *registryResult) report(stateMB, warmup int) {
 			fmt.Printf("    %d at once: %s, %.2f GB/s together, %.0f%% of the floor (goal >= 80%%)\n", n, pulls.took[n].Round(time.Millisecond), gbps, 100*gbps/floor)
 		}
 	}
+	for _, n := range []int{1, 2, 4} {
+		c := r.pullCPU[n]
+		fmt.Printf("  CPU of %d pull(s) from the registry's page cache: client %.2f s, registry %.2f s, of %d cores x %.2f s\n",
+			n, c.Client, c.Registry, runtime.NumCPU(), r.pullsServed[n].Seconds())
+	}
+}
+
+// pullCPU is the CPU time pulls took: this process's (the client: TLS,
+// digests, writes) and the registry's (TLS, reads), user and system, in
+// seconds. On a machine with few cores it says when a pull is bound by
+// CPU rather than by the floor.
+type pullCPU struct {
+	Client   float64 `json:"client_cpu_s"`
+	Registry float64 `json:"registry_cpu_s"`
+}
+
+// cpuNow reads the CPU time of this process and of the registry (pid).
+func cpuNow(pid int) pullCPU {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	c := pullCPU{Client: float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9}
+	// Fields 14 and 15 of /proc/PID/stat, after the command in parentheses,
+	// are user and system time in clock ticks (100 a second on Linux).
+	if stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+		if i := bytes.LastIndexByte(stat, ')'); i > 0 {
+			f := strings.Fields(string(stat[i+1:]))
+			if len(f) > 12 {
+				utime, _ := strconv.ParseFloat(f[11], 64)
+				stime, _ := strconv.ParseFloat(f[12], 64)
+				c.Registry = (utime + stime) / 100
+			}
+		}
+	}
+	return c
+}
+
+func (c pullCPU) since(before pullCPU) pullCPU {
+	return pullCPU{Client: c.Client - before.Client, Registry: c.Registry - before.Registry}
 }
 
 // readTree reads every file under root, to bring it into the page cache.
@@ -347,7 +391,7 @@ func (r *registryResult) writeJSON(path string, stateMB, warmup int) error {
 		"state_mib":   stateMB,
 		"image_bytes": r.imageBytes, "cold_s": r.cold.Seconds(), "pushes": pushes,
 		"fresh_restore_s": r.freshRestore.Seconds(), "fresh_phases": r.freshPhases, "local_restore_s": r.localRestore.Seconds(),
-		"pulls_s": parallelSeconds(r.pulls), "pulls_served_s": parallelSeconds(r.pullsServed), "loopback_gbps": r.loopbackGBps, "disk_write_gbps": r.diskGBps,
+		"pulls_s": parallelSeconds(r.pulls), "pulls_served_s": parallelSeconds(r.pullsServed), "pulls_served_cpu": r.pullCPU, "loopback_gbps": r.loopbackGBps, "disk_write_gbps": r.diskGBps,
 	}
 	data, err := json.MarshalIndent(doc, "", "  ")
 	if err != nil {

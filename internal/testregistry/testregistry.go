@@ -32,6 +32,7 @@ type Registry struct {
 	Data        string // the registry's storage root
 	HostsDir    string // containerd-style hosts.toml directory (server, CA)
 	Credentials string // docker-style config.json with User's password
+	Pid         int    // the registry process (Run only), for benchmarks' CPU accounting
 }
 
 // The account htpasswd knows.
@@ -111,7 +112,7 @@ auth:
 		stop()
 		return nil, nil, fmt.Errorf("%w: %s", err, logs.String())
 	}
-	return &Registry{Host: host, Data: data, HostsDir: hosts, Credentials: creds}, stop, nil
+	return &Registry{Host: host, Data: data, HostsDir: hosts, Credentials: creds, Pid: cmd.Process.Pid}, stop, nil
 }
 
 // WriteCredentials writes a docker-style config.json for host.

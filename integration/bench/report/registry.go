@@ -18,8 +18,12 @@ type registryRun struct {
 	LocalRestore float64            `json:"local_restore_s"`
 	Pulls        map[string]float64 `json:"pulls_s"`
 	PullsServed  map[string]float64 `json:"pulls_served_s"`
-	LoopbackGBps float64            `json:"loopback_gbps"`
-	DiskGBps     float64            `json:"disk_write_gbps"`
+	PullsCPU     map[string]struct {
+		Client   float64 `json:"client_cpu_s"`
+		Registry float64 `json:"registry_cpu_s"`
+	} `json:"pulls_served_cpu"`
+	LoopbackGBps float64 `json:"loopback_gbps"`
+	DiskGBps     float64 `json:"disk_write_gbps"`
 }
 
 func loadRegistry(data []byte) (*registryRun, error) {
@@ -56,6 +60,13 @@ func registryTable(b *strings.Builder, r *result) {
 	fmt.Fprintf(b, "- Floor in the same run: loopback TCP %.2f GB/s, disk writes (synced) %.2f GB/s (results from 2026-12-05 20:00 on: the faster of before and after the pulls).\n", g.LoopbackGBps, g.DiskGBps)
 	pullLines(b, r.ImageBytes, floor, g.PullsServed, "the registry's blobs in its page cache (as a registry on another machine serving from memory): only this node's disk writes")
 	pullLines(b, r.ImageBytes, floor, g.Pulls, "the registry's blobs on this node's disk, page cache dropped: the registry's reads and the pull's writes share the disk")
+	for _, n := range []string{"1", "2", "4"} {
+		if c, ok := g.PullsCPU[n]; ok && g.PullsServed[n] > 0 {
+			fmt.Fprintf(b, "- CPU of %s pull(s) from the registry's page cache: client %.2f s and registry %.2f s (%.1f CPU-s per GB) in %.2f s on %d cores: %.0f%% busy.\n",
+				n, c.Client, c.Registry, (c.Client+c.Registry)/(atof(n)*r.ImageBytes/1e9), g.PullsServed[n], r.CPUs,
+				100*(c.Client+c.Registry)/(g.PullsServed[n]*float64(r.CPUs)))
+		}
+	}
 	b.WriteString("\n")
 }
 
@@ -68,10 +79,15 @@ func pullLines(b *strings.Builder, imageBytes, floor float64, pulls map[string]f
 	fmt.Fprintf(b, "- Pulls, each into an empty store, %s:\n", what)
 	for _, n := range []string{"1", "2", "4"} {
 		if s := pulls[n]; s > 0 {
-			var k float64
-			fmt.Sscan(n, &k)
-			gbps := k * imageBytes / s / 1e9
+			gbps := atof(n) * imageBytes / s / 1e9
 			fmt.Fprintf(b, "  - %s at once: %.2f s, %.2f GB/s together, %.0f%% of the floor (goal: at least 80%%).\n", n, s, gbps, 100*gbps/floor)
 		}
 	}
+}
+
+// atof reads a number of pulls, a key of the result's maps.
+func atof(s string) float64 {
+	var f float64
+	fmt.Sscan(s, &f)
+	return f
 }
