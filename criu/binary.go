@@ -157,6 +157,7 @@ var (
 	PatchHugePages        = Patch{Name: "CRIU_RESTORE_HUGEPAGES"}          // 0001: restore_huge_pages
 	PatchThreads          = Patch{Name: "CRIU_RESTORE_THREADS"}            // 0002: restore_threads
 	PatchInheritedDevices = Patch{Name: "inherited-devices", option: true} // 0003: leftovers of a CUDA parent
+	PatchPopulate         = Patch{Name: "CRIU_RESTORE_POPULATE"}           // 0004: restore_populate
 )
 
 // HasPatch reports whether the CRIU at bin carries patch; CRIU has no

@@ -9,24 +9,25 @@ import (
 )
 
 // TestRestoreThreads: with restore_threads = 2, CRIU reads the restored
-// pages with two threads (the project's CRIU patch, contrib/criu/0002), and
-// the process it restores is the one CRIU's single reader restores: the
-// same memory (the checksum over 64 MiB of state), the same writable layer
-// and child, and the same address space, area for area (the alignment gaps
+// pages with two threads (the project's CRIU patch, contrib/criu/0002),
+// each run populated first unless restore_populate = false (0004), and the
+// process it restores is the one CRIU's single reader restores: the same
+// memory (the checksum over 64 MiB of state), the same writable layer and
+// child, and the same address space, area for area (the alignment gaps
 // the patch reserves while reading are gone).
 func TestRestoreThreads(t *testing.T) {
 	dir := t.TempDir()
 	store := filepath.Join(dir, "store")
 	env := "STATE_MB=64"
-	optionsWith := func(threads int) string {
-		path := filepath.Join(dir, fmt.Sprintf("threads-%d.toml", threads))
-		body := fmt.Sprintf("store = %q\ncontrol_dir = %q\nrestore_threads = %d\n", store, controlDir, threads)
+	optionsWith := func(name, extra string) string {
+		path := filepath.Join(dir, name+".toml")
+		body := fmt.Sprintf("store = %q\ncontrol_dir = %q\n%s", store, controlDir, extra)
 		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		return path
 	}
-	one, two := optionsWith(1), optionsWith(2)
+	one := optionsWith("one", "restore_threads = 1\n")
 
 	runStateful(t, "threads-source", one, env)
 	before := waitWarm(t, "threads-source", 30)
@@ -37,13 +38,18 @@ func TestRestoreThreads(t *testing.T) {
 		t.Fatalf("ctr tasks checkpoint: %v: %s", err, out)
 	}
 
-	maps := map[int][]string{}
+	maps := map[string][]string{}
 	for _, c := range []struct {
-		threads int
-		options string
-	}{{1, one}, {2, two}} {
-		id := fmt.Sprintf("threads-restored-%d", c.threads)
-		runStateful(t, id, c.options, env)
+		name     string
+		threads  int
+		populate bool
+	}{{"one", 1, false}, {"two", 2, true}, {"two-no-populate", 2, false}} {
+		id := "threads-restored-" + c.name
+		opts := one
+		if c.threads == 2 {
+			opts = optionsWith(c.name, fmt.Sprintf("restore_threads = 2\nrestore_populate = %v\n", c.populate))
+		}
+		runStateful(t, id, opts, env)
 		got := waitWarm(t, id, 0)
 		if st := statusOf(t, id); st["decision"] != "restored" || st["criu_threads"] != float64(c.threads) {
 			t.Fatalf("%s: status %v, want restored with criu_threads %d", id, st, c.threads)
@@ -52,14 +58,18 @@ func TestRestoreThreads(t *testing.T) {
 			t.Fatalf("%s: restored workload %+v does not continue from %+v", id, got, before)
 		}
 		log := criuRestoreLog(t, id)
-		parallel := strings.Contains(log, "page runs with 2 threads")
-		if parallel != (c.threads == 2) {
+		if parallel := strings.Contains(log, "page runs with 2 threads"); parallel != (c.threads == 2) {
 			t.Errorf("%s: restore_threads = %d, CRIU's log says two threads read pages: %v", id, c.threads, parallel)
 		}
-		maps[c.threads] = addressSpace(t, id)
+		if populated := strings.Contains(log, "each populated first"); populated != c.populate {
+			t.Errorf("%s: restore_populate = %v, CRIU's log says the runs were populated: %v", id, c.populate, populated)
+		}
+		maps[c.name] = addressSpace(t, id)
 	}
-	if a, b := strings.Join(maps[1], "\n"), strings.Join(maps[2], "\n"); a != b {
-		t.Fatalf("address spaces differ:\none thread:\n%s\ntwo threads:\n%s", a, b)
+	for _, name := range []string{"two", "two-no-populate"} {
+		if a, b := strings.Join(maps["one"], "\n"), strings.Join(maps[name], "\n"); a != b {
+			t.Fatalf("address spaces differ:\none thread:\n%s\n%s:\n%s", a, name, b)
+		}
 	}
 }
 

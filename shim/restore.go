@@ -122,17 +122,24 @@ func (s *Service) restore(ctx context.Context, c *container, plan *restorePlan, 
 const (
 	criuHugePagesEnv = "CRIU_RESTORE_HUGEPAGES"
 	criuThreadsEnv   = "CRIU_RESTORE_THREADS"
+	criuPopulateEnv  = "CRIU_RESTORE_POPULATE"
 )
 
-// tuneCRIURestore tells the next CRIU restore whether to use huge pages and
-// how many threads to read pages with, and returns that number.
+// tuneCRIURestore tells the next CRIU restore whether to use huge pages,
+// how many threads to read pages with and whether they populate pages
+// before reading, and returns the number of threads.
 func tuneCRIURestore(o options.Options) int {
-	v := "0"
-	if o.RestoreHugePages {
-		v = "1"
-	}
-	os.Setenv(criuHugePagesEnv, v)
+	os.Setenv(criuHugePagesEnv, flag(o.RestoreHugePages))
 	threads := o.CRIURestoreThreads(runtime.NumCPU())
 	os.Setenv(criuThreadsEnv, strconv.Itoa(threads))
+	os.Setenv(criuPopulateEnv, flag(o.RestorePopulate))
 	return threads
+}
+
+// flag is a boolean as the CRIU patches read it.
+func flag(on bool) string {
+	if on {
+		return "1"
+	}
+	return "0"
 }

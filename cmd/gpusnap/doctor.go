@@ -166,6 +166,7 @@ var criuPatches = []struct {
 	{criu.PatchHugePages, "restore_huge_pages has no effect"},
 	{criu.PatchThreads, "restore_threads has no effect (one page reader)"},
 	{criu.PatchInheritedDevices, "containers whose processes inherited GPU device files (torch.compile's workers) cannot be checkpointed"},
+	{criu.PatchPopulate, "restore_populate has no effect (restored pages fault in 4 KiB at a time)"},
 }
 
 // criuPatchCheck says whether the CRIU binary carries the project's patches
@@ -185,7 +186,7 @@ func criuPatchCheck(bin string) check {
 		return warn("criu patches", "%s lacks some of the project's CRIU patches (contrib/criu): %s; "+
 			"install the CRIU that `make deps` builds", bin, strings.Join(losses, "; "))
 	}
-	return pass("criu patches", "%s carries the project's patches (restore_huge_pages, restore_threads, inherited devices)", bin)
+	return pass("criu patches", "%s carries the project's patches (restore_huge_pages, restore_threads, inherited devices, restore_populate)", bin)
 }
 
 // keyChecks loads the keys a handler's options name, as the shim does

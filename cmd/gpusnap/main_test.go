@@ -670,7 +670,7 @@ func TestCRIUPatchCheck(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	fakeCRIU(patched, "CRIU_RESTORE_HUGEPAGES CRIU_RESTORE_THREADS", "  --inherited-devices PID[,PID...]")
+	fakeCRIU(patched, "CRIU_RESTORE_HUGEPAGES CRIU_RESTORE_THREADS CRIU_RESTORE_POPULATE", "  --inherited-devices PID[,PID...]")
 	fakeCRIU(upstream, "CRIU_LOG", "  --ghost-fiemap")
 	fakeCRIU(half, "CRIU_RESTORE_HUGEPAGES CRIU_RESTORE_THREADS", "  --ghost-fiemap")
 	contains(t, "checks", formatChecks([]check{criuPatchCheck(patched)}), "PASS criu patches: "+patched+" carries the project's patches")

@@ -118,7 +118,7 @@ t1=$(now); record plain_checkpoint_s $(dt $t0 $t1)
 plain_restore() {
   local t0 t1 a pid
   t0=$(now)
-  env -u CRIU_RESTORE_THREADS -u CRIU_RESTORE_HUGEPAGES criu restore -d -D $P/images -o restore.log || { tail $P/images/restore.log; return 1; }
+  env -u CRIU_RESTORE_THREADS -u CRIU_RESTORE_HUGEPAGES -u CRIU_RESTORE_POPULATE criu restore -d -D $P/images -o restore.log || { tail $P/images/restore.log; return 1; }
   pid=$(pgrep -f "contrib/examples/pytorch-server/server.py" | head -1)
   SNAPSHOT_LIBCUDA=/usr/local/nvidia/lib64/libcuda.so.1 cudactl restore $pid || return 1
   a=$(first_answer 8001); t1=$(now)
