@@ -91,9 +91,11 @@ func TestCRIOnReadyThenRestore(t *testing.T) {
 	if got.Count < 20 || got.File != "written-before-checkpoint" || got.Child != "alive" {
 		t.Fatalf("restored pod state %+v does not continue the checkpoint", got)
 	}
-	if st := statusOf(t, second); st["decision"] != "restored" {
+	st := statusOf(t, second)
+	if st["decision"] != "restored" {
 		t.Fatalf("second pod status: %v", st)
 	}
+	checkTimeline(t, st)
 	data, err := os.ReadFile(filepath.Join(hostControl, second, "restore-complete"))
 	if err != nil || !strings.Contains(string(data), second) {
 		t.Fatalf("restore-complete: %v: %s", err, data)
@@ -130,4 +132,22 @@ func decisionOf(id string) string {
 	st, _ := testbed.Status(id)
 	d, _ := st["decision"].(string)
 	return d
+}
+
+// checkTimeline checks that a restore's status tells when the shim started
+// and got Create and Start, in that order, all before the restore ended.
+func checkTimeline(t *testing.T, st map[string]any) {
+	t.Helper()
+	tl, _ := st["timeline"].(map[string]any)
+	var last time.Time
+	for _, k := range []string{"shim_started", "create", "created", "start"} {
+		at, err := time.Parse(time.RFC3339Nano, fmt.Sprint(tl[k]))
+		if err != nil || at.Before(last) {
+			t.Fatalf("status timeline %v: %q is %v (%v), want it after %v", tl, k, tl[k], err, last)
+		}
+		last = at
+	}
+	if end, err := time.Parse(time.RFC3339Nano, fmt.Sprint(st["at"])); err != nil || end.Before(last) {
+		t.Fatalf("status: restored at %v, before its Start at %v", st["at"], last)
+	}
 }

@@ -3,6 +3,7 @@ package shim
 import (
 	"context"
 	"sync"
+	"time"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types"
@@ -39,6 +40,25 @@ type container struct {
 	// gpus caches containerGPUs: NVML is asked once per container.
 	gpus     storage.GPUNode
 	gpusOnce sync.Once
+	// timeline holds when the shim started and got this container's RPCs
+	// (mark); written by Create and Start only, read by their reports.
+	timeline map[string]time.Time
+}
+
+// The moments a restore's timeline records.
+const (
+	markShimStarted = "shim_started" // the shim's process (for CRI, the pod's sandbox's)
+	markCreate      = "create"       // Create received
+	markCreated     = "created"      // Create answered by runc: the plan is made, the task exists
+	markStart       = "start"        // Start received
+)
+
+// shimStarted is when this shim's process started.
+var shimStarted = time.Now()
+
+// mark records that moment name happened now.
+func (c *container) mark(name string) {
+	c.timeline[name] = time.Now()
 }
 
 // gpuNode is the container's GPUs and the node's driver version, read from
@@ -57,7 +77,7 @@ func newContainer(ctx context.Context, r *taskAPI.CreateTaskRequest, opts option
 		return nil, err
 	}
 	c := &container{id: r.ID, namespace: ns, bundle: r.Bundle, options: opts, spec: spec, rootfs: r.Rootfs,
-		create: proto.Clone(r).(*taskAPI.CreateTaskRequest)}
+		create: proto.Clone(r).(*taskAPI.CreateTaskRequest), timeline: map[string]time.Time{markShimStarted: shimStarted}}
 	changed, err := addCRIUConfig(spec, r.Bundle)
 	if err != nil {
 		return nil, err

@@ -39,6 +39,9 @@ func report(ctx context.Context, c *container, o outcome) {
 	ev := events.Event{Kind: o.kind, Outcome: o.outcome, Checkpoint: o.checkpoint, Phases: o.phases, CRIUStats: o.criuStats}
 	st := snapshotStatus{Decision: o.outcome, Checkpoint: o.checkpoint, From: o.from, At: time.Now(), CRIUThreads: o.criuThreads,
 		Phases: o.phases, CRIUStats: o.criuStats}
+	if o.kind == events.KindRestore {
+		st.Timeline = c.timeline
+	}
 	logger := log.G(ctx).WithField("id", c.id).WithFields(o.fields)
 	if o.reason != nil {
 		ev.Reason, ev.ReasonCode = o.reason.Error(), events.CodeOf(o.reason)
@@ -82,6 +85,11 @@ type snapshotStatus struct {
 	Phases      map[string]float64 `json:"phases_seconds,omitempty"`
 	// CRIUStats are CRIU's own measurements of the restore (criu.Stats).
 	CRIUStats map[string]float64 `json:"criu_stats,omitempty"`
+	// Timeline is when, before At, the shim's process started and got
+	// the container's Create and Start (container.mark), so that the time
+	// outside the shim's phases (containerd, CRI's sandbox and network,
+	// the wait between Create and Start) can be told apart from its own.
+	Timeline map[string]time.Time `json:"timeline,omitempty"`
 }
 
 // phaseTimes are the seconds each timed phase took (names from package

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sync"
+	"time"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
@@ -58,11 +59,13 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 		return nil, errgrpc.ToGRPC(err)
 	}
 	r.Options = runcOpts
+	received := time.Now()
 	useCRIU(opts.CRIUPath)
 	c, err := newContainer(ctx, r, opts)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
+	c.timeline[markCreate] = received
 	if r.Checkpoint == "" {
 		plan, err := planRestore(ctx, c)
 		if err != nil {
@@ -79,6 +82,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 		removeControlDir(ctx, c.id)
 		return nil, err
 	}
+	c.mark(markCreated)
 	s.mu.Lock()
 	s.containers[r.ID] = c
 	s.mu.Unlock()
@@ -92,6 +96,7 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	if r.ExecID != "" || c == nil {
 		return s.TTRPCTaskService.Start(ctx, r)
 	}
+	c.mark(markStart)
 	var (
 		resp *taskAPI.StartResponse
 		err  error

@@ -32,6 +32,7 @@ type restoreResult struct {
 	droppedCache, droppedCacheNoPrefetch time.Duration
 	imageBytes                           int64
 	phases                               string
+	timeline                             map[string]float64 // the first default restore's, by restoreTimeline
 	floor                                []floor.Result
 	parallel                             map[int]time.Duration // n restored at once: time until all answer
 }
@@ -126,10 +127,14 @@ func warmRestores(bed *testbed.Bed, r *restoreResult, dir, body string, env []st
 			times         *[]time.Duration
 		}{{"bench-restored", dflt, &threads}, {"bench-restored-1t", oneThread, &one}} {
 			id := fmt.Sprintf("%s-%d", run.name, i)
-			d, err := runToAnswer(bed, id, run.options, env)
+			ran, err := runToAnswerFrom(bed, id, run.options, env)
+			d := ran.took
 			removeNetns(id)
 			if err == nil {
 				err = checkRestored(id, &r.phases)
+			}
+			if err == nil && r.timeline == nil && run.options == dflt {
+				r.timeline, err = restoreTimeline(statusFile(id), ran)
 			}
 			stopContainer(bed, id)
 			if err != nil {
@@ -238,26 +243,72 @@ func measureFloor(store string) []floor.Result {
 // runToAnswer starts the workload in its own network namespace (named after
 // the container; see removeNetns) and returns the time until it first answers.
 func runToAnswer(bed *testbed.Bed, id, options string, env []string) (time.Duration, error) {
+	r, err := runToAnswerFrom(bed, id, options, env)
+	return r.took, err
+}
+
+// answered is when `ctr run` started and returned, and how long it took
+// from its start to the workload's first answer.
+type answered struct {
+	start, ctrDone time.Time
+	took           time.Duration
+}
+
+// runToAnswerFrom is runToAnswer that also says when `ctr run` started
+// and returned.
+func runToAnswerFrom(bed *testbed.Bed, id, options string, env []string) (r answered, err error) {
 	netns, _, err := testbed.Netns(id)
 	if err != nil {
-		return 0, err
+		return r, err
 	}
 	args := []string{"run", "-d", "--runtime", containerdconfig.RuntimeType, "--runtime-config-path", options, "--with-ns", "network:" + netns}
 	for _, e := range env {
 		args = append(args, "--env", e)
 	}
-	start := time.Now()
+	r.start = time.Now()
 	if out, err := bed.Ctr(append(args, testbed.StatefulRef, id)...); err != nil {
-		return 0, fmt.Errorf("%s: %v: %s", id, err, out)
+		return r, fmt.Errorf("%s: %v: %s", id, err, out)
 	}
-	took, err := waitAnswer(start, "nsenter", "--net="+netns, "busybox", "nc", "127.0.0.1", "8080")
+	r.ctrDone = time.Now()
+	r.took, err = waitAnswer(r.start, "nsenter", "--net="+netns, "busybox", "nc", "127.0.0.1", "8080")
 	if err != nil {
 		status := statusFile(id)
 		tasks, _ := bed.Ctr("tasks", "ls")
 		rules, _ := exec.Command("ip", "netns", "exec", id, "iptables", "-S").CombinedOutput()
 		err = fmt.Errorf("%s: %w\nstatus: %s\ntasks:\n%s\niptables in its namespace:\n%s", id, err, status, tasks, rules)
 	}
-	return took, err
+	return r, err
+}
+
+// restoreTimeline splits a restore's time to first answer, from `ctr run`
+// at r.start, by the moments its status records (shim.snapshotStatus):
+// until the shim's process started, until it got Create, Create (the plan
+// and runc's create), until Start, the restore itself, until `ctr run`
+// returned, and from then to the first answer (the workload and this
+// bench's probe, a new nsenter and nc every 10 ms).
+func restoreTimeline(status []byte, r answered) (map[string]float64, error) {
+	var st struct {
+		At       time.Time            `json:"at"`
+		Timeline map[string]time.Time `json:"timeline"`
+	}
+	if err := json.Unmarshal(status, &st); err != nil {
+		return nil, err
+	}
+	t := st.Timeline
+	for _, k := range []string{"shim_started", "create", "created", "start"} {
+		if t[k].IsZero() {
+			return nil, fmt.Errorf("status has no timeline %q: %s", k, status)
+		}
+	}
+	return map[string]float64{
+		"ctr_run_to_shim":   t["shim_started"].Sub(r.start).Seconds(),
+		"shim_to_create":    t["create"].Sub(t["shim_started"]).Seconds(),
+		"create":            t["created"].Sub(t["create"]).Seconds(),
+		"created_to_start":  t["start"].Sub(t["created"]).Seconds(),
+		"start_to_restored": st.At.Sub(t["start"]).Seconds(),
+		"restored_to_ctr":   r.ctrDone.Sub(st.At).Seconds(),
+		"ctr_to_answer":     r.start.Add(r.took).Sub(r.ctrDone).Seconds(),
+	}, nil
 }
 
 // removeNetns removes a workload's network namespace once its container is
@@ -406,6 +457,7 @@ func reportRestore(r *restoreResult, stateMB, warmup int) {
 	fmt.Printf("  restore is %.1fx faster than cold start (goal >= 10x)\n", speedup)
 	fmt.Printf("  shim overhead over plain criu restore: %+.0f%% (goal <= 10%%)\n", overhead*100)
 	fmt.Printf("  restore phases: %s\n", strings.Join(strings.Fields(r.phases), " "))
+	fmt.Printf("  where that restore's time went (s): %s\n", timelineList(r.timeline))
 	for _, n := range []int{1, 2, 4} {
 		fmt.Printf("  %-44s %10s\n", fmt.Sprintf("%d restored at once, until all answer", n), r.parallel[n].Round(time.Millisecond))
 	}
@@ -432,7 +484,7 @@ func writeRestoreJSON(path string, r *restoreResult, stateMB, warmup int) error 
 		"image_bytes": r.imageBytes,
 		"cold_s":      r.cold.Seconds(), "checkpoint_s": r.checkpoint.Seconds(),
 		"shim_restore_warm_s": r.restore.Seconds(), "shim_restore_warm_huge_s": r.restoreHuge.Seconds(),
-		"restore_threads": r.restoreThreads, "shim_restore_warm_one_thread_s": r.restoreOneThread.Seconds(),
+		"restore_threads": r.restoreThreads, "restore_timeline_s": r.timeline, "shim_restore_warm_one_thread_s": r.restoreOneThread.Seconds(),
 		"shim_restore_dropped_cache_s": r.droppedCache.Seconds(), "shim_restore_dropped_cache_no_prefetch_s": r.droppedCacheNoPrefetch.Seconds(),
 		"plain_restore_warm_s": r.plainRestore.Seconds(), "floor": floors, "parallel_restore_s": parallelSeconds(r.parallel),
 	}
@@ -456,4 +508,15 @@ func median(ds []time.Duration) time.Duration {
 	s := slices.Clone(ds)
 	slices.Sort(s)
 	return s[len(s)/2]
+}
+
+// timelineOrder is restoreTimeline's keys in the order they happen.
+var timelineOrder = []string{"ctr_run_to_shim", "shim_to_create", "create", "created_to_start", "start_to_restored", "restored_to_ctr", "ctr_to_answer"}
+
+func timelineList(t map[string]float64) string {
+	var parts []string
+	for _, k := range timelineOrder {
+		parts = append(parts, fmt.Sprintf("%s %.3f", k, t[k]))
+	}
+	return strings.Join(parts, ", ")
 }

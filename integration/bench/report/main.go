@@ -55,6 +55,7 @@ type result struct {
 	PlainWarm       float64            `json:"plain_restore_warm_s"`
 	H2D             map[string]float64 `json:"h2d"`
 	Parallel        map[string]float64 `json:"parallel_restore_s"`
+	Timeline        map[string]float64 `json:"restore_timeline_s"`
 	FloorCPU        map[string]float64 `json:"-"`
 	FloorGPU        *struct {
 		Results []struct {

@@ -100,6 +100,44 @@ func cpuTable(b *strings.Builder, r *result) {
 	}
 	fmt.Fprintf(b, "| floor from page cache (%.1f GB/s read) | %.2f | | |\n", r.bandwidth("cache_read"), cacheFloor)
 	fmt.Fprintf(b, "| floor from disk (%.2f GB/s read) | %.2f | | |\n\n", r.bandwidth("disk_read_1"), r.floor(r.bandwidth("disk_read_1")))
+	faultFloors(b, r)
+	timelineLine(b, r)
+}
+
+// faultFloors gives the fault-in floors of the run (filling the image's
+// size of fresh memory, 4 KiB and huge pages, one thread) and the shim's
+// restore as a multiple of each.
+func faultFloors(b *strings.Builder, r *result) {
+	small, huge := r.floor(r.bandwidth("fault_in_4k")), r.floor(r.bandwidth("fault_in_thp"))
+	if small <= 0 || huge <= 0 || r.ShimWarm <= 0 {
+		return
+	}
+	fmt.Fprintf(b, "Fault-in floor in the same run (the image's size of fresh memory, one thread): %.2f s with 4 KiB pages (%.2f GB/s), %.2f s with huge pages (%.2f GB/s); the shim's restore from the page cache took %.1fx and %.1fx of them.\n\n",
+		small, r.bandwidth("fault_in_4k"), huge, r.bandwidth("fault_in_thp"), r.ShimWarm/small, r.ShimWarm/huge)
+}
+
+// timelineOrder is the bench's restore timeline (restore_timeline_s), in
+// the order things happen, with what each part is.
+var timelineOrder = []struct{ key, what string }{
+	{"ctr_run_to_shim", "`ctr run` until the shim's process started"},
+	{"shim_to_create", "until the shim got Create"},
+	{"create", "Create (the plan, runc's create)"},
+	{"created_to_start", "until Start"},
+	{"start_to_restored", "the restore"},
+	{"restored_to_ctr", "until `ctr run` returned"},
+	{"ctr_to_answer", "until the first answer (the workload and the bench's probe)"},
+}
+
+// timelineLine says where the first default restore's time went.
+func timelineLine(b *strings.Builder, r *result) {
+	if len(r.Timeline) == 0 {
+		return
+	}
+	var parts []string
+	for _, t := range timelineOrder {
+		parts = append(parts, fmt.Sprintf("%s %.3f s", t.what, r.Timeline[t.key]))
+	}
+	fmt.Fprintf(b, "Where the first restore from the page cache spent its time: %s.\n\n", strings.Join(parts, "; "))
 }
 
 // note prints what the result file says about itself, if anything.
