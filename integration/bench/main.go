@@ -45,7 +45,11 @@ func main() {
 	defer os.RemoveAll(dir)
 	// The bench's node events stay in its directory.
 	eventsDir := filepath.Join(dir, "events")
-	bed, err := testbed.Prepare(dir, "", nil, "SNAPSHOT_EVENTS_DIR="+eventsDir)
+	var handlers map[string]string
+	if *mode == "restore" {
+		handlers = criHandlers(dir)
+	}
+	bed, err := testbed.Prepare(dir, "", handlers, "SNAPSHOT_EVENTS_DIR="+eventsDir)
 	if err != nil {
 		fail(err)
 	}

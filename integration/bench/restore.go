@@ -33,6 +33,7 @@ type restoreResult struct {
 	imageBytes                           int64
 	phases                               string
 	timeline                             map[string]float64 // the first default restore's, by restoreTimeline
+	cri                                  *criResult
 	floor                                []floor.Result
 	parallel                             map[int]time.Duration // n restored at once: time until all answer
 }
@@ -102,6 +103,9 @@ func restoreBench(bed *testbed.Bed, dir string, stateMB, warmup int) (*restoreRe
 	r.plainRestore = median(plain)
 	if r.parallel, err = parallelRestores(bed, options, env, []int{1, 2, 4}); err != nil {
 		return nil, err
+	}
+	if r.cri, err = criBench(bed, dir, env); err != nil {
+		return nil, fmt.Errorf("through CRI: %w", err)
 	}
 	r.floor = measureFloor(store)
 	return &r, nil
@@ -458,6 +462,10 @@ func reportRestore(r *restoreResult, stateMB, warmup int) {
 	fmt.Printf("  shim overhead over plain criu restore: %+.0f%% (goal <= 10%%)\n", overhead*100)
 	fmt.Printf("  restore phases: %s\n", strings.Join(strings.Fields(r.phases), " "))
 	fmt.Printf("  where that restore's time went (s): %s\n", timelineList(r.timeline))
+	if c := r.cri; c != nil {
+		fmt.Printf("  through CRI, RunPodSandbox to first answer: cold %s, restored %s (%.1fx); restore's steps (s): %v\n",
+			c.cold.Round(time.Millisecond), c.restore.Round(time.Millisecond), c.cold.Seconds()/c.restore.Seconds(), c.steps)
+	}
 	for _, n := range []int{1, 2, 4} {
 		fmt.Printf("  %-44s %10s\n", fmt.Sprintf("%d restored at once, until all answer", n), r.parallel[n].Round(time.Millisecond))
 	}
@@ -487,6 +495,9 @@ func writeRestoreJSON(path string, r *restoreResult, stateMB, warmup int) error 
 		"restore_threads": r.restoreThreads, "restore_timeline_s": r.timeline, "shim_restore_warm_one_thread_s": r.restoreOneThread.Seconds(),
 		"shim_restore_dropped_cache_s": r.droppedCache.Seconds(), "shim_restore_dropped_cache_no_prefetch_s": r.droppedCacheNoPrefetch.Seconds(),
 		"plain_restore_warm_s": r.plainRestore.Seconds(), "floor": floors, "parallel_restore_s": parallelSeconds(r.parallel),
+	}
+	if c := r.cri; c != nil {
+		doc["cri_cold_s"], doc["cri_restore_s"], doc["cri_restore_steps_s"] = c.cold.Seconds(), c.restore.Seconds(), c.steps
 	}
 	data, err := json.MarshalIndent(doc, "", "  ")
 	if err != nil {

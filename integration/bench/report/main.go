@@ -56,6 +56,9 @@ type result struct {
 	H2D             map[string]float64 `json:"h2d"`
 	Parallel        map[string]float64 `json:"parallel_restore_s"`
 	Timeline        map[string]float64 `json:"restore_timeline_s"`
+	CRICold         float64            `json:"cri_cold_s"`
+	CRIRestore      float64            `json:"cri_restore_s"`
+	CRISteps        map[string]float64 `json:"cri_restore_steps_s"`
 	FloorCPU        map[string]float64 `json:"-"`
 	FloorGPU        *struct {
 		Results []struct {

@@ -102,6 +102,18 @@ func cpuTable(b *strings.Builder, r *result) {
 	fmt.Fprintf(b, "| floor from disk (%.2f GB/s read) | %.2f | | |\n\n", r.bandwidth("disk_read_1"), r.floor(r.bandwidth("disk_read_1")))
 	faultFloors(b, r)
 	timelineLine(b, r)
+	criLine(b, r)
+}
+
+// criLine gives the same workload run through CRI, as a Kubernetes pod:
+// RunPodSandbox to first answer, cold and restored, and the restore's steps.
+func criLine(b *strings.Builder, r *result) {
+	if r.CRIRestore <= 0 {
+		return
+	}
+	s := r.CRISteps
+	fmt.Fprintf(b, "Through CRI (crictl runp, create, start; RunPodSandbox to first answer): cold start %.2f s, restore from the page cache %.2f s (%s). The restore's steps: runp %.3f s, create %.3f s, start %.3f s (of which the restore %.3f s), then %.3f s to the first answer.\n\n",
+		r.CRICold, r.CRIRestore, ratio(r.CRICold, r.CRIRestore), s["runp"], s["create"], s["start"], s["restore"], s["restored_to_answer"])
 }
 
 // faultFloors gives the fault-in floors of the run (filling the image's
