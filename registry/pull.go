@@ -250,7 +250,7 @@ const writeBlock = 1 << 20
 func writeInBlocks(f *os.File, offset int64, r io.Reader) error {
 	buf := make([]byte, writeBlock)
 	for {
-		n, err := fill(r, buf)
+		n, err := readBlock(r, buf)
 		if n > 0 {
 			if _, werr := f.WriteAt(buf[:n], offset); werr != nil {
 				return werr
@@ -266,10 +266,10 @@ func writeInBlocks(f *os.File, offset int64, r io.Reader) error {
 	}
 }
 
-// fill reads from r until buf is full or r fails, and returns r's error
-// as it was (io.ReadFull would turn a connection cut mid-body into
+// readBlock reads from r until buf is full or r fails, and returns r's
+// error as it was (io.ReadFull would turn a connection cut mid-body into
 // something a digest check then reports as a mismatch).
-func fill(r io.Reader, buf []byte) (n int, err error) {
+func readBlock(r io.Reader, buf []byte) (n int, err error) {
 	for n < len(buf) && err == nil {
 		var m int
 		m, err = r.Read(buf[n:])

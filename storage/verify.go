@@ -98,8 +98,7 @@ func (c *Checkpoint) checkFiles(ctx context.Context, progress func(done, total i
 		return ctx.Err()
 	}
 	for _, f := range c.Manifest.Files {
-		sum, hashed := sums[f.Path]
-		if err := checkFile(filepath.Join(c.Dir, filepath.FromSlash(f.Path)), f, hashed, sum, add); err != nil {
+		if err := checkFile(filepath.Join(c.Dir, filepath.FromSlash(f.Path)), f, sums[f.Path], add); err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
@@ -110,9 +109,9 @@ func (c *Checkpoint) checkFiles(ctx context.Context, progress func(done, total i
 }
 
 // checkFile compares one file with its manifest entry. It hashes only when
-// the size matches and the sum is not known (hashed); skipped bytes still
-// count as done for progress.
-func checkFile(p string, f File, hashed bool, sum string, add func(int64) error) error {
+// the size matches and its sum is not known already (sum is empty);
+// skipped bytes still count as done for progress.
+func checkFile(p string, f File, sum string, add func(int64) error) error {
 	fi, err := os.Lstat(p)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -122,9 +121,9 @@ func checkFile(p string, f File, hashed bool, sum string, add func(int64) error)
 		err = fmt.Errorf("is a %s, expected a regular file", describe(fi.Mode()))
 	case fi.Size() != f.Size:
 		err = fmt.Errorf("size: expected %d, got %d", f.Size, fi.Size())
-	case hashed && sum != f.SHA256:
+	case sum != "" && sum != f.SHA256:
 		err = fmt.Errorf("sha256: expected %s, got %s", f.SHA256, sum)
-	case hashed:
+	case sum != "":
 	default:
 		size, sum, err := hashFile(p, false, add)
 		switch {

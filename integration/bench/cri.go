@@ -57,17 +57,14 @@ func criBench(bed *testbed.Bed, dir string, env []string) (*criResult, error) {
 		return nil, fmt.Errorf("the CRI pod was not restored: %s", status)
 	}
 	r.restore = restored.took
-	var st struct {
-		At       time.Time            `json:"at"`
-		Timeline map[string]time.Time `json:"timeline"`
-	}
-	if err := json.Unmarshal(status, &st); err != nil {
+	t, err := statusTimeline(status)
+	if err != nil {
 		return nil, err
 	}
 	r.steps = map[string]float64{
 		"runp": restored.runp.Seconds(), "create": restored.create.Seconds(), "start": restored.start.Seconds(),
-		"restore":            st.At.Sub(st.Timeline["start"]).Seconds(),
-		"restored_to_answer": restored.began.Add(restored.took).Sub(st.At).Seconds(),
+		"restore":            t["restored"].Sub(t["start"]).Seconds(),
+		"restored_to_answer": restored.began.Add(restored.took).Sub(t["restored"]).Seconds(),
 	}
 	return &r, nil
 }

@@ -291,6 +291,24 @@ func runToAnswerFrom(bed *testbed.Bed, id, options string, env []string) (r answ
 // returned, and from then to the first answer (the workload and this
 // bench's probe, a new nsenter and nc every 10 ms).
 func restoreTimeline(status []byte, r answered) (map[string]float64, error) {
+	t, err := statusTimeline(status)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]float64{
+		"ctr_run_to_shim":   t["shim_started"].Sub(r.start).Seconds(),
+		"shim_to_create":    t["create"].Sub(t["shim_started"]).Seconds(),
+		"create":            t["created"].Sub(t["create"]).Seconds(),
+		"created_to_start":  t["start"].Sub(t["created"]).Seconds(),
+		"start_to_restored": t["restored"].Sub(t["start"]).Seconds(),
+		"restored_to_ctr":   r.ctrDone.Sub(t["restored"]).Seconds(),
+		"ctr_to_answer":     r.start.Add(r.took).Sub(r.ctrDone).Seconds(),
+	}, nil
+}
+
+// statusTimeline reads a restore's moments from its status: the
+// timeline's, and its end (the status's at) as "restored".
+func statusTimeline(status []byte) (map[string]time.Time, error) {
 	var st struct {
 		At       time.Time            `json:"at"`
 		Timeline map[string]time.Time `json:"timeline"`
@@ -304,15 +322,8 @@ func restoreTimeline(status []byte, r answered) (map[string]float64, error) {
 			return nil, fmt.Errorf("status has no timeline %q: %s", k, status)
 		}
 	}
-	return map[string]float64{
-		"ctr_run_to_shim":   t["shim_started"].Sub(r.start).Seconds(),
-		"shim_to_create":    t["create"].Sub(t["shim_started"]).Seconds(),
-		"create":            t["created"].Sub(t["create"]).Seconds(),
-		"created_to_start":  t["start"].Sub(t["created"]).Seconds(),
-		"start_to_restored": st.At.Sub(t["start"]).Seconds(),
-		"restored_to_ctr":   r.ctrDone.Sub(st.At).Seconds(),
-		"ctr_to_answer":     r.start.Add(r.took).Sub(r.ctrDone).Seconds(),
-	}, nil
+	t["restored"] = st.At
+	return t, nil
 }
 
 // removeNetns removes a workload's network namespace once its container is
