@@ -49,18 +49,24 @@ type result struct {
 	ShimWarm1T     float64 `json:"shim_restore_warm_one_thread_s"`
 	ShimWarmHuge1T float64 `json:"shim_restore_warm_huge_one_thread_s"`
 	// WarmHugeThreads: shim_restore_warm_huge_N_threads_s, by N
-	WarmHugeThreads map[int]float64    `json:"-"`
-	ShimColdHuge1T  float64            `json:"shim_restore_cold_huge_one_thread_s"`
-	PlainCold       float64            `json:"plain_restore_cold_s"`
-	PlainWarm       float64            `json:"plain_restore_warm_s"`
-	H2D             map[string]float64 `json:"h2d"`
-	Parallel        map[string]float64 `json:"parallel_restore_s"`
-	Timeline        map[string]float64 `json:"restore_timeline_s"`
-	CRICold         float64            `json:"cri_cold_s"`
-	CRIRestore      float64            `json:"cri_restore_s"`
-	CRISteps        map[string]float64 `json:"cri_restore_steps_s"`
-	FloorCPU        map[string]float64 `json:"-"`
-	FloorGPU        *struct {
+	WarmHugeThreads map[int]float64 `json:"-"`
+	ShimColdHuge1T  float64         `json:"shim_restore_cold_huge_one_thread_s"`
+	PlainCold       float64         `json:"plain_restore_cold_s"`
+	PlainWarm       float64         `json:"plain_restore_warm_s"`
+	// the plain baseline's two steps from the page cache: criu restore,
+	// and the driver's own restore (cudactl)
+	PlainWarmCRIU float64 `json:"plain_restore_warm_criu_s"`
+	PlainWarmCUDA float64 `json:"plain_restore_warm_cuda_s"`
+	// restore_populate = false (CRIU patch 0004 unused), huge pages on
+	ShimWarmHugeNoPopulate float64            `json:"shim_restore_warm_huge_no_populate_s"`
+	H2D                    map[string]float64 `json:"h2d"`
+	Parallel               map[string]float64 `json:"parallel_restore_s"`
+	Timeline               map[string]float64 `json:"restore_timeline_s"`
+	CRICold                float64            `json:"cri_cold_s"`
+	CRIRestore             float64            `json:"cri_restore_s"`
+	CRISteps               map[string]float64 `json:"cri_restore_steps_s"`
+	FloorCPU               map[string]float64 `json:"-"`
+	FloorGPU               *struct {
 		Results []struct {
 			Name string  `json:"name"`
 			GBps float64 `json:"gbps"`

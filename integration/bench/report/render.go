@@ -65,11 +65,13 @@ func gpuTable(b *strings.Builder, r *result) {
 	for _, n := range slices.Sorted(maps.Keys(r.WarmHugeThreads)) {
 		row(fmt.Sprintf("the same, `restore_threads = %d`", n), r.WarmHugeThreads[n], cacheFloor)
 	}
+	row("the same, `restore_populate = false` (readers fault pages in as they copy)", r.ShimWarmHugeNoPopulate, cacheFloor)
 	row("plain CRIU + driver API, page cache dropped", r.PlainCold, diskFloor)
 	row("plain CRIU + driver API, image in the page cache", r.PlainWarm, cacheFloor)
 	fmt.Fprintf(b, "| floor from disk (%.2f GB/s read, %.1f GB/s pinned copy) | %.2f | | |\n", r.bandwidth("disk_read_1"), r.H2D["h2d_pinned"], diskFloor)
 	fmt.Fprintf(b, "| floor from page cache (%.1f GB/s read) | %.2f | | |\n\n", r.bandwidth("cache_read"), cacheFloor)
 	runPhases(b, r)
+	warmPhasesLine(b, r)
 	if len(r.CkptPhases) > 0 {
 		fmt.Fprintf(b, "Checkpoint (on ready, leave running): %s.\n\n", phaseList(r.CkptPhases))
 	}
@@ -126,6 +128,30 @@ func faultFloors(b *strings.Builder, r *result) {
 	}
 	fmt.Fprintf(b, "Fault-in floor in the same run (the image's size of fresh memory, one thread): %.2f s with 4 KiB pages (%.2f GB/s), %.2f s with huge pages (%.2f GB/s); the shim's restore from the page cache took %.1fx and %.1fx of them.\n\n",
 		small, r.bandwidth("fault_in_4k"), huge, r.bandwidth("fault_in_thp"), r.ShimWarm/small, r.ShimWarm/huge)
+}
+
+// warmPhasesLine says where the restores from the page cache spend their
+// time: the CRIU phase as image bytes per second, and the CUDA phase
+// against the driver's own restore of the plain baseline in the same run.
+func warmPhasesLine(b *strings.Builder, r *result) {
+	var parts []string
+	for _, run := range []struct{ key, what string }{{"shim_restore_warm", "default"}, {"shim_restore_warm_huge", "`restore_huge_pages = true`"}} {
+		st := r.Status[run.key]
+		if st == nil || st.Phases["criu_restore"] <= 0 {
+			continue
+		}
+		criu, cuda := st.Phases["criu_restore"], st.Phases["cuda_restore"]
+		parts = append(parts, fmt.Sprintf("%s: CRIU %.2f s (%.1f GB/s of image), CUDA %.2f s", run.what, criu, r.ImageBytes/criu/1e9, cuda))
+	}
+	if len(parts) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "Restores from the page cache, by phase: %s.", strings.Join(parts, "; "))
+	if r.PlainWarmCUDA > 0 {
+		fmt.Fprintf(b, " Plain baseline in the same run: `criu restore` %.2f s (%.1f GB/s), the driver's own restore %.2f s.",
+			r.PlainWarmCRIU, r.ImageBytes/r.PlainWarmCRIU/1e9, r.PlainWarmCUDA)
+	}
+	b.WriteString("\n\n")
 }
 
 // timelineOrder is the bench's restore timeline (restore_timeline_s), in
