@@ -25,6 +25,7 @@ func markdown(results []*result, plot, out string) string {
 	b.WriteString("the device from pinned memory. The disk floor uses one O_DIRECT stream;\n")
 	b.WriteString("CRIU's buffered reads with readahead can beat it (a ratio below 1.0x).\n\n")
 	rel, _ := filepath.Rel(filepath.Dir(out), plot)
+	headline(&b, results)
 	fmt.Fprintf(&b, "![restore time against checkpoint size](%s)\n\n", filepath.ToSlash(rel))
 	for _, r := range results {
 		switch r.Kind {
@@ -39,6 +40,24 @@ func markdown(results []*result, plot, out string) string {
 		}
 	}
 	return b.String()
+}
+
+// headline leads with the newest run of the headline example (the
+// transformers server: real files, torch.compile), whatever ran after it.
+func headline(b *strings.Builder, results []*result) {
+	for _, r := range results { // newest first
+		if r.Kind != "gpu-examples" {
+			continue
+		}
+		for _, e := range r.Examples {
+			if e.Name != exampleNames[0] || e.RestoreWarm <= 0 {
+				continue
+			}
+			fmt.Fprintf(b, "**Headline** (%s, %s; its section below): the %s server is warm %.2f s after a cold start with the page cache dropped; restored, it answers after %.2f s with its checkpoint in the page cache (%s) and %.2f s with it on disk (%s). Image %.2f GB for %.2f GB of weights.\n\n",
+				r.GPU, r.Date, e.Name, e.Cold, e.RestoreWarm, ratio(e.Cold, e.RestoreWarm), e.RestoreCold, ratio(e.Cold, e.RestoreCold), e.ImageBytes/1e9, e.WeightBytes/1e9)
+			return
+		}
+	}
 }
 
 func gpuTable(b *strings.Builder, r *result) {
