@@ -20,14 +20,16 @@
 #     (pinned and pageable), measured here and now.
 # Writes $OUT/bench-gpu.json (raw results) and prints a table. With
 # BENCH_QUICK=1 (the size sweep) only the cold start, the checkpoint, the
-# warm restores with the default settings and with huge pages, and the
-# floor are measured, plus EXTRA_THREADS.
+# warm restores with the default settings, with huge pages and without
+# populate, and the floor are measured, plus EXTRA_THREADS.
 set -u
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/bench.log") 2>&1
 WEIGHTS_GIB=${WEIGHTS_GIB:-8}
 BENCH_QUICK=${BENCH_QUICK:-0}
+# BENCH_PLAIN=1: the plain CRIU baseline (a second cold start); on unless quick.
+BENCH_PLAIN=${BENCH_PLAIN:-$([ "$BENCH_QUICK" = 1 ] && echo 0 || echo 1)}
 . integration/gpu/lib.sh
 R=$OUT/bench-gpu.json
 declare -A T
@@ -99,17 +101,17 @@ if [ "$BENCH_QUICK" != 1 ]; then
 fi
 step "restore through the shim, checkpoint in the page cache"; cat $CK/checkpoint/* >/dev/null; shim_restore shim_restore_warm
 step "the same with restore_huge_pages = true"; HANDLER=$W/handler-huge.toml shim_restore shim_restore_warm_huge
+step "the same with restore_populate = false (readers fault pages in as they copy)"; HANDLER=$W/handler-huge-no-populate.toml shim_restore shim_restore_warm_huge_no_populate
 if [ "$BENCH_QUICK" != 1 ]; then
   step "the same with restore_threads = 1 (CRIU's single reader)"; HANDLER=$W/handler-huge-1.toml shim_restore shim_restore_warm_huge_one_thread
   step "the same with restore_threads = 16"; HANDLER=$W/handler-huge-16.toml shim_restore shim_restore_warm_huge_16_threads
-  step "the same with restore_populate = false (readers fault pages in as they copy)"; HANDLER=$W/handler-huge-no-populate.toml shim_restore shim_restore_warm_huge_no_populate
   step "again with huge pages and the default threads (order effects)"; HANDLER=$W/handler-huge.toml shim_restore shim_restore_warm_huge_again
 fi
 for n in $EXTRA_THREADS; do
   step "the same with restore_threads = $n"; HANDLER=$W/handler-huge-$n.toml shim_restore shim_restore_warm_huge_${n}_threads
 done
 
-if [ "$BENCH_QUICK" != 1 ]; then
+if [ "$BENCH_PLAIN" = 1 ]; then
 step "baseline: plain CRIU + driver API on a host process"
 P=$W/plain; mkdir -p $P/images
 (cd $P && PORT=8001 WEIGHTS_GIB=$WEIGHTS_GIB PYTHONUNBUFFERED=1 LD_LIBRARY_PATH=/usr/local/nvidia/lib64 \
@@ -158,7 +160,7 @@ cat $OUT/h2d.json
 step "results"
 {
   echo "{"
-  echo "\"kind\": \"gpu-restore\", \"command\": \"integration/gpu/bench.sh (make bench-gpu), WEIGHTS_GIB=$WEIGHTS_GIB BENCH_QUICK=$BENCH_QUICK\","
+  echo "\"kind\": \"gpu-restore\", \"command\": \"integration/gpu/bench.sh (make bench-gpu), WEIGHTS_GIB=$WEIGHTS_GIB BENCH_QUICK=$BENCH_QUICK BENCH_PLAIN=$BENCH_PLAIN\","
   echo "\"machine\": \"$(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(nvidia-smi -L | wc -l) GPU(s)\","
   echo "\"date\": \"$(date -u +%FT%TZ)\", \"weights_gib\": $WEIGHTS_GIB,"
   echo "\"gpu\": \"$(nvidia-smi --query-gpu=name --format=csv,noheader -i 0)\", \"driver\": \"$(nvidia-smi --query-gpu=driver_version --format=csv,noheader -i 0)\","
