@@ -1,7 +1,6 @@
 package kube
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -15,14 +14,9 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/client-go/discovery/cached/memory"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/restmapper"
-	"k8s.io/utils/ptr"
 
 	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/images"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/testbed"
-	"github.com/gpusnap/containerd-shim-snapshot-v2/registry"
 )
 
 // The chart's release in TestHelmChartRegistryFromSecret: its namespace,
@@ -59,11 +53,6 @@ const (
 // mounts (chroot /host): the chart's default enters PID 1's namespaces,
 // which this machine's PID 1 does not allow.
 func TestHelmChartRegistryFromSecret(t *testing.T) {
-	helm, err := exec.LookPath("helm")
-	if err != nil {
-		t.Fatalf("helm is not on PATH (make deps installs it): %v", err)
-	}
-	ctx := context.Background()
 	dir := filepath.Join(cluster.Dir, "chart")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -81,51 +70,14 @@ func TestHelmChartRegistryFromSecret(t *testing.T) {
 	if err := os.WriteFile(valuesFile, []byte(values), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	args := []string{"template", "gpusnap", chartDir, "--namespace", chartNamespace, "--values", valuesFile}
-	var stderr bytes.Buffer
-	cmd := exec.Command(helm, args...)
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("helm %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
-	}
-	docs, err := decodeDocuments(out)
-	if err != nil {
-		t.Fatal(err)
-	}
+	docs := helmTemplate(t, chartNamespace, "--values", valuesFile)
 	applyChart(t, docs)
 	podName := waitBootstrapped(t)
 	if asked, failed := restarts.Restarts(); asked != 1 || failed != 0 {
 		t.Fatalf("the install step asked for %d containerd restarts, %d failed; want 1, 0\ninstall log:\n%s", asked, failed, installLog(podName))
 	}
 
-	remote, err := registry.Open(ctx, reg.Host+"/"+chartRegistryRepo, registry.Config{HostsDir: reg.HostsDir, Credentials: reg.Credentials})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pod := func(name, class string) string {
-		p := statefulPod(name)
-		p.Spec.RuntimeClassName = ptr.To(class)
-		return runPod(t, p)
-	}
-	pod("chart-first", chartPushHandler)
-	before := waitAnswer(t, "chart-first", 20)
-	if err := waitUntil(cluster.kubelet, 2*time.Minute, 250*time.Millisecond, "a checkpoint pushed to "+chartRegistryRepo, func() (bool, error) {
-		tags, err := remote.Tags(ctx)
-		return err == nil && len(tags) == 1, err
-	}); err != nil {
-		t.Fatalf("%v\ninstall log:\n%s", err, installLog(podName))
-	}
-	id := pod("chart-second", chartPullHandler)
-	got := waitAnswer(t, "chart-second", 0)
-	if got.Count < 20 || got.File != "written-before-checkpoint" || got.Child != "alive" {
-		t.Fatalf("pod of %s %+v does not continue the checkpoint of %+v", chartPullHandler, got, before)
-	}
-	st := status(t, id)
-	phases, _ := st["phases_seconds"].(map[string]any)
-	if st["decision"] != "restored" || phases["pull"] == nil {
-		t.Fatalf("status of %s: %v; want restored from a pull", id, st)
-	}
+	pushThenPull(t, chartRegistryRepo, chartPushHandler, chartPullHandler, "chart")
 }
 
 // buildInstallerImage builds the image the chart's install step runs:
@@ -215,23 +167,14 @@ nodeSelector: {nvidia.com/gpu.present: null}
 func applyChart(t *testing.T, docs []*unstructured.Unstructured) {
 	t.Helper()
 	ctx := context.Background()
-	dyn, err := dynamic.NewForConfig(cluster.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(cluster.Client.Discovery()))
+	clients := newObjectClients(t, cluster.Config)
 	for _, obj := range docs {
 		if obj.GetKind() == "DaemonSet" {
 			dropInitContainer(t, obj, "label-node")
 		}
-		gvk := obj.GroupVersionKind()
-		mapping, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+		client, err := clients.forObject(obj)
 		if err != nil {
-			t.Fatalf("%s is not served: %v", gvk, err)
-		}
-		var client dynamic.ResourceInterface = dyn.Resource(mapping.Resource)
-		if mapping.Scope.Name() == "namespace" {
-			client = dyn.Resource(mapping.Resource).Namespace(chartNamespace)
+			t.Fatal(err)
 		}
 		if _, err := client.Create(ctx, obj, metav1.CreateOptions{}); err != nil {
 			t.Fatalf("creating %s %s: %v", obj.GetKind(), obj.GetName(), err)

@@ -51,8 +51,7 @@ func (w *warnings) take() []string {
 // (RuntimeClass, Pod Security, Priority, ...) run as for `kubectl apply
 // --dry-run=server`, and nothing is stored.
 type dryRunner struct {
-	dyn      dynamic.Interface
-	mapper   *restmapper.DeferredDiscoveryRESTMapper
+	*objectClients
 	warnings *warnings
 	// created are the objects dry-run created (not updated), which must
 	// not exist afterwards.
@@ -76,12 +75,41 @@ func newDryRunner(t *testing.T) *dryRunner {
 	w := &warnings{}
 	config := rest.CopyConfig(cluster.Config)
 	config.WarningHandler = w
+	return &dryRunner{objectClients: newObjectClients(t, config), warnings: w}
+}
+
+// objectClients reach any kind of object the apiserver serves.
+type objectClients struct {
+	dyn    dynamic.Interface
+	mapper *restmapper.DeferredDiscoveryRESTMapper
+}
+
+func newObjectClients(t *testing.T, config *rest.Config) *objectClients {
+	t.Helper()
 	dyn, err := dynamic.NewForConfig(config)
 	if err != nil {
 		t.Fatal(err)
 	}
 	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(cluster.Client.Discovery()))
-	return &dryRunner{dyn: dyn, mapper: mapper, warnings: w}
+	return &objectClients{dyn: dyn, mapper: mapper}
+}
+
+// forObject is the client of obj's kind; namespaced kinds in obj's
+// namespace, or "default" if it names none.
+func (c *objectClients) forObject(obj *unstructured.Unstructured) (dynamic.ResourceInterface, error) {
+	gvk := obj.GroupVersionKind()
+	mapping, err := c.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+	if err != nil {
+		return nil, fmt.Errorf("%s is not served: %w", gvk, err)
+	}
+	if mapping.Scope.Name() != "namespace" {
+		return c.dyn.Resource(mapping.Resource), nil
+	}
+	ns := obj.GetNamespace()
+	if ns == "" {
+		ns = "default"
+	}
+	return c.dyn.Resource(mapping.Resource).Namespace(ns), nil
 }
 
 // run dry-runs obj in a subtest of its own. Objects that already exist
@@ -90,18 +118,9 @@ func newDryRunner(t *testing.T) *dryRunner {
 func (d *dryRunner) run(t *testing.T, name string, obj *unstructured.Unstructured) {
 	t.Run(name, func(t *testing.T) {
 		ctx := context.Background()
-		gvk := obj.GroupVersionKind()
-		mapping, err := d.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+		client, err := d.forObject(obj)
 		if err != nil {
-			t.Fatalf("%s is not served: %v", gvk, err)
-		}
-		var client dynamic.ResourceInterface = d.dyn.Resource(mapping.Resource)
-		if mapping.Scope.Name() == "namespace" {
-			ns := obj.GetNamespace()
-			if ns == "" {
-				ns = "default"
-			}
-			client = d.dyn.Resource(mapping.Resource).Namespace(ns)
+			t.Fatal(err)
 		}
 		d.warnings.take()
 		_, err = client.Create(ctx, obj, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}, FieldValidation: "Strict"})
@@ -173,10 +192,6 @@ const chartDir = "../../contrib/helm/gpusnap"
 // switch templates on or off, and dry-runs every object it renders against
 // the running kube-apiserver.
 func TestHelmChartServerDryRun(t *testing.T) {
-	helm, err := exec.LookPath("helm")
-	if err != nil {
-		t.Fatalf("helm is not on PATH (make deps installs it): %v", err)
-	}
 	d := newDryRunner(t)
 	sent := map[string]*unstructured.Unstructured{}
 	for _, v := range []struct {
@@ -189,18 +204,7 @@ func TestHelmChartServerDryRun(t *testing.T) {
 		{name: "existing claim", args: []string{"--set", "store.type=existingClaim", "--set", "store.existingClaim=gpusnap-store-claim"}},
 		{name: "registry credentials", args: []string{"--set", "registryCredentialsSecret=gpusnap-registry"}},
 	} {
-		args := append([]string{"template", "gpusnap", chartDir, "--namespace", manifestNamespace}, v.args...)
-		var stderr bytes.Buffer
-		cmd := exec.Command(helm, args...)
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("helm %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
-		}
-		docs, err := decodeDocuments(out)
-		if err != nil || len(docs) == 0 {
-			t.Fatalf("helm %s rendered %d objects: %v", strings.Join(args, " "), len(docs), err)
-		}
+		docs := helmTemplate(t, manifestNamespace, v.args...)
 		for i, obj := range docs {
 			name := fmt.Sprintf("%s#%d %s/%s", v.name, i, obj.GetKind(), obj.GetName())
 			sent[name] = obj
@@ -208,6 +212,29 @@ func TestHelmChartServerDryRun(t *testing.T) {
 		}
 	}
 	d.checkNothingStored(t, sent)
+}
+
+// helmTemplate renders the chart into its objects, as `helm install`
+// would send them to namespace, with more arguments of `helm template`.
+func helmTemplate(t *testing.T, namespace string, more ...string) []*unstructured.Unstructured {
+	t.Helper()
+	helm, err := exec.LookPath("helm")
+	if err != nil {
+		t.Fatalf("helm is not on PATH (make deps installs it): %v", err)
+	}
+	args := append([]string{"template", "gpusnap", chartDir, "--namespace", namespace}, more...)
+	var stderr bytes.Buffer
+	cmd := exec.Command(helm, args...)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("helm %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
+	}
+	docs, err := decodeDocuments(out)
+	if err != nil || len(docs) == 0 {
+		t.Fatalf("helm %s rendered %d objects: %v", strings.Join(args, " "), len(docs), err)
+	}
+	return docs
 }
 
 // readDocuments splits a YAML file into its objects.

@@ -51,32 +51,44 @@ func TestPodRestoresFromRegistry(t *testing.T) {
 			t.Fatalf("RuntimeClass %s: %v", name, err)
 		}
 	}
+	pushThenPull(t, registryRepo, pushHandler, pullHandler, "reg")
+}
+
+// pushThenPull runs a pod of the stateful workload through pushClass until
+// its on-ready checkpoint is in repo (the only tag there), then a pod of
+// the same spec through pullClass, whose store is empty: it must pull the
+// checkpoint and continue the first pod's counter, restored from its
+// handler's own copy. Pods are named prefix-first and prefix-second.
+func pushThenPull(t *testing.T, repo, pushClass, pullClass, prefix string) {
+	t.Helper()
+	ctx := context.Background()
 	pod := func(name, class string) string {
 		p := statefulPod(name)
 		p.Spec.RuntimeClassName = ptr.To(class)
 		return runPod(t, p)
 	}
-	pod("reg-first", pushHandler)
-	before := waitAnswer(t, "reg-first", 20)
-	remote, err := registry.Open(ctx, reg.Host+"/"+registryRepo, registry.Config{HostsDir: reg.HostsDir, Credentials: reg.Credentials})
+	first, second := prefix+"-first", prefix+"-second"
+	pod(first, pushClass)
+	before := waitAnswer(t, first, 20)
+	remote, err := registry.Open(ctx, reg.Host+"/"+repo, registry.Config{HostsDir: reg.HostsDir, Credentials: reg.Credentials})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := waitUntil(cluster.kubelet, 2*time.Minute, 250*time.Millisecond, "a checkpoint in the registry", func() (bool, error) {
+	if err := waitUntil(cluster.kubelet, 2*time.Minute, 250*time.Millisecond, "a checkpoint in "+repo, func() (bool, error) {
 		tags, err := remote.Tags(ctx)
-		return err == nil && len(tags) == 1, nil
+		return err == nil && len(tags) == 1, err
 	}); err != nil {
 		t.Fatal(err)
 	}
 
-	id := pod("reg-second", pullHandler)
-	got := waitAnswer(t, "reg-second", 0)
+	id := pod(second, pullClass)
+	got := waitAnswer(t, second, 0)
 	if got.Count < 20 || got.File != "written-before-checkpoint" || got.Child != "alive" {
-		t.Fatalf("pod of %s %+v does not continue the checkpoint of %+v", pullHandler, got, before)
+		t.Fatalf("pod of %s %+v does not continue the checkpoint of %+v", pullClass, got, before)
 	}
 	st := status(t, id)
 	phases, _ := st["phases_seconds"].(map[string]any)
-	if st["decision"] != "restored" || phases["pull"] == nil || !strings.Contains(fmt.Sprint(st["from"]), "store-"+pullHandler) {
-		t.Fatalf("status of %s: %v; want restored from the pulled copy", id, st)
+	if st["decision"] != "restored" || phases["pull"] == nil || !strings.Contains(fmt.Sprint(st["from"]), pullClass) {
+		t.Fatalf("status of %s: %v; want restored from the copy %s pulled", id, st, pullClass)
 	}
 }
