@@ -61,7 +61,7 @@ func headline(b *strings.Builder, results []*result) {
 }
 
 func gpuTable(b *strings.Builder, r *result) {
-	fmt.Fprintf(b, "## GPU: PyTorch example, %g GiB of weights, %s\n\n", r.WeightsGiB, r.Date)
+	fmt.Fprintf(b, "## GPU: synthetic PyTorch example (size sweep), %g GiB of weights, %s\n\n", r.WeightsGiB, r.Date)
 	fmt.Fprintf(b, "%s, driver %s, kernel %s, THP `%s`; %s. Command: %s. Image %.2f GB.\n\n",
 		r.GPU, r.Driver, r.Kernel, r.THP, r.Machine, r.Command, r.ImageBytes/1e9)
 	note(b, r)
