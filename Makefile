@@ -57,7 +57,7 @@ soak: deps
 ## bench: CPU restore against cold start and plain criu restore (2 GiB state, 20 s warm-up)
 bench:
 	$(GO) run ./integration/bench -mode restore -state-mb 2048 -warmup 20 \
-		-out bench/results/$$(date -u +%Y-%m-%d)-$$(hostname)-cpu-restore.json
+		-out bench/results/$$(date -u +%Y-%m-%dT%H%M)-$$(hostname)-cpu-restore.json
 	$(MAKE) benchmarks
 
 ## benchmarks: regenerate BENCHMARKS.md and its plot from bench/results/*.json
@@ -75,7 +75,7 @@ bench-encryption:
 ## bench-registry: checkpoints through a real registry on loopback: push, a fresh node's pull + restore, concurrent pulls, against the floor
 bench-registry:
 	$(GO) run ./integration/bench -mode registry -state-mb 2048 -warmup 20 \
-		-out bench/results/$$(date -u +%Y-%m-%d)-$$(hostname)-registry.json
+		-out bench/results/$$(date -u +%Y-%m-%dT%H%M)-$$(hostname)-registry.json
 	$(MAKE) benchmarks
 
 ## gpu-bundle: pack the binaries integration/gpu/run.sh carries to the GPU machine
