@@ -241,6 +241,7 @@ func measureFloor(store string) []floor.Result {
 	add(floor.CacheRead(store, runtime.NumCPU()))
 	add(floor.FaultIn(1<<30, 1))
 	add(floor.FaultInHuge(1<<30, 1))
+	add(floor.FirstReadAfterFill(1<<30, 1))
 	return out
 }
 

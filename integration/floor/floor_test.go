@@ -161,6 +161,8 @@ func TestMemory(t *testing.T) {
 		r, err = FaultInHuge(size, 2)
 		checkResult(t, r, err, size)
 	}
+	r, err = FirstReadAfterFill(size, 2)
+	checkResult(t, r, err, size)
 	if _, err := Memcpy(0, 1); err == nil {
 		t.Error("Memcpy(0): no error")
 	}

@@ -94,8 +94,12 @@ func gpuTable(b *strings.Builder, r *result) {
 	if len(r.CkptPhases) > 0 {
 		fmt.Fprintf(b, "Checkpoint (on ready, leave running): %s.\n\n", phaseList(r.CkptPhases))
 	}
-	fmt.Fprintf(b, "Other bandwidths measured: host-to-device pageable %.1f GB/s; memcpy %.1f GB/s; fault-in %.1f GB/s (4 KiB) and %.1f GB/s (huge pages), all threads.\n\n",
+	fmt.Fprintf(b, "Other bandwidths measured: host-to-device pageable %.1f GB/s; memcpy %.1f GB/s; fault-in %.1f GB/s (4 KiB) and %.1f GB/s (huge pages)",
 		r.H2D["h2d_pageable"], r.bandwidth("memcpy"), r.bandwidth("fault_in_4k"), r.bandwidth("fault_in_thp"))
+	if bw := r.bandwidth("first_read_after_fill"); bw > 0 {
+		fmt.Fprintf(b, "; first read of memory the kernel filled %.1f GB/s", bw)
+	}
+	b.WriteString(", all threads.\n\n")
 }
 
 func cpuTable(b *strings.Builder, r *result) {
@@ -145,8 +149,13 @@ func faultFloors(b *strings.Builder, r *result) {
 	if small <= 0 || huge <= 0 || r.ShimWarm <= 0 {
 		return
 	}
-	fmt.Fprintf(b, "Fault-in floor in the same run (the image's size of fresh memory, one thread): %.2f s with 4 KiB pages (%.2f GB/s), %.2f s with huge pages (%.2f GB/s); the shim's restore from the page cache took %.1fx and %.1fx of them.\n\n",
+	fmt.Fprintf(b, "Fault-in floor in the same run (the image's size of fresh memory, one thread): %.2f s with 4 KiB pages (%.2f GB/s), %.2f s with huge pages (%.2f GB/s); the shim's restore from the page cache took %.1fx and %.1fx of them.",
 		small, r.bandwidth("fault_in_4k"), huge, r.bandwidth("fault_in_thp"), r.ShimWarm/small, r.ShimWarm/huge)
+	if bw := r.bandwidth("first_read_after_fill"); bw > 0 {
+		fmt.Fprintf(b, " The first read of memory the kernel filled (as a restore fills it) ran at %.2f GB/s: %.2f s for the image's size, a cost a restore leaves to the workload's first pass over its memory.",
+			bw, r.ImageBytes/bw/1e9)
+	}
+	b.WriteString("\n\n")
 }
 
 // warmPhasesLine says where the restores from the page cache spend their

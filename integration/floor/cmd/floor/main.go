@@ -119,6 +119,7 @@ func measure(o options) []floor.Result {
 	add(floor.Memcpy(o.memBytes, o.threads))
 	add(floor.FaultIn(o.memBytes, o.threads))
 	add(floor.FaultInHuge(o.memBytes, o.threads))
+	add(floor.FirstReadAfterFill(o.memBytes, o.threads))
 	return results
 }
 
