@@ -79,20 +79,11 @@ func FaultInHuge(size int64, threads int) (Result, error) {
 // the restored workload's first pass over its memory.
 func FirstReadAfterFill(size int64, threads int) (Result, error) {
 	r := Result{Name: "first_read_after_fill"}
-	if err := checkMem(size, threads); err != nil {
-		return r, err
-	}
-	b, err := mmapAnon(size)
+	b, err := mapWithAdvice(size, threads, unix.MADV_NOHUGEPAGE, unix.MADV_POPULATE_WRITE)
 	if err != nil {
 		return r, err
 	}
 	defer unix.Munmap(b)
-	if err := unix.Madvise(b, unix.MADV_NOHUGEPAGE); err != nil && err != unix.EINVAL {
-		return r, fmt.Errorf("floor: madvise(MADV_NOHUGEPAGE) on %d bytes: %w", size, err)
-	}
-	if err := unix.Madvise(b, unix.MADV_POPULATE_WRITE); err != nil {
-		return r, fmt.Errorf("floor: madvise(MADV_POPULATE_WRITE) on %d bytes: %w", size, err)
-	}
 	var sink atomic.Int64 // keeps the reads from being optimised away
 	start := time.Now()
 	parallel(threads, size, func(lo, hi int64) { sink.Add(int64(readPages(b, lo, hi))) })
@@ -115,23 +106,36 @@ func readPages(b []byte, lo, hi int64) byte {
 // every page.
 func faultIn(name string, size int64, threads int, advice int) (Result, error) {
 	r := Result{Name: name}
-	if err := checkMem(size, threads); err != nil {
-		return r, err
-	}
-	b, err := mmapAnon(size)
+	b, err := mapWithAdvice(size, threads, advice)
 	if err != nil {
 		return r, err
 	}
 	defer unix.Munmap(b)
-	// Without THP in the kernel, MADV_NOHUGEPAGE is EINVAL and moot.
-	if err := unix.Madvise(b, advice); err != nil && !(err == unix.EINVAL && advice == unix.MADV_NOHUGEPAGE) {
-		return r, fmt.Errorf("floor: madvise(%d) on %d bytes: %w", advice, size, err)
-	}
 	start := time.Now()
 	parallel(threads, size, func(lo, hi int64) { touch(b, lo, hi) })
 	r.Bytes, r.Seconds = size, time.Since(start).Seconds()
 	r.Note = plural(threads, "thread") + ", " + thpNote() + ", " + hugeNote(b)
 	return r, nil
+}
+
+// mapWithAdvice maps size bytes of fresh anonymous memory, for threads to
+// measure, and applies each madvise advice in turn.
+func mapWithAdvice(size int64, threads int, advice ...int) ([]byte, error) {
+	if err := checkMem(size, threads); err != nil {
+		return nil, err
+	}
+	b, err := mmapAnon(size)
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range advice {
+		// Without THP in the kernel, MADV_NOHUGEPAGE is EINVAL and moot.
+		if err := unix.Madvise(b, a); err != nil && !(err == unix.EINVAL && a == unix.MADV_NOHUGEPAGE) {
+			unix.Munmap(b)
+			return nil, fmt.Errorf("floor: madvise(%d) on %d bytes: %w", a, size, err)
+		}
+	}
+	return b, nil
 }
 
 // THPMode returns the system's transparent huge page mode, the bracketed
