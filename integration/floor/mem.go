@@ -88,7 +88,7 @@ func FirstReadAfterFill(size int64, threads int) (Result, error) {
 	start := time.Now()
 	parallel(threads, size, func(lo, hi int64) { sink.Add(int64(readPages(b, lo, hi))) })
 	r.Bytes, r.Seconds = size, time.Since(start).Seconds()
-	r.Note = plural(threads, "thread") + ", one byte read per 4 KiB page of memory the kernel populated"
+	r.Note = plural(threads, "thread") + ", one byte read per 4 KiB page of memory the kernel populated, " + pageReportingNote()
 	return r, nil
 }
 
@@ -114,7 +114,7 @@ func faultIn(name string, size int64, threads int, advice int) (Result, error) {
 	start := time.Now()
 	parallel(threads, size, func(lo, hi int64) { touch(b, lo, hi) })
 	r.Bytes, r.Seconds = size, time.Since(start).Seconds()
-	r.Note = plural(threads, "thread") + ", " + thpNote() + ", " + hugeNote(b)
+	r.Note = plural(threads, "thread") + ", " + thpNote() + ", " + hugeNote(b) + ", " + pageReportingNote()
 	return r, nil
 }
 
@@ -152,6 +152,28 @@ func THPMode() (string, error) {
 		return "", fmt.Errorf("floor: no [mode] in %s: %q", thpEnabled, strings.TrimSpace(s))
 	}
 	return s[i+1 : j], nil
+}
+
+// pageReportingParams is where a guest kernel with free page reporting
+// (virtio-balloon) says how soon it hands free memory back to its host.
+const pageReportingParams = "/sys/module/page_reporting/parameters"
+
+// pageReportingNote says whether this kernel reports free pages to a
+// hypervisor, which then discards them: memory allocated afresh is then
+// backed again by the host on first use, at a cost the fault-in floors
+// include (the 2-core dev VM: min_free_ms 0, order 9, 2026-12-05).
+func pageReportingNote() string {
+	read := func(name string) string {
+		data, _ := os.ReadFile(pageReportingParams + "/" + name)
+		return strings.TrimSpace(string(data))
+	}
+	switch reported := read("reported_kib"); reported {
+	case "":
+		return "no free page reporting"
+	case "0":
+		return "free page reporting idle (nothing reported yet)"
+	}
+	return fmt.Sprintf("free page reporting active (min_free_ms %s, order %s)", read("min_free_ms"), read("page_reporting_order"))
 }
 
 // thpNote is "thp=[mode]" for a result's note.
