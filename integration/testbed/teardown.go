@@ -73,8 +73,8 @@ func (b *Bed) waitStopped(ns, id string) {
 }
 
 // Leftovers lists what the bed's containers left on the node: mounts under
-// the bed, new network namespaces, shim processes, container cgroups and shim
-// sockets.
+// the bed, new network namespaces, shim processes, container cgroups, shim
+// control directories, runc state directories and shim sockets.
 func (b *Bed) Leftovers() []string {
 	var left []string
 	for _, m := range b.mounts() {
@@ -93,6 +93,9 @@ func (b *Bed) Leftovers() []string {
 	}
 	for _, d := range newEntries(controlRoot, b.controlBefore) {
 		left = append(left, "control directory "+d)
+	}
+	for _, d := range b.runcStates() {
+		left = append(left, "runc state "+d)
 	}
 	sockets, _ := filepath.Glob(filepath.Join(b.Dir, "state", "*", "*", "*", "*.sock"))
 	for _, s := range sockets {
@@ -132,6 +135,30 @@ func (b *Bed) processes() []string {
 		out = append(out, filepath.Base(d)+" "+strings.ReplaceAll(strings.TrimSpace(string(cmdline)), "\x00", " "))
 	}
 	return out
+}
+
+// runcRoot is where runc keeps its containers' state, one directory per
+// containerd namespace (the runc shim's default root).
+const runcRoot = "/run/containerd/runc"
+
+// runcStates lists the state directories runc still has for containers of
+// the bed's namespace. A runc killed mid-restore leaves its container's
+// directory, with the rootfs still mounted on its criu-root, and runc then
+// refuses a new container of that name on this machine ("container with
+// given ID already exists"). CRI's k8s.io is left out: beds share it.
+func (b *Bed) runcStates() []string {
+	dirs, _ := filepath.Glob(filepath.Join(runcRoot, b.Namespace, "*"))
+	return dirs
+}
+
+// removeRuncState unmounts whatever is mounted in a runc state directory
+// and removes it.
+func removeRuncState(dir string) {
+	mounts, _ := filepath.Glob(filepath.Join(dir, "*"))
+	for _, m := range mounts {
+		syscall.Unmount(m, syscall.MNT_DETACH)
+	}
+	os.RemoveAll(dir)
 }
 
 // cgroups lists container cgroups left under the bed's namespaces, in every
@@ -183,6 +210,9 @@ func (b *Bed) forceClean() {
 	}
 	for _, d := range newEntries(controlRoot, b.controlBefore) {
 		os.RemoveAll(d)
+	}
+	for _, d := range b.runcStates() {
+		removeRuncState(d)
 	}
 	exec.Command("ip", "link", "delete", b.Bridge).Run()
 	os.RemoveAll(b.Dir)
