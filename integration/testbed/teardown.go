@@ -202,6 +202,9 @@ func (b *Bed) forceClean() {
 			subs, _ := filepath.Glob(filepath.Join(d, "*"))
 			for _, s := range subs {
 				if st, err := os.Stat(s); err == nil && st.IsDir() {
+					if ns == b.Namespace { // k8s.io is shared with other beds
+						killCgroupProcs(s)
+					}
 					os.Remove(s)
 				}
 			}
@@ -216,6 +219,23 @@ func (b *Bed) forceClean() {
 	}
 	exec.Command("ip", "link", "delete", b.Bridge).Run()
 	os.RemoveAll(b.Dir)
+}
+
+// killCgroupProcs kills the processes left in a container's cgroup, such
+// as the helpers of a CRIU killed mid-restore (they are no shim's and
+// carry no bed socket), and waits a moment for the cgroup to empty.
+func killCgroupProcs(dir string) {
+	data, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	if err != nil || len(strings.TrimSpace(string(data))) == 0 {
+		return
+	}
+	for _, f := range strings.Fields(string(data)) {
+		var pid int
+		if _, err := fmt.Sscan(f, &pid); err == nil && pid > 1 {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
 }
 
 // stopDaemon stops containerd with SIGTERM, then SIGKILL after 20 s.
