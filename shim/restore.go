@@ -59,7 +59,10 @@ var restoreSteps = []restoreStep{
 	// runc restore: CRIU brings the processes back from plan.imagePath().
 	{phases.CRIURestore, nil, func(ctx context.Context, r *restoreRun) (err error) {
 		start := time.Now()
-		if r.resp, err = r.s.TTRPCTaskService.Start(ctx, r.req); err != nil {
+		stop := watchCRIUOrphans(ctx, r.c)
+		r.resp, err = r.s.TTRPCTaskService.Start(ctx, r.req)
+		stop()
+		if err != nil {
 			return explainCRIU(err, filepath.Join(r.c.bundle, criuRestoreLog), start)
 		}
 		r.created = true

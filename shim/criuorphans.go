@@ -1,0 +1,123 @@
+package shim
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/containerd/log"
+
+	"github.com/gpusnap/containerd-shim-snapshot-v2/internal/cgroupfs"
+)
+
+// criuRestoreTitle starts the command line CRIU gives the processes it
+// forks while restoring (its helpers and the tasks not yet restored).
+const criuRestoreTitle = "criu: restore"
+
+// criuOrphanPoll is how often a restore looks for CRIU's orphans.
+const criuOrphanPoll = 200 * time.Millisecond
+
+// watchCRIUOrphans guards a restore against a CRIU that dies half-way
+// (SIGKILL, a crash, the OOM killer). The processes CRIU had forked keep
+// CRIU's end of runc's socket open, so runc would wait for an answer that
+// never comes until restore_timeout kills it, minutes later. CRIU's death
+// shows as its helpers being reparented to this shim, the subreaper: then
+// every process of the container's cgroup still running CRIU's code is
+// killed, runc reads the socket close and fails, and the fallback runs at
+// once. Processes CRIU restored in full carry their own command lines and
+// are never touched. stop ends the watch.
+func watchCRIUOrphans(ctx context.Context, c *container) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		tick := time.NewTicker(criuOrphanPoll)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			orphans := criuOrphans("/proc", os.Getpid())
+			if len(orphans) == 0 {
+				continue
+			}
+			killed := killCRIUProcesses(c, orphans)
+			log.G(ctx).WithField("id", c.id).WithField("pids", killed).
+				Warn("snapshot: CRIU died mid-restore; killing the processes it left so that runc returns")
+			return
+		}
+	}()
+	return func() { close(done) }
+}
+
+// criuOrphans lists the children of parent (under procRoot, /proc) whose
+// command line says they are CRIU restore processes.
+func criuOrphans(procRoot string, parent int) []int {
+	dirs, _ := filepath.Glob(filepath.Join(procRoot, "[0-9]*"))
+	var out []int
+	for _, dir := range dirs {
+		pid, err := strconv.Atoi(filepath.Base(dir))
+		if err != nil || parentOf(dir) != parent || !isCRIURestore(dir) {
+			continue
+		}
+		out = append(out, pid)
+	}
+	return out
+}
+
+// parentOf reads a process's parent from its stat file (-1 if unreadable).
+// The command name in parentheses may hold spaces, so the fields are
+// counted from the last ')'.
+func parentOf(procDir string) int {
+	data, err := os.ReadFile(filepath.Join(procDir, "stat"))
+	if err != nil {
+		return -1
+	}
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return -1
+	}
+	fields := strings.Fields(string(data[i+1:]))
+	if len(fields) < 2 {
+		return -1
+	}
+	ppid, err := strconv.Atoi(fields[1])
+	if err != nil {
+		return -1
+	}
+	return ppid
+}
+
+// isCRIURestore says whether a process runs CRIU's restore code.
+func isCRIURestore(procDir string) bool {
+	cmdline, err := os.ReadFile(filepath.Join(procDir, "cmdline"))
+	return err == nil && bytes.HasPrefix(cmdline, []byte(criuRestoreTitle))
+}
+
+// killCRIUProcesses kills the orphans and every CRIU restore process in the
+// container's cgroup (the task CRIU was restoring is runc's child, not an
+// orphan), and returns what it killed.
+func killCRIUProcesses(c *container, orphans []int) []int {
+	victims := append([]int(nil), orphans...)
+	if c.spec != nil && c.spec.Linux != nil && c.spec.Linux.CgroupsPath != "" {
+		if cg, err := cgroupfs.Open(c.spec.Linux.CgroupsPath); err == nil {
+			for _, pid := range cg.Pids() {
+				if !slices.Contains(victims, pid) && isCRIURestore(filepath.Join("/proc", strconv.Itoa(pid))) {
+					victims = append(victims, pid)
+				}
+			}
+		}
+	}
+	for _, pid := range victims {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	return victims
+}
