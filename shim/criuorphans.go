@@ -27,11 +27,11 @@ const criuOrphanPoll = 200 * time.Millisecond
 // (SIGKILL, a crash, the OOM killer). The processes CRIU had forked keep
 // CRIU's end of runc's socket open, so runc would wait for an answer that
 // never comes until restore_timeout kills it, minutes later. CRIU's death
-// shows as its helpers being reparented to this shim, the subreaper: then
-// every process of the container's cgroup still running CRIU's code is
-// killed, runc reads the socket close and fails, and the fallback runs at
-// once. Processes CRIU restored in full carry their own command lines and
-// are never touched. stop ends the watch.
+// shows as its helpers, in the container's cgroup, being reparented to
+// this shim, the subreaper: then every process of that cgroup still
+// running CRIU's code is killed, runc reads the socket close and fails,
+// and the fallback runs at once. Processes CRIU restored in full carry
+// their own command lines and are never touched. stop ends the watch.
 func watchCRIUOrphans(ctx context.Context, c *container) (stop func()) {
 	done := make(chan struct{})
 	go func() {
@@ -45,7 +45,7 @@ func watchCRIUOrphans(ctx context.Context, c *container) (stop func()) {
 				return
 			case <-tick.C:
 			}
-			orphans := criuOrphans("/proc", os.Getpid())
+			orphans := ownOrphans(c, criuOrphans("/proc", os.Getpid()))
 			if len(orphans) == 0 {
 				continue
 			}
@@ -102,18 +102,40 @@ func isCRIURestore(procDir string) bool {
 	return err == nil && bytes.HasPrefix(cmdline, []byte(criuRestoreTitle))
 }
 
+// ownOrphans keeps the orphans in the container's cgroup, where CRIU puts
+// its restore processes: another container of the pod restoring beside
+// this one, whose CRIU died, is no reason to stop this restore. Without a
+// cgroup path every orphan counts.
+func ownOrphans(c *container, orphans []int) []int {
+	pids, ok := cgroupPids(c)
+	if !ok {
+		return orphans
+	}
+	return slices.DeleteFunc(orphans, func(pid int) bool { return !slices.Contains(pids, pid) })
+}
+
+// cgroupPids lists the processes in the container's cgroup; ok is false
+// when the container has no cgroup the shim can read.
+func cgroupPids(c *container) (pids []int, ok bool) {
+	if c.spec == nil || c.spec.Linux == nil || c.spec.Linux.CgroupsPath == "" {
+		return nil, false
+	}
+	cg, err := cgroupfs.Open(c.spec.Linux.CgroupsPath)
+	if err != nil {
+		return nil, false
+	}
+	return cg.Pids(), true
+}
+
 // killCRIUProcesses kills the orphans and every CRIU restore process in the
 // container's cgroup (the task CRIU was restoring is runc's child, not an
 // orphan), and returns what it killed.
 func killCRIUProcesses(c *container, orphans []int) []int {
 	victims := append([]int(nil), orphans...)
-	if c.spec != nil && c.spec.Linux != nil && c.spec.Linux.CgroupsPath != "" {
-		if cg, err := cgroupfs.Open(c.spec.Linux.CgroupsPath); err == nil {
-			for _, pid := range cg.Pids() {
-				if !slices.Contains(victims, pid) && isCRIURestore(filepath.Join("/proc", strconv.Itoa(pid))) {
-					victims = append(victims, pid)
-				}
-			}
+	pids, _ := cgroupPids(c)
+	for _, pid := range pids {
+		if !slices.Contains(victims, pid) && isCRIURestore(filepath.Join("/proc", strconv.Itoa(pid))) {
+			victims = append(victims, pid)
 		}
 	}
 	for _, pid := range victims {
