@@ -45,7 +45,10 @@ func watchCRIUOrphans(ctx context.Context, c *container) (stop func()) {
 				return
 			case <-tick.C:
 			}
-			orphans := ownOrphans(c, criuOrphans("/proc", os.Getpid()))
+			orphans := criuOrphans("/proc", os.Getpid())
+			if len(orphans) > 0 {
+				orphans = ownOrphans(c, orphans)
+			}
 			if len(orphans) == 0 {
 				continue
 			}
@@ -58,42 +61,28 @@ func watchCRIUOrphans(ctx context.Context, c *container) (stop func()) {
 	return func() { close(done) }
 }
 
-// criuOrphans lists the children of parent (under procRoot, /proc) whose
-// command line says they are CRIU restore processes.
-func criuOrphans(procRoot string, parent int) []int {
-	dirs, _ := filepath.Glob(filepath.Join(procRoot, "[0-9]*"))
+// criuOrphans lists the children of process pid (under procRoot, /proc)
+// whose command line says they are CRIU restore processes. Children are
+// read from the process's own task/*/children files (a reparented orphan
+// is the child of one of the subreaper's threads), which CRIU itself needs
+// the kernel to provide, so each poll reads a few small files, not every
+// process on the node.
+func criuOrphans(procRoot string, pid int) []int {
+	files, _ := filepath.Glob(filepath.Join(procRoot, strconv.Itoa(pid), "task", "*", "children"))
 	var out []int
-	for _, dir := range dirs {
-		pid, err := strconv.Atoi(filepath.Base(dir))
-		if err != nil || parentOf(dir) != parent || !isCRIURestore(dir) {
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
 			continue
 		}
-		out = append(out, pid)
+		for _, field := range strings.Fields(string(data)) {
+			child, err := strconv.Atoi(field)
+			if err == nil && isCRIURestore(filepath.Join(procRoot, field)) && !slices.Contains(out, child) {
+				out = append(out, child)
+			}
+		}
 	}
 	return out
-}
-
-// parentOf reads a process's parent from its stat file (-1 if unreadable).
-// The command name in parentheses may hold spaces, so the fields are
-// counted from the last ')'.
-func parentOf(procDir string) int {
-	data, err := os.ReadFile(filepath.Join(procDir, "stat"))
-	if err != nil {
-		return -1
-	}
-	i := bytes.LastIndexByte(data, ')')
-	if i < 0 {
-		return -1
-	}
-	fields := strings.Fields(string(data[i+1:]))
-	if len(fields) < 2 {
-		return -1
-	}
-	ppid, err := strconv.Atoi(fields[1])
-	if err != nil {
-		return -1
-	}
-	return ppid
 }
 
 // isCRIURestore says whether a process runs CRIU's restore code.

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/gpusnap/containerd-shim-snapshot-v2/internal/cgroupfs"
 )
 
 // Stop removes every pod, task and container, stops containerd, and returns
@@ -196,15 +198,13 @@ func (b *Bed) forceClean() {
 			os.Remove(filepath.Join("/run/netns", ns))
 		}
 	}
+	b.killOwnCgroups()
 	for _, ns := range []string{b.Namespace, "k8s.io"} {
 		dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", ns))
 		for _, d := range dirs {
 			subs, _ := filepath.Glob(filepath.Join(d, "*"))
 			for _, s := range subs {
 				if st, err := os.Stat(s); err == nil && st.IsDir() {
-					if ns == b.Namespace { // k8s.io is shared with other beds
-						killCgroupProcs(s)
-					}
 					os.Remove(s)
 				}
 			}
@@ -221,21 +221,22 @@ func (b *Bed) forceClean() {
 	os.RemoveAll(b.Dir)
 }
 
-// killCgroupProcs kills the processes left in a container's cgroup, such
-// as the helpers of a CRIU killed mid-restore (they are no shim's and
-// carry no bed socket), and waits a moment for the cgroup to empty.
-func killCgroupProcs(dir string) {
-	data, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
-	if err != nil || len(strings.TrimSpace(string(data))) == 0 {
-		return
-	}
-	for _, f := range strings.Fields(string(data)) {
-		var pid int
-		if _, err := fmt.Sscan(f, &pid); err == nil && pid > 1 {
-			syscall.Kill(pid, syscall.SIGKILL)
+// killOwnCgroups kills what is left in the container cgroups of the bed's
+// own namespace and removes them, through the shim's cgroup code: the
+// helpers of a CRIU killed mid-restore, for one, are no shim's and carry
+// no bed socket. CRI's k8s.io is left alone: beds share it.
+func (b *Bed) killOwnCgroups() {
+	done := map[string]bool{} // each container shows once per hierarchy
+	for _, cg := range b.cgroups() {
+		name := filepath.Base(cg)
+		if filepath.Base(filepath.Dir(cg)) != b.Namespace || done[name] {
+			continue
+		}
+		done[name] = true
+		if c, err := cgroupfs.Open("/" + b.Namespace + "/" + name); err == nil {
+			c.KillAndRemove(5 * time.Second)
 		}
 	}
-	time.Sleep(200 * time.Millisecond)
 }
 
 // stopDaemon stops containerd with SIGTERM, then SIGKILL after 20 s.
