@@ -15,6 +15,11 @@
 #     pages in as they copy, patch 0004 unused);
 #   - the baseline: plain CRIU + driver checkpoint API on a host process
 #     (cudactl + criu dump/restore), cold and warm cache;
+#   - through a registry (BENCH_REGISTRY=1, the default when the bundle
+#     carries one): gpusnap push to a distribution registry on loopback
+#     (TLS), then a fresh node's first restore: a handler whose store is
+#     empty pulls on demand and restores, with the registry's blobs in the
+#     page cache and with the page cache dropped;
 #   - the floor: read bandwidth of the store's disk (O_DIRECT, 1 and 8
 #     streams) and of the page cache, memory copy, and host-to-device copy
 #     (pinned and pageable), measured here and now.
@@ -30,6 +35,7 @@ WEIGHTS_GIB=${WEIGHTS_GIB:-8}
 BENCH_QUICK=${BENCH_QUICK:-0}
 # BENCH_PLAIN=1: the plain CRIU baseline (a second cold start); on unless quick.
 BENCH_PLAIN=${BENCH_PLAIN:-$([ "$BENCH_QUICK" = 1 ] && echo 0 || echo 1)}
+BENCH_REGISTRY=${BENCH_REGISTRY:-$(tar -tJf .carry/bundle.tar.xz bin/registry >/dev/null 2>&1 && echo 1 || echo 0)}
 . integration/gpu/lib.sh
 R=$OUT/bench-gpu.json
 declare -A T
@@ -139,6 +145,38 @@ drop_caches; plain_restore plain_restore_cold_s
 cat $P/images/* >/dev/null; plain_restore plain_restore_warm_s
 fi
 
+if [ "$BENCH_REGISTRY" = 1 ]; then
+step "registry: push, then a fresh node's first restore pulls on demand"
+rm -rf $W/plain/images  # room on the disk for the registry's copy and the fresh node's
+G=$W/registry; H=127.0.0.1:5443
+mkdir -p $G/data $G/certs.d/$H
+cat >$G/config.yml <<YML
+version: 0.1
+log: {level: error}
+storage:
+  filesystem: {rootdirectory: $G/data}
+http:
+  addr: $H
+  tls: {certificate: $S/tls/cert.pem, key: $S/tls/key.pem}
+YML
+printf 'server = "https://%s"\nca = "%s"\n' $H $S/tls/cert.pem >$G/certs.d/$H/hosts.toml
+registry serve $G/config.yml >$OUT/registry.log 2>&1 &
+for i in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/5443) 2>/dev/null && break; sleep 0.2; done
+t0=$(now); gpusnap push -store $W/store -hosts-dir $G/certs.d -json "$(basename $CK)" $H/bench >$OUT/push.json || { cat $OUT/push.json; exit 1; }
+t1=$(now); record registry_push_s $(dt $t0 $t1); tr -d "\n " <$OUT/push.json | cut -c1-400; echo
+# registry_restore NAME: a fresh node (an empty store) restores through the
+# registry; the pull is the status's phase "pull".
+registry_restore() {
+  rm -rf $W/store-fresh; mkdir -p $W/store-fresh
+  printf 'store = "%s"\ncontrol_dir = "/run/gpusnap"\nregistry = "%s/bench"\nregistry_hosts_dir = "%s"\npull = "on-demand"\n' \
+    $W/store-fresh $H $G/certs.d >$W/handler-registry.toml
+  HANDLER=$W/handler-registry.toml shim_restore $1
+}
+step "a fresh node's first restore, the registry's blobs in the page cache"; registry_restore shim_restore_registry_warm
+step "the same with the page cache dropped (the registry reads its disk)"; drop_caches; registry_restore shim_restore_registry_cold
+pkill -x registry; rm -rf $W/store-fresh $G/data
+fi
+
 step "floor"
 floor -json -path $CK/checkpoint -streams 8 >$OUT/floor.json && python3 -c "
 import json; f=json.load(open('$OUT/floor.json'))
@@ -160,14 +198,14 @@ cat $OUT/h2d.json
 step "results"
 {
   echo "{"
-  echo "\"kind\": \"gpu-restore\", \"command\": \"integration/gpu/bench.sh (make bench-gpu), WEIGHTS_GIB=$WEIGHTS_GIB BENCH_QUICK=$BENCH_QUICK BENCH_PLAIN=$BENCH_PLAIN\","
+  echo "\"kind\": \"gpu-restore\", \"command\": \"integration/gpu/bench.sh (make bench-gpu), WEIGHTS_GIB=$WEIGHTS_GIB BENCH_QUICK=$BENCH_QUICK BENCH_PLAIN=$BENCH_PLAIN BENCH_REGISTRY=$BENCH_REGISTRY\","
   echo "\"machine\": \"$(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(nvidia-smi -L | wc -l) GPU(s)\","
   echo "\"date\": \"$(date -u +%FT%TZ)\", \"weights_gib\": $WEIGHTS_GIB,"
   echo "\"gpu\": \"$(nvidia-smi --query-gpu=name --format=csv,noheader -i 0)\", \"driver\": \"$(nvidia-smi --query-gpu=driver_version --format=csv,noheader -i 0)\","
   echo "\"kernel\": \"$(uname -r)\", \"thp\": \"$(cat /sys/kernel/mm/transparent_hugepage/enabled)\","
   for k in "${!T[@]}"; do echo "\"$k\": ${T[$k]},"; done
   echo "\"checkpoint_phases\": $(python3 -c "import json;print(json.dumps(json.load(open('$CK/manifest.json')).get('phases')))"),"
-  for n in cold cold_huge cold_huge_one_thread warm warm_huge warm_huge_again warm_huge_one_thread warm_huge_16_threads warm_huge_no_populate $(printf 'warm_huge_%s_threads ' $EXTRA_THREADS); do
+  for n in cold cold_huge cold_huge_one_thread warm warm_huge warm_huge_again warm_huge_one_thread warm_huge_16_threads warm_huge_no_populate registry_warm registry_cold $(printf 'warm_huge_%s_threads ' $EXTRA_THREADS); do
     echo "\"status_shim_restore_$n\": $(cat $OUT/status-shim_restore_$n.json 2>/dev/null | grep . || echo null),"
   done
   echo "\"floor\": $(cat $OUT/floor.json 2>/dev/null || echo null),"

@@ -13,7 +13,7 @@ drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
 cleanup_earlier() {
   pkill -9 -f "containerd-shim-snapshot-v2" 2>/dev/null; pkill -9 -f "/app/server.py" 2>/dev/null; pkill -9 -f "/examples/" 2>/dev/null
-  pkill -9 -f "contrib/examples/pytorch-server/server.py" 2>/dev/null; pkill -f "containerd --config $W" 2>/dev/null
+  pkill -9 -f "contrib/examples/pytorch-server/server.py" 2>/dev/null; pkill -x registry 2>/dev/null; pkill -f "containerd --config $W" 2>/dev/null
   sleep 1; grep " $W" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l; rm -rf $W
 }
 

@@ -58,15 +58,21 @@ type result struct {
 	PlainWarmCRIU float64 `json:"plain_restore_warm_criu_s"`
 	PlainWarmCUDA float64 `json:"plain_restore_warm_cuda_s"`
 	// restore_populate = false (CRIU patch 0004 unused), huge pages on
-	ShimWarmHugeNoPopulate float64            `json:"shim_restore_warm_huge_no_populate_s"`
-	H2D                    map[string]float64 `json:"h2d"`
-	Parallel               map[string]float64 `json:"parallel_restore_s"`
-	Timeline               map[string]float64 `json:"restore_timeline_s"`
-	CRICold                float64            `json:"cri_cold_s"`
-	CRIRestore             float64            `json:"cri_restore_s"`
-	CRISteps               map[string]float64 `json:"cri_restore_steps_s"`
-	FloorCPU               map[string]float64 `json:"-"`
-	FloorGPU               *struct {
+	ShimWarmHugeNoPopulate float64 `json:"shim_restore_warm_huge_no_populate_s"`
+	// through a registry on loopback: gpusnap push, then a fresh node's
+	// first restore (pull on demand), the registry's blobs in the page
+	// cache and with the page cache dropped
+	RegistryPush        float64            `json:"registry_push_s"`
+	ShimRegistryWarm    float64            `json:"shim_restore_registry_warm_s"`
+	ShimRegistryDropped float64            `json:"shim_restore_registry_cold_s"`
+	H2D                 map[string]float64 `json:"h2d"`
+	Parallel            map[string]float64 `json:"parallel_restore_s"`
+	Timeline            map[string]float64 `json:"restore_timeline_s"`
+	CRICold             float64            `json:"cri_cold_s"`
+	CRIRestore          float64            `json:"cri_restore_s"`
+	CRISteps            map[string]float64 `json:"cri_restore_steps_s"`
+	FloorCPU            map[string]float64 `json:"-"`
+	FloorGPU            *struct {
 		Results []struct {
 			Name string  `json:"name"`
 			GBps float64 `json:"gbps"`

@@ -85,12 +85,15 @@ func gpuTable(b *strings.Builder, r *result) {
 		row(fmt.Sprintf("the same, `restore_threads = %d`", n), r.WarmHugeThreads[n], cacheFloor)
 	}
 	row("the same, `restore_populate = false` (readers fault pages in as they copy)", r.ShimWarmHugeNoPopulate, cacheFloor)
+	row("a fresh node through the registry (pull on demand), registry's blobs in its page cache", r.ShimRegistryWarm, cacheFloor)
+	row("the same, page cache dropped (the registry reads its disk)", r.ShimRegistryDropped, diskFloor)
 	row("plain CRIU + driver API, page cache dropped", r.PlainCold, diskFloor)
 	row("plain CRIU + driver API, image in the page cache", r.PlainWarm, cacheFloor)
 	fmt.Fprintf(b, "| floor from disk (%.2f GB/s read, %.1f GB/s pinned copy) | %.2f | | |\n", r.bandwidth("disk_read_1"), r.H2D["h2d_pinned"], diskFloor)
 	fmt.Fprintf(b, "| floor from page cache (%.1f GB/s read) | %.2f | | |\n\n", r.bandwidth("cache_read"), cacheFloor)
 	runPhases(b, r)
 	warmPhasesLine(b, r)
+	registryLine(b, r)
 	if len(r.CkptPhases) > 0 {
 		fmt.Fprintf(b, "Checkpoint (on ready, leave running): %s.\n\n", phaseList(r.CkptPhases))
 	}
@@ -178,6 +181,32 @@ func warmPhasesLine(b *strings.Builder, r *result) {
 	if r.PlainWarmCUDA > 0 {
 		fmt.Fprintf(b, " Plain baseline in the same run: `criu restore` %.2f s (%.1f GB/s), the driver's own restore %.2f s.",
 			r.PlainWarmCRIU, r.ImageBytes/r.PlainWarmCRIU/1e9, r.PlainWarmCUDA)
+	}
+	b.WriteString("\n\n")
+}
+
+// registryLine says what the registry runs moved and how a fresh node's
+// first restore compares with its own pull plus the warm restore (the
+// goal: within 10%).
+func registryLine(b *strings.Builder, r *result) {
+	if r.RegistryPush <= 0 {
+		return
+	}
+	fmt.Fprintf(b, "Registry (distribution, TLS on loopback): `gpusnap push` %.2f s (%.2f GB/s).", r.RegistryPush, r.ImageBytes/r.RegistryPush/1e9)
+	for _, run := range []struct {
+		key, what string
+		total     float64
+	}{{"shim_restore_registry_warm", "registry's blobs in the page cache", r.ShimRegistryWarm}, {"shim_restore_registry_cold", "page cache dropped", r.ShimRegistryDropped}} {
+		st := r.Status[run.key]
+		if st == nil || st.Phases["pull"] <= 0 {
+			continue
+		}
+		pull := st.Phases["pull"]
+		fmt.Fprintf(b, " Fresh node, %s: pull %.2f s (%.2f GB/s), restore to first answer %.2f s", run.what, pull, r.ImageBytes/pull/1e9, run.total)
+		if r.ShimWarm > 0 {
+			fmt.Fprintf(b, ", %.2fx of pull + warm restore (%.2f s)", run.total/(pull+r.ShimWarm), pull+r.ShimWarm)
+		}
+		b.WriteString(".")
 	}
 	b.WriteString("\n\n")
 }
