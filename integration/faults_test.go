@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/gpusnap/containerd-shim-snapshot-v2/containerdconfig"
+	"github.com/gpusnap/containerd-shim-snapshot-v2/events"
 	"github.com/gpusnap/containerd-shim-snapshot-v2/integration/testbed"
 )
 
@@ -362,4 +363,38 @@ func logOnFailure(t *testing.T, id string) {
 			t.Logf("status of %s: %v %v\ncontainerd's log of it:\n%s", id, st, err, logOf(id))
 		}
 	})
+}
+
+// TestCRIUKilledAfterFork: CRIU killed with SIGKILL once it has forked the
+// processes it restores. Those processes hold CRIU's end of runc's socket,
+// so only the shim's watch for CRIU's orphans makes runc return: the
+// container must cold-start for a failed restore, not for restore_timeout.
+func TestCRIUKilledAfterFork(t *testing.T) {
+	opts, store := handlerOptions(t, "restore_timeout = \"90s\"\n")
+	const src, id = "rfault-fork-src", "rfault-fork-killed"
+	runStateful(t, src, opts, "STATE_MB=768")
+	before := waitWarm(t, src, 5)
+	if out, err := bed.Ctr("tasks", "checkpoint", src); err != nil {
+		t.Fatalf("checkpoint: %v: %s", err, out)
+	}
+	since := time.Now()
+	withBedFile(t, testbed.CRIUKillFile, testbed.CRIUKillForked, func() { runStateful(t, id, opts, "STATE_MB=768") })
+	st := statusOf(t, id)
+	if st["decision"] == "restored" {
+		t.Skip("the restore finished before CRIU was seen forking")
+	}
+	logOnFailure(t, id)
+	got := waitWarm(t, id, 0)
+	if ev := restoreEvent(t, id, since); ev.Outcome != events.OutcomeColdStart || ev.ReasonCode == events.ReasonRestoreTimeout {
+		t.Fatalf("restore event after CRIU was killed past its fork: %+v (status %v)", ev, st)
+	} else {
+		t.Logf("cold start: %s", ev.Reason)
+	}
+	if got.Count >= before.Count || got.Child != "alive" {
+		t.Fatalf("cold start %+v carries restored state (checkpoint at %+v) or lost its child", got, before)
+	}
+	assertColdStartOnly(t, id)
+	if n := len(checkpoints(t, store)); n != 1 {
+		t.Fatalf("store holds %d checkpoints after a failed restore; want the one it had", n)
+	}
 }

@@ -320,6 +320,12 @@ func run(cmd *exec.Cmd) (string, error) {
 // SIGKILL that long after it starts (fault injection for tests).
 const CRIUKillFile = "kill-criu-after"
 
+// CRIUKillForked in CRIUKillFile, instead of a delay, kills each CRIU
+// with SIGKILL as soon as it has forked a process it restores (one whose
+// command line starts "criu: restore"), the moment after which those
+// processes keep CRIU's socket to runc open.
+const CRIUKillForked = "forked"
+
 // CRIUDelayFile, when it exists in the bed's directory, holds a delay in
 // seconds that every RPC-mode CRIU (runc's dumps and restores) sleeps
 // before it starts: a slow disk, for tests of timeouts.
@@ -345,16 +351,21 @@ fi
 if [ -n "$CRIU_CALL_LOG" ] && [ -n "$runc_rpc" ]; then
   (echo "criu * $$ 0" >> "$CRIU_CALL_LOG")
 fi
-d=%q
+d=%[1]q
 if [ -f "$d" ] && [ -n "$runc_rpc" ]; then
   sleep "$(cat "$d")"
 fi
-f=%q
-if [ -f "$f" ]; then
+f=%[2]q
+if [ -f "$f" ] && [ "$(cat "$f")" = %[4]s ]; then
+  (while [ -d /proc/$$ ]; do
+    if pgrep -P $$ -f '^criu: restore' >/dev/null; then kill -9 $$; break; fi
+    sleep 0.02
+  done) &
+elif [ -f "$f" ]; then
   delay=$(cat "$f")
   (sleep "$delay"; kill -9 $$ 2>/dev/null) &
 fi
-PATH=$(echo "$PATH" | sed "s|%s:||")
+PATH=$(echo "$PATH" | sed "s|%[3]s:||")
 exec criu "$@"
-`, filepath.Join(dir, CRIUDelayFile), filepath.Join(dir, CRIUKillFile), filepath.Join(dir, "bin"))
+`, filepath.Join(dir, CRIUDelayFile), filepath.Join(dir, CRIUKillFile), filepath.Join(dir, "bin"), CRIUKillForked)
 }
