@@ -25,30 +25,10 @@ import (
 // runc's restore fails, the shim deletes the half-restored container and
 // cold-starts it (restore = auto).
 func TestCRIUKilledMidRestore(t *testing.T) {
-	opts, store := handlerOptions(t, "")
-	const src, id = "rfault-criu-src", "rfault-criu-killed"
-	runStateful(t, src, opts, "STATE_MB=768")
-	before := waitWarm(t, src, 5)
-	if out, err := bed.Ctr("tasks", "checkpoint", src); err != nil {
-		t.Fatalf("checkpoint: %v: %s", err, out)
-	}
 	// A CRIU restore of 768 MiB takes about a second here; kill it early.
-	withBedFile(t, testbed.CRIUKillFile, "0.3", func() { runStateful(t, id, opts, "STATE_MB=768") })
-	st := statusOf(t, id)
-	if st["decision"] == "restored" {
-		t.Skip("the restore finished within 0.3 s, before CRIU was killed")
-	}
-	logOnFailure(t, id)
-	got := waitWarm(t, id, 0)
-	if reason := fmt.Sprint(st["reason"]); st["decision"] != "cold-start" || !strings.Contains(reason, "restor") {
-		t.Fatalf("status after CRIU was killed mid-restore: %v", st)
-	}
-	if got.Count >= before.Count || got.Child != "alive" {
-		t.Fatalf("cold start %+v carries restored state (checkpoint at %+v) or lost its child", got, before)
-	}
-	assertColdStartOnly(t, id)
-	if n := len(checkpoints(t, store)); n != 1 {
-		t.Fatalf("store holds %d checkpoints after a failed restore; want the one it had", n)
+	ev := restoreWithCRIUKilled(t, "rfault-criu", "0.3", "")
+	if !strings.Contains(ev.Reason, "restor") {
+		t.Fatalf("cold start's reason does not name the restore: %+v", ev)
 	}
 }
 
@@ -370,26 +350,42 @@ func logOnFailure(t *testing.T, id string) {
 // so only the shim's watch for CRIU's orphans makes runc return: the
 // container must cold-start for a failed restore, not for restore_timeout.
 func TestCRIUKilledAfterFork(t *testing.T) {
-	opts, store := handlerOptions(t, "restore_timeout = \"90s\"\n")
-	const src, id = "rfault-fork-src", "rfault-fork-killed"
+	ev := restoreWithCRIUKilled(t, "rfault-fork", testbed.CRIUKillForked, "restore_timeout = \"90s\"\n")
+	if ev.ReasonCode == events.ReasonRestoreTimeout {
+		t.Fatalf("the restore waited for restore_timeout after CRIU died past its fork: %+v", ev)
+	}
+	if !strings.Contains(ev.Reason, "CRIU died while restoring") {
+		t.Fatalf("the cold start's reason does not say that CRIU died: %q", ev.Reason)
+	}
+}
+
+// restoreWithCRIUKilled checkpoints a 768 MiB workload (container
+// name-src), restores it as name-killed with the bed's CRIU killed as kill
+// says (testbed.CRIUKillFile), and checks the outcome every such kill must
+// have: a cold start (restore = auto) without the restored state, only the
+// cold start's processes, and the checkpoint kept. It returns the restore
+// event; it skips when the restore finished before the kill.
+func restoreWithCRIUKilled(t *testing.T, name, kill, extraOptions string) events.Event {
+	t.Helper()
+	opts, store := handlerOptions(t, extraOptions)
+	src, id := name+"-src", name+"-killed"
 	runStateful(t, src, opts, "STATE_MB=768")
 	before := waitWarm(t, src, 5)
 	if out, err := bed.Ctr("tasks", "checkpoint", src); err != nil {
 		t.Fatalf("checkpoint: %v: %s", err, out)
 	}
 	since := time.Now()
-	withBedFile(t, testbed.CRIUKillFile, testbed.CRIUKillForked, func() { runStateful(t, id, opts, "STATE_MB=768") })
-	st := statusOf(t, id)
-	if st["decision"] == "restored" {
-		t.Skip("the restore finished before CRIU was seen forking")
+	withBedFile(t, testbed.CRIUKillFile, kill, func() { runStateful(t, id, opts, "STATE_MB=768") })
+	if st := statusOf(t, id); st["decision"] == "restored" {
+		t.Skipf("the restore finished before CRIU was killed (%s)", kill)
 	}
 	logOnFailure(t, id)
 	got := waitWarm(t, id, 0)
-	if ev := restoreEvent(t, id, since); ev.Outcome != events.OutcomeColdStart || ev.ReasonCode == events.ReasonRestoreTimeout {
-		t.Fatalf("restore event after CRIU was killed past its fork: %+v (status %v)", ev, st)
-	} else {
-		t.Logf("cold start: %s", ev.Reason)
+	ev := restoreEvent(t, id, since)
+	if ev.Outcome != events.OutcomeColdStart {
+		t.Fatalf("restore event after CRIU was killed (%s): %+v", kill, ev)
 	}
+	t.Logf("cold start: %s", ev.Reason)
 	if got.Count >= before.Count || got.Child != "alive" {
 		t.Fatalf("cold start %+v carries restored state (checkpoint at %+v) or lost its child", got, before)
 	}
@@ -397,4 +393,5 @@ func TestCRIUKilledAfterFork(t *testing.T) {
 	if n := len(checkpoints(t, store)); n != 1 {
 		t.Fatalf("store holds %d checkpoints after a failed restore; want the one it had", n)
 	}
+	return ev
 }

@@ -31,10 +31,14 @@ const criuOrphanPoll = 200 * time.Millisecond
 // this shim, the subreaper: then every process of that cgroup still
 // running CRIU's code is killed, runc reads the socket close and fails,
 // and the fallback runs at once. Processes CRIU restored in full carry
-// their own command lines and are never touched. stop ends the watch.
-func watchCRIUOrphans(ctx context.Context, c *container) (stop func()) {
-	done := make(chan struct{})
+// their own command lines and are never touched. stop ends the watch and
+// returns what it killed (nothing unless CRIU died), so the restore's error
+// can say why runc failed.
+func watchCRIUOrphans(ctx context.Context, c *container) (stop func() (killed []int)) {
+	done, finished := make(chan struct{}), make(chan struct{})
+	var killed []int
 	go func() {
+		defer close(finished)
 		tick := time.NewTicker(criuOrphanPoll)
 		defer tick.Stop()
 		for {
@@ -52,13 +56,17 @@ func watchCRIUOrphans(ctx context.Context, c *container) (stop func()) {
 			if len(orphans) == 0 {
 				continue
 			}
-			killed := killCRIUProcesses(c, orphans)
+			killed = killCRIUProcesses(c, orphans)
 			log.G(ctx).WithField("id", c.id).WithField("pids", killed).
 				Warn("snapshot: CRIU died mid-restore; killing the processes it left so that runc returns")
 			return
 		}
 	}()
-	return func() { close(done) }
+	return func() []int {
+		close(done)
+		<-finished
+		return killed
+	}
 }
 
 // criuOrphans lists the children of process pid (under procRoot, /proc)

@@ -61,7 +61,10 @@ var restoreSteps = []restoreStep{
 		start := time.Now()
 		stop := watchCRIUOrphans(ctx, r.c)
 		r.resp, err = r.s.TTRPCTaskService.Start(ctx, r.req)
-		stop()
+		killed := stop()
+		if err != nil && len(killed) > 0 {
+			err = fmt.Errorf("CRIU died while restoring (the shim killed the %d processes it left, so that runc returned): %w", len(killed), err)
+		}
 		if err != nil {
 			return explainCRIU(err, filepath.Join(r.c.bundle, criuRestoreLog), start)
 		}
