@@ -138,7 +138,7 @@ func tuneCRIURestore(o options.Options) int {
 	os.Setenv(criuHugePagesEnv, flag(o.RestoreHugePages))
 	threads := o.CRIURestoreThreads(runtime.NumCPU())
 	os.Setenv(criuThreadsEnv, strconv.Itoa(threads))
-	os.Setenv(criuPopulateEnv, flag(o.RestorePopulate))
+	os.Setenv(criuPopulateEnv, flag(o.CRIURestorePopulate()))
 	return threads
 }
 

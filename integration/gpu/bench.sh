@@ -48,7 +48,7 @@ record() { T[$1]=$2; echo "  $1 = $2"; }
 step "clean up an earlier run on this machine"; cleanup_earlier
 step "unpack carried binaries"; unpack_bundle || exit 1
 step "start containerd"; start_containerd
-[ "$STORE_TMPFS" = 1 ] && mount -t tmpfs -o size=90% tmpfs $W/store
+[ "$STORE_TMPFS" = 1 ] && mount -t tmpfs -o size=90%,mode=0755 tmpfs $W/store
 cat /sys/kernel/mm/transparent_hugepage/enabled
 
 # The workload says when it is warm (ready-for-checkpoint in its control

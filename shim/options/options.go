@@ -99,11 +99,14 @@ type Options struct {
 	// RestorePopulate has CRIU's page readers (restore_threads > 1)
 	// populate each run of pages with MADV_POPULATE_WRITE before reading
 	// into it (the project's CRIU patch, contrib/criu/0004), instead of
-	// faulting the restored memory in 4 KiB at a time. On by default: it
-	// made the dev VM's restore from memory 1.4x faster and cannot add
+	// faulting the restored memory in as they copy. Unset, it is on with
+	// 4 KiB pages and off with restore_huge_pages (CRIURestorePopulate):
+	// it made the dev VM's 4 KiB restore from memory 1.4x faster, gained
+	// nothing there with huge pages, and on the H100 made the CRIU phase
+	// with huge pages 16-20% slower (docs/performance.md). It cannot add
 	// memory (only the image's pages are populated). A CRIU without the
 	// patch, or a kernel before 5.14, ignores it.
-	RestorePopulate bool `toml:"restore_populate"`
+	RestorePopulate *bool `toml:"restore_populate"`
 	// CacheDir is a node-local store (local disk or tmpfs, root's, 0700)
 	// holding copies of the store's checkpoints, filled by `gpusnap
 	// prefetch`. A restore reads the copy there when it has the same
@@ -198,7 +201,6 @@ func Default() Options {
 		RegistryHostsDir:  DefaultRegistryHostsDir,
 		Push:              PushOff,
 		Pull:              PullOnDemand,
-		RestorePopulate:   true,
 		Source:            "defaults",
 	}
 }
@@ -217,6 +219,15 @@ func (o Options) CRIURestoreThreads(cpus int) int {
 		return o.RestoreThreads
 	}
 	return max(1, min(cpus, DefaultRestoreThreadsMax))
+}
+
+// CRIURestorePopulate says whether CRIU's readers populate pages before
+// reading into them: restore_populate as set, else only with 4 KiB pages.
+func (o Options) CRIURestorePopulate() bool {
+	if o.RestorePopulate != nil {
+		return *o.RestorePopulate
+	}
+	return !o.RestoreHugePages
 }
 
 // DefaultDecryptDir is decrypt_dir's default: beside the control

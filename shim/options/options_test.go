@@ -153,6 +153,29 @@ func TestCRIURestoreThreads(t *testing.T) {
 	}
 }
 
+// TestCRIURestorePopulate: unset, restore_populate follows the page size
+// (on with 4 KiB pages, off with restore_huge_pages); set, it is obeyed.
+func TestCRIURestorePopulate(t *testing.T) {
+	for _, tt := range []struct {
+		toml string
+		want bool
+	}{
+		{"", true},
+		{"restore_huge_pages = true", false},
+		{"restore_populate = false", false},
+		{"restore_huge_pages = true\nrestore_populate = true", true},
+		{"restore_huge_pages = false\nrestore_populate = true", true},
+	} {
+		o, err := Parse([]byte(tt.toml), "test")
+		if err != nil {
+			t.Fatalf("%q: %v", tt.toml, err)
+		}
+		if got := o.CRIURestorePopulate(); got != tt.want {
+			t.Errorf("%q: populate %v, want %v", tt.toml, got, tt.want)
+		}
+	}
+}
+
 func TestValueKind(t *testing.T) {
 	for key, want := range map[string]string{
 		"store": KindString, "lock_timeout": KindString, "restore_huge_pages": KindBool, "require_signature": KindBool,

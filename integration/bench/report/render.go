@@ -85,8 +85,9 @@ func gpuTable(b *strings.Builder, r *result) {
 		row(fmt.Sprintf("the same, `restore_threads = %d`", n), r.WarmHugeThreads[n], cacheFloor)
 	}
 	row("the same, `restore_populate = false` (readers fault pages in as they copy)", r.ShimWarmHugeNoPopulate, cacheFloor)
-	row("a fresh node through the registry (pull on demand), registry's blobs in its page cache", r.ShimRegistryWarm, cacheFloor)
-	row("the same, page cache dropped (the registry reads its disk)", r.ShimRegistryDropped, diskFloor)
+	// A pull has no floor here; registryLine holds it against pull + restore.
+	row("a fresh node through the registry (pull on demand), registry's blobs in its page cache", r.ShimRegistryWarm, 0)
+	row("the same, page cache dropped (the registry reads its disk)", r.ShimRegistryDropped, 0)
 	row("plain CRIU + driver API, page cache dropped", r.PlainCold, diskFloor)
 	row("plain CRIU + driver API, image in the page cache", r.PlainWarm, cacheFloor)
 	fmt.Fprintf(b, "| floor from disk (%.2f GB/s read, %.1f GB/s pinned copy) | %.2f | | |\n", r.bandwidth("disk_read_1"), r.H2D["h2d_pinned"], diskFloor)
@@ -166,7 +167,8 @@ func faultFloors(b *strings.Builder, r *result) {
 // against the driver's own restore of the plain baseline in the same run.
 func warmPhasesLine(b *strings.Builder, r *result) {
 	var parts []string
-	for _, run := range []struct{ key, what string }{{"shim_restore_warm", "default"}, {"shim_restore_warm_huge", "`restore_huge_pages = true`"}} {
+	for _, run := range []struct{ key, what string }{{"shim_restore_warm", "default"}, {"shim_restore_warm_huge", "`restore_huge_pages = true`"},
+		{"shim_restore_warm_huge_no_populate", "the same, `restore_populate = false`"}} {
 		st := r.Status[run.key]
 		if st == nil || st.Phases["criu_restore"] <= 0 {
 			continue
