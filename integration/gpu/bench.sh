@@ -11,8 +11,9 @@
 #     with restore_huge_pages off (default) and on; with the page cache warm
 #     also with restore_threads = 1 (CRIU's single page reader; from the
 #     dropped page cache too) and 16 against the default (one per CPU, at
-#     most 16), and with restore_populate = false (CRIU's readers fault
-#     pages in as they copy, patch 0004 unused);
+#     most 16), and with huge pages and restore_populate = true (CRIU's
+#     readers populate each run before reading into it, patch 0004; off by
+#     default with huge pages);
 #   - the baseline: plain CRIU + driver checkpoint API on a host process
 #     (cudactl + criu dump/restore), cold and warm cache;
 #   - through a registry (BENCH_REGISTRY=1, the default when the bundle
@@ -25,8 +26,8 @@
 #     (pinned and pageable), measured here and now.
 # Writes $OUT/bench-gpu.json (raw results) and prints a table. With
 # BENCH_QUICK=1 (the size sweep) only the cold start, the checkpoint, the
-# warm restores with the default settings, with huge pages and without
-# populate, and the floor are measured, plus EXTRA_THREADS.
+# warm restores with the default settings, with huge pages and with huge
+# pages populated, and the floor are measured, plus EXTRA_THREADS.
 set -u
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
@@ -56,7 +57,7 @@ cat /sys/kernel/mm/transparent_hugepage/enabled
 # production path, and no archive through containerd's content store.
 printf 'store = "%s"\ncontrol_dir = "/run/gpusnap"\nauto_checkpoint = "on-ready"\n' $W/store >$W/handler.toml
 printf 'store = "%s"\ncontrol_dir = "/run/gpusnap"\nrestore_huge_pages = true\n' $W/store >$W/handler-huge.toml
-printf 'store = "%s"\ncontrol_dir = "/run/gpusnap"\nrestore_huge_pages = true\nrestore_populate = false\n' $W/store >$W/handler-huge-no-populate.toml
+printf 'store = "%s"\ncontrol_dir = "/run/gpusnap"\nrestore_huge_pages = true\nrestore_populate = true\n' $W/store >$W/handler-huge-populate.toml
 # EXTRA_THREADS: more restore_threads values to time warm, with huge pages
 # (shim_restore_warm_huge_N_threads), in either mode.
 EXTRA_THREADS=${EXTRA_THREADS:-}
@@ -112,7 +113,7 @@ if [ "$BENCH_QUICK" != 1 ]; then
 fi
 step "restore through the shim, checkpoint in the page cache"; cat $CK/checkpoint/* >/dev/null; shim_restore shim_restore_warm
 step "the same with restore_huge_pages = true"; HANDLER=$W/handler-huge.toml shim_restore shim_restore_warm_huge
-step "the same with restore_populate = false (readers fault pages in as they copy)"; HANDLER=$W/handler-huge-no-populate.toml shim_restore shim_restore_warm_huge_no_populate
+step "the same with restore_populate = true (readers populate each run before reading into it)"; HANDLER=$W/handler-huge-populate.toml shim_restore shim_restore_warm_huge_populate
 if [ "$BENCH_QUICK" != 1 ]; then
   step "the same with restore_threads = 1 (CRIU's single reader)"; HANDLER=$W/handler-huge-1.toml shim_restore shim_restore_warm_huge_one_thread
   step "the same with restore_threads = 16"; HANDLER=$W/handler-huge-16.toml shim_restore shim_restore_warm_huge_16_threads
@@ -210,7 +211,7 @@ step "results"
   echo "\"kernel\": \"$(uname -r)\", \"thp\": \"$(cat /sys/kernel/mm/transparent_hugepage/enabled)\","
   for k in "${!T[@]}"; do echo "\"$k\": ${T[$k]},"; done
   echo "\"checkpoint_phases\": $(python3 -c "import json;print(json.dumps(json.load(open('$CK/manifest.json')).get('phases')))"),"
-  for n in cold cold_huge cold_huge_one_thread warm warm_huge warm_huge_again warm_huge_one_thread warm_huge_16_threads warm_huge_no_populate registry_warm registry_cold $(printf 'warm_huge_%s_threads ' $EXTRA_THREADS); do
+  for n in cold cold_huge cold_huge_one_thread warm warm_huge warm_huge_again warm_huge_one_thread warm_huge_16_threads warm_huge_populate warm_huge_no_populate registry_warm registry_cold $(printf 'warm_huge_%s_threads ' $EXTRA_THREADS); do
     echo "\"status_shim_restore_$n\": $(cat $OUT/status-shim_restore_$n.json 2>/dev/null | grep . || echo null),"
   done
   echo "\"floor\": $(cat $OUT/floor.json 2>/dev/null || echo null),"

@@ -59,6 +59,9 @@ type result struct {
 	PlainWarmCUDA float64 `json:"plain_restore_warm_cuda_s"`
 	// restore_populate = false (CRIU patch 0004 unused), huge pages on
 	ShimWarmHugeNoPopulate float64 `json:"shim_restore_warm_huge_no_populate_s"`
+	// restore_populate = true with huge pages (off by default with them
+	// since 2026-12-06; the earlier results measured the other way round)
+	ShimWarmHugePopulate float64 `json:"shim_restore_warm_huge_populate_s"`
 	// through a registry on loopback: gpusnap push, then a fresh node's
 	// first restore (pull on demand), the registry's blobs in the page
 	// cache and with the page cache dropped

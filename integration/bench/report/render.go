@@ -85,6 +85,7 @@ func gpuTable(b *strings.Builder, r *result) {
 		row(fmt.Sprintf("the same, `restore_threads = %d`", n), r.WarmHugeThreads[n], cacheFloor)
 	}
 	row("the same, `restore_populate = false` (readers fault pages in as they copy)", r.ShimWarmHugeNoPopulate, cacheFloor)
+	row("the same, `restore_populate = true` (readers populate each run first)", r.ShimWarmHugePopulate, cacheFloor)
 	// A pull has no floor here; registryLine holds it against pull + restore.
 	row("a fresh node through the registry (pull on demand), registry's blobs in its page cache", r.ShimRegistryWarm, 0)
 	row("the same, page cache dropped (the registry reads its disk)", r.ShimRegistryDropped, 0)
@@ -168,7 +169,8 @@ func faultFloors(b *strings.Builder, r *result) {
 func warmPhasesLine(b *strings.Builder, r *result) {
 	var parts []string
 	for _, run := range []struct{ key, what string }{{"shim_restore_warm", "default"}, {"shim_restore_warm_huge", "`restore_huge_pages = true`"},
-		{"shim_restore_warm_huge_no_populate", "the same, `restore_populate = false`"}} {
+		{"shim_restore_warm_huge_no_populate", "the same, `restore_populate = false`"},
+		{"shim_restore_warm_huge_populate", "the same, `restore_populate = true`"}} {
 		st := r.Status[run.key]
 		if st == nil || st.Phases["criu_restore"] <= 0 {
 			continue
