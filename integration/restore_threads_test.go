@@ -60,8 +60,13 @@ func TestRestoreThreads(t *testing.T) {
 		}
 		runStateful(t, id, opts, env)
 		got := waitWarm(t, id, 0)
-		if st := statusOf(t, id); st["decision"] != "restored" || st["criu_threads"] != float64(c.threads) {
+		st := statusOf(t, id)
+		if st["decision"] != "restored" || st["criu_threads"] != float64(c.threads) {
 			t.Fatalf("%s: status %v, want restored with criu_threads %d", id, st, c.threads)
+		}
+		// A CPU-only container's checkpoint: huge pages only when asked for.
+		if huge := st["criu_huge_pages"] == true; huge != strings.Contains(c.extra, "restore_huge_pages = true") {
+			t.Errorf("%s: options %q, status says huge pages %v", id, c.extra, huge)
 		}
 		if got.State != before.State || got.Count < before.Count || got.File != "written-before-checkpoint" || got.Child != "alive" {
 			t.Fatalf("%s: restored workload %+v does not continue from %+v", id, got, before)

@@ -41,8 +41,8 @@ type restorePlan struct {
 	left time.Duration
 	// prefetch brings the checkpoint into the page cache from Create on.
 	prefetch *prefetch.Prefetch
-	// criuThreads is how many threads CRIU was asked to read pages with.
-	criuThreads int
+	// criu is how CRIU was asked to read pages back.
+	criu criuTuning
 }
 
 // restoreWish is what the handler's options and the container say before

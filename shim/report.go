@@ -21,9 +21,10 @@ type outcome struct {
 	reason     error
 	checkpoint string
 	// from is the directory a restore read the checkpoint from.
-	from        string
-	criuThreads int
-	phases      phaseTimes
+	from string
+	// criu is how a restore's CRIU was asked to read pages back.
+	criu   criuTuning
+	phases phaseTimes
 	// criuStats are CRIU's own measurements of its dump or restore.
 	criuStats criu.Stats
 	// bytes is the size of the checkpoint read or written.
@@ -37,7 +38,7 @@ type outcome struct {
 // workload and operators) and containerd's log.
 func report(ctx context.Context, c *container, o outcome) {
 	ev := events.Event{Kind: o.kind, Outcome: o.outcome, Checkpoint: o.checkpoint, Phases: o.phases, CRIUStats: o.criuStats}
-	st := snapshotStatus{Decision: o.outcome, Checkpoint: o.checkpoint, From: o.from, At: time.Now(), CRIUThreads: o.criuThreads,
+	st := snapshotStatus{Decision: o.outcome, Checkpoint: o.checkpoint, From: o.from, At: time.Now(), CRIUThreads: o.criu.threads, CRIUHugePages: o.criu.hugePages, CRIUPopulate: o.criu.populate,
 		Phases: o.phases, CRIUStats: o.criuStats}
 	if o.kind == events.KindRestore {
 		st.Timeline = c.timeline
@@ -81,8 +82,13 @@ type snapshotStatus struct {
 	// CRIUThreads is how many threads CRIU was asked to read the restored
 	// pages with (restore_threads); a CRIU without the project's patch
 	// reads with one.
-	CRIUThreads int                `json:"criu_threads,omitempty"`
-	Phases      map[string]float64 `json:"phases_seconds,omitempty"`
+	CRIUThreads int `json:"criu_threads,omitempty"`
+	// CRIUHugePages and CRIUPopulate say whether CRIU was asked to restore
+	// into huge pages (restore_huge_pages) and to populate each run of
+	// pages before reading into it (restore_populate).
+	CRIUHugePages bool               `json:"criu_huge_pages,omitempty"`
+	CRIUPopulate  bool               `json:"criu_populate,omitempty"`
+	Phases        map[string]float64 `json:"phases_seconds,omitempty"`
 	// CRIUStats are CRIU's own measurements of the restore (criu.Stats).
 	CRIUStats map[string]float64 `json:"criu_stats,omitempty"`
 	// Timeline is when, before At, the shim's process started and got

@@ -90,7 +90,8 @@ var restoreSteps = []restoreStep{
 // restore ends, restored or not, before any cold start; processes CRIU
 // restored are killed when a later phase fails.
 func (s *Service) restore(ctx context.Context, c *container, plan *restorePlan, req *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
-	plan.criuThreads = tuneCRIURestore(c.options)
+	// A checkpoint of a container given GPUs lists them (gpuCheckpoint).
+	plan.criu = tuneCRIURestore(c.options, len(plan.checkpoint.Manifest.GPUs) > 0)
 	if plan.key != nil {
 		defer removePlaintext(ctx, c.id, c.bundle, plan)
 	}
@@ -118,7 +119,7 @@ func (s *Service) restore(ctx context.Context, c *container, plan *restorePlan, 
 		log.G(ctx).WithError(err).Warn("snapshot: writing restore-complete")
 	}
 	report(ctx, c, outcome{kind: events.KindRestore, outcome: events.OutcomeRestored, checkpoint: plan.checkpoint.Name,
-		from: plan.checkpoint.Dir, criuThreads: plan.criuThreads, phases: plan.phases, criuStats: r.criuStats, bytes: plan.checkpoint.Size()})
+		from: plan.checkpoint.Dir, criu: plan.criu, phases: plan.phases, criuStats: r.criuStats, bytes: plan.checkpoint.Size()})
 	return r.resp, nil
 }
 
@@ -131,15 +132,31 @@ const (
 	criuPopulateEnv  = "CRIU_RESTORE_POPULATE"
 )
 
-// tuneCRIURestore tells the next CRIU restore whether to use huge pages,
-// how many threads to read pages with and whether they populate pages
-// before reading, and returns the number of threads.
-func tuneCRIURestore(o options.Options) int {
-	os.Setenv(criuHugePagesEnv, flag(o.RestoreHugePages))
-	threads := o.CRIURestoreThreads(runtime.NumCPU())
-	os.Setenv(criuThreadsEnv, strconv.Itoa(threads))
-	os.Setenv(criuPopulateEnv, flag(o.CRIURestorePopulate()))
-	return threads
+// criuTuning is how the next CRIU restore reads pages back: with how many
+// threads, into huge pages or not, populating each run first or not.
+type criuTuning struct {
+	threads   int
+	hugePages bool
+	populate  bool
+}
+
+// criuTuningFor applies the handler's options to a restore, of a
+// checkpoint of a container given GPUs when gpu is set, on a node of cpus
+// CPUs.
+func criuTuningFor(o options.Options, gpu bool, cpus int) criuTuning {
+	huge := o.CRIURestoreHugePages(gpu)
+	return criuTuning{threads: o.CRIURestoreThreads(cpus), hugePages: huge, populate: o.CRIURestorePopulate(huge)}
+}
+
+// tuneCRIURestore tells the next CRIU restore how to read pages back (the
+// project's CRIU patches read the environment runc hands on) and returns
+// what it told.
+func tuneCRIURestore(o options.Options, gpu bool) criuTuning {
+	t := criuTuningFor(o, gpu, runtime.NumCPU())
+	os.Setenv(criuHugePagesEnv, flag(t.hugePages))
+	os.Setenv(criuThreadsEnv, strconv.Itoa(t.threads))
+	os.Setenv(criuPopulateEnv, flag(t.populate))
+	return t
 }
 
 // flag is a boolean as the CRIU patches read it.

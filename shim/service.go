@@ -187,7 +187,7 @@ func (s *Service) startExplicitCheckpoint(ctx context.Context, c *container, r *
 	if err := rootfs.ApplyDiff(c.create.Checkpoint, filepath.Join(c.bundle, "rootfs")); err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("applying the checkpoint's writable layer: %w", err))
 	}
-	tuneCRIURestore(c.options)
+	tuneCRIURestore(c.options, len(c.gpuNode().GPUs) > 0)
 	return s.TTRPCTaskService.Start(ctx, r)
 }
 

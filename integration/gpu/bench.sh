@@ -8,7 +8,7 @@
 #   - restore through the shim to first answer, with the page cache dropped
 #     (checkpoint on the store's disk) and with the checkpoint in the page
 #     cache (a warm node-local copy), each with the shim's phase timings,
-#     with restore_huge_pages off (default) and on; with the page cache warm
+#     with restore_huge_pages off and on (the default for GPU checkpoints); with the page cache warm
 #     also with restore_threads = 1 (CRIU's single page reader; from the
 #     dropped page cache too) and 16 against the default (one per CPU, at
 #     most 16), and with huge pages and restore_populate = true (CRIU's
@@ -55,7 +55,10 @@ cat /sys/kernel/mm/transparent_hugepage/enabled
 # The workload says when it is warm (ready-for-checkpoint in its control
 # directory) and the shim checkpoints it then, leaving it running: the
 # production path, and no archive through containerd's content store.
-printf 'store = "%s"\ncontrol_dir = "/run/gpusnap"\nauto_checkpoint = "on-ready"\n' $W/store >$W/handler.toml
+# The rows without a setting in their name restore into 4 KiB pages: huge
+# pages are the default for GPU checkpoints since 2026-12-06, and these
+# rows keep the comparison (and their meaning in earlier results).
+printf 'store = "%s"\ncontrol_dir = "/run/gpusnap"\nauto_checkpoint = "on-ready"\nrestore_huge_pages = false\n' $W/store >$W/handler.toml
 printf 'store = "%s"\ncontrol_dir = "/run/gpusnap"\nrestore_huge_pages = true\n' $W/store >$W/handler-huge.toml
 printf 'store = "%s"\ncontrol_dir = "/run/gpusnap"\nrestore_huge_pages = true\nrestore_populate = true\n' $W/store >$W/handler-huge-populate.toml
 # EXTRA_THREADS: more restore_threads values to time warm, with huge pages

@@ -83,12 +83,14 @@ type Options struct {
 	// RestoreHugePages asks CRIU to fill the restored process's large
 	// anonymous areas with transparent huge pages (the project's CRIU patch,
 	// contrib/criu): page faults bound the restore once the image is in
-	// memory. Off by default because the gain depends on the machine: 1.5x
-	// faster on the H100 machine, 4x slower on the 2-core dev VM (see
-	// docs/performance.md); turn it on where `make bench` shows a gain. The
-	// areas keep the MADV_HUGEPAGE mark afterwards. A CRIU without the patch
+	// memory. Unset, it is on for checkpoints of containers given GPUs and
+	// off for the others (CRIURestoreHugePages): every H100 run measured
+	// it faster (1.2-1.5x, 8 to 40 GiB), while on the 2-core dev VM, where
+	// the CPU-only workloads were measured, it was 4x slower in November
+	// and within 15% either way since (see docs/performance.md). The areas
+	// keep the MADV_HUGEPAGE mark afterwards. A CRIU without the patch
 	// ignores it.
-	RestoreHugePages bool `toml:"restore_huge_pages"`
+	RestoreHugePages *bool `toml:"restore_huge_pages"`
 	// RestoreThreads is how many threads CRIU reads a restored process's
 	// pages back with (the project's CRIU patch, contrib/criu): once the
 	// image is in memory, CRIU's single reader bounds the restore. 0, the
@@ -100,7 +102,7 @@ type Options struct {
 	// populate each run of pages with MADV_POPULATE_WRITE before reading
 	// into it (the project's CRIU patch, contrib/criu/0004), instead of
 	// faulting the restored memory in as they copy. Unset, it is on with
-	// 4 KiB pages and off with restore_huge_pages (CRIURestorePopulate):
+	// 4 KiB pages and off with huge pages (CRIURestorePopulate):
 	// it made the dev VM's 4 KiB restore from memory 1.4x faster, gained
 	// nothing there with huge pages, and on the H100 made the CRIU phase
 	// with huge pages 16-20% slower (docs/performance.md). It cannot add
@@ -221,13 +223,24 @@ func (o Options) CRIURestoreThreads(cpus int) int {
 	return max(1, min(cpus, DefaultRestoreThreadsMax))
 }
 
+// CRIURestoreHugePages says whether CRIU restores into huge pages:
+// restore_huge_pages as set, else for a checkpoint of a container given
+// GPUs (gpu) only.
+func (o Options) CRIURestoreHugePages(gpu bool) bool {
+	if o.RestoreHugePages != nil {
+		return *o.RestoreHugePages
+	}
+	return gpu
+}
+
 // CRIURestorePopulate says whether CRIU's readers populate pages before
-// reading into them: restore_populate as set, else only with 4 KiB pages.
-func (o Options) CRIURestorePopulate() bool {
+// reading into them: restore_populate as set, else only without huge
+// pages (hugePages, from CRIURestoreHugePages).
+func (o Options) CRIURestorePopulate(hugePages bool) bool {
 	if o.RestorePopulate != nil {
 		return *o.RestorePopulate
 	}
-	return !o.RestoreHugePages
+	return !hugePages
 }
 
 // DefaultDecryptDir is decrypt_dir's default: beside the control
@@ -398,7 +411,11 @@ func ValueKind(key string) string {
 		if f.Tag.Get("toml") != key || key == "" || key == "-" {
 			continue
 		}
-		switch f.Type.Kind() {
+		ft := f.Type
+		if ft.Kind() == reflect.Pointer { // unset means "the default decides"
+			ft = ft.Elem()
+		}
+		switch ft.Kind() {
 		case reflect.Bool:
 			return KindBool
 		case reflect.Int:

@@ -153,32 +153,37 @@ func TestCRIURestoreThreads(t *testing.T) {
 	}
 }
 
-// TestCRIURestorePopulate: unset, restore_populate follows the page size
-// (on with 4 KiB pages, off with restore_huge_pages); set, it is obeyed.
-func TestCRIURestorePopulate(t *testing.T) {
+// TestCRIURestorePages: unset, restore_huge_pages follows the checkpoint
+// (on for a container given GPUs) and restore_populate the page size (on
+// with 4 KiB pages only); set, each is obeyed.
+func TestCRIURestorePages(t *testing.T) {
 	for _, tt := range []struct {
-		toml string
-		want bool
+		toml           string
+		gpu            bool
+		huge, populate bool
 	}{
-		{"", true},
-		{"restore_huge_pages = true", false},
-		{"restore_populate = false", false},
-		{"restore_huge_pages = true\nrestore_populate = true", true},
-		{"restore_huge_pages = false\nrestore_populate = true", true},
+		{"", false, false, true},
+		{"", true, true, false},
+		{"restore_huge_pages = false", true, false, true},
+		{"restore_huge_pages = true", false, true, false},
+		{"restore_populate = false", false, false, false},
+		{"restore_populate = true", true, true, true},
+		{"restore_huge_pages = true\nrestore_populate = true", false, true, true},
 	} {
 		o, err := Parse([]byte(tt.toml), "test")
 		if err != nil {
 			t.Fatalf("%q: %v", tt.toml, err)
 		}
-		if got := o.CRIURestorePopulate(); got != tt.want {
-			t.Errorf("%q: populate %v, want %v", tt.toml, got, tt.want)
+		huge := o.CRIURestoreHugePages(tt.gpu)
+		if populate := o.CRIURestorePopulate(huge); huge != tt.huge || populate != tt.populate {
+			t.Errorf("%q, gpu %v: huge pages %v, populate %v; want %v, %v", tt.toml, tt.gpu, huge, populate, tt.huge, tt.populate)
 		}
 	}
 }
 
 func TestValueKind(t *testing.T) {
 	for key, want := range map[string]string{
-		"store": KindString, "lock_timeout": KindString, "restore_huge_pages": KindBool, "require_signature": KindBool,
+		"store": KindString, "lock_timeout": KindString, "restore_huge_pages": KindBool, "restore_populate": KindBool, "require_signature": KindBool,
 		"restore_threads": KindInt, "prefetch_readers": KindInt, "ignore_env": KindList, "trusted_keys": KindList,
 		"stor": "", "": "", "-": "",
 	} {

@@ -74,10 +74,10 @@ func gpuTable(b *strings.Builder, r *result) {
 		fmt.Fprintf(b, "| %s | %.2f | %s | %s |\n", name, v, ratio(r.Cold, v), ratio(v, floor))
 	}
 	fmt.Fprintf(b, "| cold start (page cache dropped) | %.2f | 1.0x | |\n", r.Cold)
-	row("shim restore, page cache dropped (image on the VM disk)", r.ShimCold, diskFloor)
+	row("shim restore, page cache dropped (image on the VM disk), 4 KiB pages", r.ShimCold, diskFloor)
 	row("shim restore, page cache dropped, `restore_huge_pages = true`", r.ShimColdHuge, diskFloor)
 	row("the same, `restore_threads = 1` (CRIU's single reader)", r.ShimColdHuge1T, diskFloor)
-	row("shim restore, image in the page cache", r.ShimWarm, cacheFloor)
+	row("shim restore, image in the page cache, 4 KiB pages", r.ShimWarm, cacheFloor)
 	row("shim restore, image in the page cache, `restore_huge_pages = true`", r.ShimWarmHuge, cacheFloor)
 	row("the same, second run", r.ShimWarmHuge2, cacheFloor)
 	row("the same, `restore_threads = 1` (CRIU's single reader)", r.ShimWarmHuge1T, cacheFloor)
@@ -168,7 +168,7 @@ func faultFloors(b *strings.Builder, r *result) {
 // against the driver's own restore of the plain baseline in the same run.
 func warmPhasesLine(b *strings.Builder, r *result) {
 	var parts []string
-	for _, run := range []struct{ key, what string }{{"shim_restore_warm", "default"}, {"shim_restore_warm_huge", "`restore_huge_pages = true`"},
+	for _, run := range []struct{ key, what string }{{"shim_restore_warm", "4 KiB pages"}, {"shim_restore_warm_huge", "`restore_huge_pages = true`"},
 		{"shim_restore_warm_huge_no_populate", "the same, `restore_populate = false`"},
 		{"shim_restore_warm_huge_populate", "the same, `restore_populate = true`"}} {
 		st := r.Status[run.key]
