@@ -62,10 +62,10 @@ var restoreSteps = []restoreStep{
 		stop := watchCRIUOrphans(ctx, r.c)
 		r.resp, err = r.s.TTRPCTaskService.Start(ctx, r.req)
 		killed := stop()
-		if err != nil && len(killed) > 0 {
-			err = fmt.Errorf("CRIU died while restoring (the shim killed the %d processes it left, so that runc returned): %w", len(killed), err)
-		}
 		if err != nil {
+			if len(killed) > 0 {
+				err = fmt.Errorf("CRIU died while restoring (the shim killed the %d processes it left, so that runc returned): %w", len(killed), err)
+			}
 			return explainCRIU(err, filepath.Join(r.c.bundle, criuRestoreLog), start)
 		}
 		r.created = true

@@ -26,8 +26,8 @@
 #     (pinned and pageable), measured here and now.
 # Writes $OUT/bench-gpu.json (raw results) and prints a table. With
 # BENCH_QUICK=1 (the size sweep) only the cold start, the checkpoint, the
-# warm restores with the default settings, with huge pages and with huge
-# pages populated, and the floor are measured, plus EXTRA_THREADS.
+# warm restores with 4 KiB pages, with huge pages and with huge pages
+# populated, and the floor are measured, plus EXTRA_THREADS.
 set -u
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
@@ -177,7 +177,8 @@ t1=$(now); record registry_push_s $(dt $t0 $t1); tr -d "\n " <$OUT/push.json | c
 # registry; the pull is the status's phase "pull".
 registry_restore() {
   rm -rf $W/store-fresh; mkdir -p $W/store-fresh
-  printf 'store = "%s"\ncontrol_dir = "/run/gpusnap"\nregistry = "%s/bench"\nregistry_hosts_dir = "%s"\npull = "on-demand"\n' \
+  # 4 KiB pages, as shim_restore_warm, which the report adds to the pull.
+  printf 'store = "%s"\ncontrol_dir = "/run/gpusnap"\nrestore_huge_pages = false\nregistry = "%s/bench"\nregistry_hosts_dir = "%s"\npull = "on-demand"\n' \
     $W/store-fresh $H $G/certs.d >$W/handler-registry.toml
   HANDLER=$W/handler-registry.toml shim_restore $1
 }
