@@ -5,7 +5,7 @@ BIN       ?= bin
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build deps deps-k8s test test-unit fuzz test-integration test-kube soak bench benchmarks bench-cold bench-encryption bench-registry gpu-bundle test-gpu bench-gpu bench-gpu-synthetic demo clean
+.PHONY: all build deps deps-k8s test test-unit fuzz test-integration test-kube soak bench benchmarks bench-cold bench-encryption bench-registry bench-transfer gpu-bundle test-gpu bench-gpu bench-gpu-synthetic demo clean
 
 all: build
 
@@ -76,6 +76,13 @@ bench-encryption:
 bench-registry:
 	$(GO) run ./integration/bench -mode registry -state-mb 2048 -warmup 20 \
 		-out bench/results/$$(date -u +%Y-%m-%dT%H%M)-$$(hostname)-registry.json
+	$(MAKE) benchmarks
+
+## bench-transfer: only the registry's push and pulls, of a synthetic 2 GiB page image (no containerd; SIZE_MB to change it), against the floor
+SIZE_MB ?= 2048
+bench-transfer:
+	$(GO) run ./integration/bench -mode transfer -size-mb $(SIZE_MB) \
+		-out bench/results/$$(date -u +%Y-%m-%dT%H%M)-$$(hostname)-transfer.json
 	$(MAKE) benchmarks
 
 ## gpu-bundle: pack the binaries integration/gpu/run.sh carries to the GPU machine

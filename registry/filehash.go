@@ -18,9 +18,13 @@ import (
 // reading back (from the page cache) every chunk once the ones before it
 // are in. The store then accepts the copy with these sums instead of
 // reading it all again after the last chunk: the hashing overlaps the
-// download rather than following it.
+// download rather than following it. The hashing runs in goroutines of
+// its own, not in the fetch that landed a chunk: a fetch that caught a
+// file's hash up would otherwise hold one of the pull's transfer slots
+// for as long as that took.
 type fileHashes struct {
-	files map[string]*orderedHash
+	files   map[string]*orderedHash
+	running sync.WaitGroup // the files being hashed now
 }
 
 // orderedHash is one file's hash and the chunks written past its end so far.
@@ -31,7 +35,7 @@ type orderedHash struct {
 	size    int64
 	next    int64           // bytes hashed so far
 	pending map[int64]int64 // offset to length of chunks written, not yet hashed
-	busy    bool            // a caller is hashing; others only add to pending
+	busy    bool            // a goroutine is hashing; landed only adds to pending
 	err     error
 }
 
@@ -48,18 +52,27 @@ func newFileHashes(dir string, files []storage.File) (*fileHashes, error) {
 	return fh, nil
 }
 
-// landed records chunk c as written in full and hashes what now follows
-// the file's hashed prefix without a gap. While another caller hashes the
-// same file, it only records c: that caller picks it up.
+// landed records chunk c as written in full. If it continues the file's
+// hashed prefix and no goroutine hashes that file now, it starts one,
+// which hashes what follows the prefix without a gap. It returns the
+// file's hashing error so far, so that a pull stops early on one.
 func (fh *fileHashes) landed(c chunk) error {
 	o := fh.files[c.file]
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.pending[c.offset] = c.desc.Size
-	if o.busy {
-		return o.err
+	if _, next := o.pending[o.next]; next && !o.busy && o.err == nil {
+		o.busy = true
+		fh.running.Go(o.hashPending)
 	}
-	o.busy = true
+	return o.err
+}
+
+// hashPending hashes the file's pending chunks that follow its hashed
+// prefix, in order, until it reaches a gap.
+func (o *orderedHash) hashPending() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
 	for o.err == nil {
 		n, ok := o.pending[o.next]
 		if !ok {
@@ -73,11 +86,12 @@ func (fh *fileHashes) landed(c chunk) error {
 		o.next, o.err = from+n, err
 	}
 	o.busy = false
-	return o.err
 }
 
-// sums returns every file's hex SHA-256 once all chunks landed.
+// sums waits for the hashing under way and returns every file's hex
+// SHA-256; a file whose chunks have not all landed is an error.
 func (fh *fileHashes) sums() (map[string]string, error) {
+	fh.running.Wait()
 	out := make(map[string]string, len(fh.files))
 	for path, o := range fh.files {
 		if o.err != nil {
@@ -91,7 +105,9 @@ func (fh *fileHashes) sums() (map[string]string, error) {
 	return out, nil
 }
 
+// close waits for the hashing under way and closes the files.
 func (fh *fileHashes) close() {
+	fh.running.Wait()
 	for _, o := range fh.files {
 		o.f.Close()
 	}

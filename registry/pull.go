@@ -16,6 +16,7 @@ import (
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 	"oras.land/oras-go/v2/content"
 	"oras.land/oras-go/v2/registry/remote"
 
@@ -232,12 +233,28 @@ func (r *Remote) fetchChunk(ctx context.Context, dir string, c chunk) error {
 		if err := writeInBlocks(f, c.offset, vr); err != nil {
 			return struct{}{}, err
 		}
-		return struct{}{}, vr.Verify()
+		if err := vr.Verify(); err != nil {
+			return struct{}{}, err
+		}
+		startWriteback(f, c.offset, c.desc.Size)
+		return struct{}{}, nil
 	})
 	if err != nil {
 		return fmt.Errorf("%s at %d: %w", c.file, c.offset, err)
 	}
 	return nil
+}
+
+// startWriteback asks the kernel to start writing a landed chunk to disk
+// now. Without it, a machine with much memory keeps the whole pull dirty
+// in its page cache and writes it only when the store syncs the copy
+// before accepting it: the download and the disk writes ran one after the
+// other (8 GiB on an H100 machine: the store's sync came after the
+// download), where the pull's floor is the slower of the two, not their
+// sum. It is a hint: the store's fsync still makes the copy durable, so a
+// file system without sync_file_range loses only the overlap.
+func startWriteback(f *os.File, offset, size int64) {
+	_ = unix.SyncFileRange(int(f.Fd()), offset, size, unix.SYNC_FILE_RANGE_WRITE)
 }
 
 // writeBlock is how much of a chunk one write puts into its file.

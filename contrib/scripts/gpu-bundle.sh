@@ -21,6 +21,8 @@ go build -trimpath -ldflags "-s -w" -o "$tmp/bin/gpusnap" ./cmd/gpusnap
 # make bench-gpu's baseline and floor tools.
 go build -trimpath -ldflags "-s -w" -o "$tmp/bin/cudactl" ./integration/gpu/cudactl
 go build -trimpath -ldflags "-s -w" -o "$tmp/bin/floor" ./integration/floor/cmd/floor
+# bench -mode transfer: the registry's push and pulls against the floor.
+go build -trimpath -ldflags "-s -w" -o "$tmp/bin/bench" ./integration/bench
 for lib in $(ldd "$(command -v criu)" "$(command -v runc)" | awk '/=>/ {print $3}' | sort -u | grep -v '/libc\.so'); do
   cp -L "$lib" "$tmp/lib/"
 done

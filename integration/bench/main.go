@@ -8,7 +8,10 @@
 // and the ratio of medians. Mode restore compares cold start, restore through
 // the shim and plain `criu restore` of a workload with a slow warm-up. Mode
 // encryption compares checkpoints and restores of that workload stored in
-// the clear and encrypted (encryption_key), restores interleaved.
+// the clear and encrypted (encryption_key), restores interleaved. Mode
+// registry runs that workload's checkpoints through a registry on loopback;
+// mode transfer measures only the registry's push and pulls, of a synthetic
+// checkpoint, without containerd (it runs on the GPU machine too).
 package main
 
 import (
@@ -17,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"sort"
 	"time"
 
@@ -25,14 +29,16 @@ import (
 )
 
 func main() {
-	mode := flag.String("mode", "cold", "benchmark: cold, restore, encryption or registry")
+	mode := flag.String("mode", "cold", "benchmark: cold, restore, encryption, registry or transfer")
 	runs := flag.Int("runs", 30, "runs per runtime (cold)")
 	stateMB := flag.Int("state-mb", 2048, "workload state in MiB (restore)")
 	warmup := flag.Int("warmup", 20, "workload warm-up seconds (restore)")
-	out := flag.String("out", "", "also write the results as JSON to this file (restore, registry)")
+	out := flag.String("out", "", "also write the results as JSON to this file (restore, registry, transfer)")
 	decryptDir := flag.String("decrypt-dir", "", "decrypt_dir of the encrypting handler (encryption; default: the shim's)")
+	sizeMB := flag.Int("size-mb", 2048, "page image in MiB (transfer)")
+	cpuProfile := flag.String("cpuprofile", "", "write this process's CPU profile to this file (transfer: the client's push and pulls)")
 	flag.Parse()
-	if *mode != "cold" && *mode != "restore" && *mode != "encryption" && *mode != "registry" {
+	if *mode != "cold" && *mode != "restore" && *mode != "encryption" && *mode != "registry" && *mode != "transfer" {
 		fail(fmt.Errorf("unknown mode %q", *mode))
 	}
 	dir, err := os.MkdirTemp("/var/tmp", "snapshot-bench-")
@@ -43,6 +49,12 @@ func main() {
 	// (gigabytes of store) goes first.
 	fail := func(err error) { os.RemoveAll(dir); fail(err) }
 	defer os.RemoveAll(dir)
+	if *mode == "transfer" {
+		if err := runTransfer(dir, *sizeMB, *out, *cpuProfile); err != nil {
+			fail(err)
+		}
+		return
+	}
 	// The bench's node events stay in its directory.
 	eventsDir := filepath.Join(dir, "events")
 	var handlers map[string]string
@@ -93,6 +105,31 @@ func main() {
 			}
 		}
 	}
+}
+
+// runTransfer runs, reports and writes the transfer benchmark, profiling
+// it when profile names a file.
+func runTransfer(dir string, sizeMB int, out, profile string) error {
+	if profile != "" {
+		f, err := os.Create(profile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	r, err := transferBench(dir, sizeMB)
+	if err != nil {
+		return err
+	}
+	r.report(sizeMB)
+	if out == "" {
+		return nil
+	}
+	return r.writeJSON(out, sizeMB)
 }
 
 // coldRuns alternates runc and snapshot runs so drift affects both equally.

@@ -221,3 +221,19 @@ func TestMachine(t *testing.T) {
 		t.Errorf("machine %+v", m)
 	}
 }
+
+// TestTransfer: loopback and disk writes move what they were asked to, the
+// write leaves no file behind, and a directory that is not there is an error.
+func TestTransfer(t *testing.T) {
+	r, err := Loopback(64 << 20)
+	checkResult(t, r, err, 64<<20)
+	dir := tempDir(t)
+	r, err = DiskWrite(dir, 32<<20)
+	checkResult(t, r, err, 32<<20)
+	if left, _ := os.ReadDir(dir); len(left) != 0 {
+		t.Errorf("DiskWrite left %d files in %s", len(left), dir)
+	}
+	if _, err := DiskWrite(filepath.Join(dir, "missing"), 1<<20); err == nil {
+		t.Error("DiskWrite into a missing directory: no error")
+	}
+}

@@ -90,6 +90,8 @@ type result struct {
 	// registry (integration/bench -mode registry)
 	CPUs     int          `json:"cpus"`
 	Registry *registryRun `json:"-"`
+	// transfer (integration/bench -mode transfer)
+	Transfer *transferRun `json:"-"`
 }
 
 func main() {
@@ -151,6 +153,9 @@ func loadOne(file string) (*result, error) {
 		return r, nil
 	case "registry":
 		r.Registry, err = loadRegistry(data)
+		return r, err
+	case "transfer":
+		r.Transfer, err = loadTransfer(data)
 		return r, err
 	}
 	r.Status = map[string]*struct {

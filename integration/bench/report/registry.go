@@ -16,9 +16,23 @@ type registryRun struct {
 	FreshRestore float64            `json:"fresh_restore_s"`
 	FreshPhases  map[string]float64 `json:"fresh_phases"`
 	LocalRestore float64            `json:"local_restore_s"`
-	Pulls        map[string]float64 `json:"pulls_s"`
-	PullsServed  map[string]float64 `json:"pulls_served_s"`
-	PullsCPU     map[string]struct {
+	pullRun
+}
+
+// transferRun is a transfer result's own part (integration/bench -mode
+// transfer): a synthetic checkpoint's push and pulls.
+type transferRun struct {
+	Push     float64 `json:"push_s"`
+	Uploaded float64 `json:"uploaded_bytes"`
+	pullRun
+}
+
+// pullRun is what both registry benchmarks measure of pulls: n at once,
+// from the registry's disk and from its page cache, and the floor.
+type pullRun struct {
+	Pulls       map[string]float64 `json:"pulls_s"`
+	PullsServed map[string]float64 `json:"pulls_served_s"`
+	PullsCPU    map[string]struct {
 		Client   float64 `json:"client_cpu_s"`
 		Registry float64 `json:"registry_cpu_s"`
 	} `json:"pulls_served_cpu"`
@@ -28,6 +42,11 @@ type registryRun struct {
 
 func loadRegistry(data []byte) (*registryRun, error) {
 	var r registryRun
+	return &r, json.Unmarshal(data, &r)
+}
+
+func loadTransfer(data []byte) (*transferRun, error) {
+	var r transferRun
 	return &r, json.Unmarshal(data, &r)
 }
 
@@ -56,6 +75,28 @@ func registryTable(b *strings.Builder, r *result) {
 		fmt.Fprintf(b, "- The second checkpoint of the running workload re-uploaded %.0f%% of the first's bytes (goal: at most 30%%).\n",
 			100*g.Pushes[1].Uploaded/g.Pushes[0].Uploaded)
 	}
+	pullSection(b, r, &g.pullRun)
+	b.WriteString("\n")
+}
+
+// transferTable renders a transfer result: the push, and pulls against the
+// floor.
+func transferTable(b *strings.Builder, r *result) {
+	g := r.Transfer
+	fmt.Fprintf(b, "## Registry transfers: a %.2f GB checkpoint through distribution on loopback, %s\n\n", r.ImageBytes/1e9, r.Date)
+	fmt.Fprintf(b, "%s, kernel %s, %d cores. Command: `%s`. A synthetic checkpoint (one page image of random bytes), no containerd. TLS and htpasswd, as in the tests.\n\n",
+		r.Host, r.Kernel, r.CPUs, r.Command)
+	note(b, r)
+	if g.Push > 0 {
+		fmt.Fprintf(b, "- Push: %.2f s, %.2f GB uploaded (%.2f GB/s).\n", g.Push, g.Uploaded/1e9, g.Uploaded/g.Push/1e9)
+	}
+	pullSection(b, r, &g.pullRun)
+	b.WriteString("\n")
+}
+
+// pullSection renders pulls against the floor measured in the same run,
+// and their CPU.
+func pullSection(b *strings.Builder, r *result, g *pullRun) {
 	floor := min(g.LoopbackGBps, g.DiskGBps)
 	fmt.Fprintf(b, "- Floor in the same run: loopback TCP %.2f GB/s, disk writes (synced) %.2f GB/s (results from 2026-12-05 20:00 on: the faster of before and after the pulls).\n", g.LoopbackGBps, g.DiskGBps)
 	pullLines(b, r.ImageBytes, floor, g.PullsServed, "the registry's blobs in its page cache (as a registry on another machine serving from memory): only this node's disk writes")
@@ -67,7 +108,6 @@ func registryTable(b *strings.Builder, r *result) {
 				100*(c.Client+c.Registry)/(g.PullsServed[n]*float64(r.CPUs)))
 		}
 	}
-	b.WriteString("\n")
 }
 
 // pullLines lists n pulls at once, each into an empty store, against the

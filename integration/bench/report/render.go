@@ -33,6 +33,8 @@ func markdown(results []*result, plot, out string) string {
 			examplesTable(&b, r)
 		case "registry":
 			registryTable(&b, r)
+		case "transfer":
+			transferTable(&b, r)
 		case "gpu-restore":
 			gpuTable(&b, r)
 		default:

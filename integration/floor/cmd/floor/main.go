@@ -1,8 +1,9 @@
 // Command floor measures the bandwidths that bound a restore on this
 // machine: disk and page-cache reads of a checkpoint image (or any large
-// file or directory), memory copy, and faulting in fresh memory.
+// file or directory), memory copy, and faulting in fresh memory; and those
+// that bound a registry pull: loopback TCP and synced disk writes.
 //
-//	floor -path /var/lib/images/ckpt -streams 8 -json
+//	floor -path /var/lib/images/ckpt -streams 8 -write-dir /var/lib/store -json
 //
 // A measurement that fails reports its error in its note and the others
 // still run; the exit status is 1 only for bad flags.
@@ -23,11 +24,13 @@ import (
 
 // options are the parsed command-line flags.
 type options struct {
-	path     string
-	streams  int
-	memBytes int64
-	threads  int
-	json     bool
+	path          string
+	writeDir      string
+	transferBytes int64
+	streams       int
+	memBytes      int64
+	threads       int
+	json          bool
 }
 
 // jsonResult is floor.Result as printed with -json, GB/s included so
@@ -76,6 +79,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs := flag.NewFlagSet("floor", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.path, "path", "", "file or directory to read for the disk and cache measurements (skipped without it)")
+	fs.StringVar(&o.writeDir, "write-dir", "", "directory to write a file into for the disk write measurement (skipped without it)")
+	fs.Int64Var(&o.transferBytes, "transfer-bytes", 2<<30, "bytes sent over loopback and written for the disk write measurement")
 	fs.IntVar(&o.streams, "streams", 8, "parallel read streams (disk is also measured with 1)")
 	fs.Int64Var(&o.memBytes, "mem-bytes", 1<<30, "buffer size in bytes for memcpy and fault-in")
 	fs.IntVar(&o.threads, "threads", runtime.NumCPU(), "threads for memcpy and fault-in")
@@ -90,6 +95,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("-streams must be at least 1, got %d", o.streams)
 	case o.threads < 1:
 		return o, fmt.Errorf("-threads must be at least 1, got %d", o.threads)
+	case o.transferBytes < 1<<20:
+		return o, fmt.Errorf("-transfer-bytes must be at least 1 MiB, got %d", o.transferBytes)
 	case o.memBytes < int64(os.Getpagesize()):
 		return o, fmt.Errorf("-mem-bytes must be at least one page, got %d", o.memBytes)
 	}
@@ -120,6 +127,12 @@ func measure(o options) []floor.Result {
 	add(floor.FaultIn(o.memBytes, o.threads))
 	add(floor.FaultInHuge(o.memBytes, o.threads))
 	add(floor.FirstReadAfterFill(o.memBytes, o.threads))
+	add(floor.Loopback(o.transferBytes))
+	if o.writeDir == "" {
+		results = append(results, floor.Result{Name: "disk_write", Note: "skipped: no -write-dir"})
+	} else {
+		add(floor.DiskWrite(o.writeDir, o.transferBytes))
+	}
 	return results
 }
 
