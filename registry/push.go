@@ -60,14 +60,12 @@ func (r *Remote) Push(ctx context.Context, c *storage.Checkpoint, o Options) (*P
 	if c.Manifest == nil || c.RawManifest() == nil {
 		return nil, fmt.Errorf("push %s: no readable manifest: %v", c.Name, c.Err)
 	}
-	blobs, err := checkpointBlobs(ctx, c)
+	res := &PushResult{Ref: r.refTo(c.Name), Bytes: c.Size()}
+	blobs, uploaded, err := uploadCheckpoint(ctx, repo, c, o)
 	if err != nil {
-		return nil, fmt.Errorf("push %s: %w", c.Name, err)
-	}
-	res := &PushResult{Ref: r.refTo(c.Name), Bytes: c.Size(), Blobs: len(blobs.layers) + 1}
-	if res.Uploaded, err = uploadBlobs(ctx, repo, blobs, o); err != nil {
 		return nil, fmt.Errorf("push %s to %s: %w", c.Name, r.Name, err)
 	}
+	res.Uploaded, res.Blobs = uploaded, len(blobs.layers)+1
 	im := ocispec.Manifest{
 		Versioned:    specsVersion,
 		MediaType:    ocispec.MediaTypeImageManifest,
@@ -99,7 +97,7 @@ type blob struct {
 	off  int64
 }
 
-func (b blob) open() (io.ReadCloser, error) {
+func (b *blob) open() (io.ReadCloser, error) {
 	if b.file == "" {
 		return io.NopCloser(bytes.NewReader(b.data)), nil
 	}
@@ -113,101 +111,157 @@ func (b blob) open() (io.ReadCloser, error) {
 	}{io.NewSectionReader(f, b.off, b.desc.Size), f}, nil
 }
 
+// blobSet is the artifact's blobs in manifest order.
 type blobSet struct {
-	config blob
-	layers []blob
+	config *blob
+	layers []*blob
 	signed bool
 }
 
-// checkpointBlobs cuts c into the artifact's blobs, hashing every chunk
-// (the manifest's per-file SHA-256 covers files, not chunks).
-func checkpointBlobs(ctx context.Context, c *storage.Checkpoint) (*blobSet, error) {
+// uploadCheckpoint cuts c into the artifact's blobs and pushes those the
+// registry lacks, Parallel at a time, while the files are still being
+// cut: cutting is one pass over each file in order, so the uploads ride
+// along with it instead of waiting for the whole checkpoint to be cut
+// and hashed first. It returns the blobs in manifest order and the bytes
+// uploaded.
+func uploadCheckpoint(ctx context.Context, repo *remote.Repository, c *storage.Checkpoint, o Options) (*blobSet, int64, error) {
 	raw := c.RawManifest()
-	set := &blobSet{config: blob{desc: content.NewDescriptorFromBytes(ConfigMediaType, raw), data: raw}}
+	set := &blobSet{config: &blob{desc: content.NewDescriptorFromBytes(ConfigMediaType, raw), data: raw}}
+	total := int64(len(raw)) + c.Size()
 	sig, err := c.Signature()
 	switch {
 	case err == nil:
 		set.signed = true
-		set.layers = append(set.layers, blob{desc: content.NewDescriptorFromBytes(SignatureMediaType, sig), data: sig})
+		set.layers = append(set.layers, &blob{desc: content.NewDescriptorFromBytes(SignatureMediaType, sig), data: sig})
+		total += int64(len(sig))
 	case !errors.Is(err, storage.ErrUnsigned):
-		return nil, err
+		return nil, 0, err
+	}
+	up := newUploader(ctx, repo, o, total)
+	up.send(set.config)
+	for _, l := range set.layers {
+		up.send(l)
 	}
 	for _, f := range c.Manifest.Files {
-		chunks, err := hashChunks(ctx, filepath.Join(c.Dir, filepath.FromSlash(f.Path)), f)
+		path := filepath.Join(c.Dir, filepath.FromSlash(f.Path))
+		err := cutFile(up.ctx, path, f, func(b *blob) {
+			set.layers = append(set.layers, b)
+			up.send(b)
+		})
 		if err != nil {
-			return nil, err
+			if _, upErr := up.wait(); upErr != nil {
+				return nil, 0, upErr // it cancelled the cut
+			}
+			return nil, 0, err
 		}
-		set.layers = append(set.layers, chunks...)
 	}
-	return set, nil
+	uploaded, err := up.wait()
+	return set, uploaded, err
 }
 
-// hashChunks cuts one file where its content says (see MinChunk) and
-// hashes each piece; an empty file is one empty chunk, so every listed file
-// appears in the artifact.
-func hashChunks(ctx context.Context, path string, f storage.File) ([]blob, error) {
+// cutFile cuts one file where its content says (see MinChunk) and hands
+// each piece to emit, its digest still to be computed; an empty file is
+// one empty chunk, so every listed file appears in the artifact.
+func cutFile(ctx context.Context, path string, f storage.File, emit func(*blob)) error {
 	fh, err := os.Open(path)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer fh.Close()
 	if f.Size == 0 {
-		return []blob{{desc: chunkDescriptor(f.Path, 0, 0, digest.SHA256.FromBytes(nil)), file: path}}, nil
+		emit(&blob{desc: chunkDescriptor(f.Path, 0, 0, digest.SHA256.FromBytes(nil)), file: path})
+		return nil
 	}
 	cut := chunker.NewWithBoundaries(io.LimitReader(fh, f.Size), chunkPolynomial, MinChunk, MaxChunk)
 	cut.SetAverageBits(chunkAverageBits)
 	buf := make([]byte, MaxChunk)
-	var out []blob
 	for {
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return err
 		}
 		c, err := cut.Next(buf)
 		if err == io.EOF {
-			break
+			return nil
 		}
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", f.Path, err)
+			return fmt.Errorf("%s: %w", f.Path, err)
 		}
 		off, n := int64(c.Start), int64(c.Length)
-		out = append(out, blob{desc: chunkDescriptor(f.Path, off, n, digest.SHA256.FromBytes(c.Data)), file: path, off: off})
+		emit(&blob{desc: chunkDescriptor(f.Path, off, n, ""), file: path, off: off})
 	}
-	return out, nil
 }
 
-// uploadBlobs pushes every blob the registry lacks, Parallel at a time,
-// and returns the bytes uploaded. Chunks repeated within the checkpoint
-// (zero pages) go up once.
-func uploadBlobs(ctx context.Context, repo *remote.Repository, set *blobSet, o Options) (int64, error) {
-	all := append([]blob{set.config}, set.layers...)
-	var total int64
-	for _, b := range all {
-		total += b.desc.Size
-	}
-	report := newMeter(o.Progress, total).add
-	var uploaded atomic.Int64
-	seen := make(map[digest.Digest]bool)
+// uploader pushes blobs, Parallel at a time, each in a goroutine that
+// first hashes a chunk whose digest is not known yet (reading it back, from
+// the page cache, where the cutter just read it). Chunks repeated within
+// the checkpoint (zero pages) go up once.
+type uploader struct {
+	ctx      context.Context
+	g        *errgroup.Group
+	repo     *remote.Repository
+	report   func(int64)
+	uploaded atomic.Int64
+	mu       sync.Mutex
+	seen     map[digest.Digest]bool
+}
+
+func newUploader(ctx context.Context, repo *remote.Repository, o Options, total int64) *uploader {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(parallel(o))
-	for _, b := range all {
-		if seen[b.desc.Digest] {
-			report(b.desc.Size)
-			continue
+	return &uploader{ctx: gctx, g: g, repo: repo, report: newMeter(o.Progress, total).add, seen: map[digest.Digest]bool{}}
+}
+
+// send schedules b, waiting while Parallel blobs are under way.
+func (u *uploader) send(b *blob) {
+	u.g.Go(func() error {
+		if b.desc.Digest == "" {
+			d, err := hashSection(b.file, b.off, b.desc.Size)
+			if err != nil {
+				return fmt.Errorf("%s: %w", blobName(b.desc), err)
+			}
+			b.desc.Digest = d
 		}
-		seen[b.desc.Digest] = true
-		g.Go(func() error {
-			n, err := uploadBlob(gctx, repo, b)
-			uploaded.Add(n)
-			report(b.desc.Size)
-			return err
-		})
+		if u.firstOf(b.desc.Digest) {
+			n, err := uploadBlob(u.ctx, u.repo, b)
+			u.uploaded.Add(n)
+			if err != nil {
+				return err
+			}
+		}
+		u.report(b.desc.Size)
+		return nil
+	})
+}
+
+// firstOf says whether d is seen for the first time in this push.
+func (u *uploader) firstOf(d digest.Digest) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.seen[d] {
+		return false
 	}
-	err := g.Wait()
-	return uploaded.Load(), err
+	u.seen[d] = true
+	return true
+}
+
+// wait waits for every blob sent and returns the bytes uploaded.
+func (u *uploader) wait() (int64, error) {
+	err := u.g.Wait()
+	return u.uploaded.Load(), err
+}
+
+// hashSection is the SHA-256 of size bytes of path from off on.
+func hashSection(path string, off, size int64) (digest.Digest, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	return digest.SHA256.FromReader(io.NewSectionReader(f, off, size))
 }
 
 // uploadBlob pushes b unless the registry has it; it returns the bytes sent.
-func uploadBlob(ctx context.Context, repo *remote.Repository, b blob) (int64, error) {
+func uploadBlob(ctx context.Context, repo *remote.Repository, b *blob) (int64, error) {
 	have, err := repo.Exists(ctx, b.desc)
 	if err != nil {
 		return 0, fmt.Errorf("blob %s: %w", b.desc.Digest, err)
