@@ -110,7 +110,7 @@ func (r *Remote) receive(ctx context.Context, store *storage.Store, id string, a
 	if err != nil || landed != nil {
 		return landed, err
 	}
-	sums, err := r.fill(ctx, st.Dir(), a, raw, m, o)
+	found, err := r.fill(ctx, st.Dir(), a, raw, m, o)
 	if err != nil {
 		if resumable(err) {
 			st.Suspend()
@@ -119,21 +119,23 @@ func (r *Remote) receive(ctx context.Context, store *storage.Store, id string, a
 		}
 		return nil, err
 	}
-	return st.AcceptHashed(ctx, m.Name, sums)
+	return st.AcceptHashed(ctx, m.Name, found)
 }
 
 // resumable says whether a failed pull keeps what it wrote for the next
 // one: yes when the registry or the deadline failed it, no when a blob's
 // bytes did not match their digest (the registry serves something else
-// now; the next pull starts clean).
+// now; the next pull starts clean) or a file's block did not match the
+// manifest (the same bytes would fail again).
 func resumable(err error) bool {
-	return !errors.Is(err, content.ErrMismatchedDigest) && !errors.Is(err, content.ErrTrailingData)
+	return !errors.Is(err, content.ErrMismatchedDigest) && !errors.Is(err, content.ErrTrailingData) && !errors.Is(err, storage.ErrCorrupt)
 }
 
 // fill writes the artifact's files into dir, then manifest.json and
-// manifest.sig, removes the journal, and returns each file's SHA-256.
-func (r *Remote) fill(ctx context.Context, dir string, a *artifact, raw []byte, m *storage.Manifest, o Options) (map[string]string, error) {
-	sums, err := r.fetchChunks(ctx, dir, a, m, o)
+// manifest.sig, removes the journal, and returns each file's record as
+// hashed (fileHashes).
+func (r *Remote) fill(ctx context.Context, dir string, a *artifact, raw []byte, m *storage.Manifest, o Options) (map[string]storage.File, error) {
+	found, err := r.fetchChunks(ctx, dir, a, m, o)
 	if err != nil {
 		return nil, err
 	}
@@ -152,13 +154,13 @@ func (r *Remote) fill(ctx context.Context, dir string, a *artifact, raw []byte, 
 	if err := os.Remove(filepath.Join(dir, journalName)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
-	return sums, nil
+	return found, nil
 }
 
 // fetchChunks creates every file at its size and fills it with the chunks
-// the journal does not list, Parallel at a time, hashing each file in
-// order as its chunks land; it returns the files' SHA-256 by path.
-func (r *Remote) fetchChunks(ctx context.Context, dir string, a *artifact, m *storage.Manifest, o Options) (map[string]string, error) {
+// the journal does not list, Parallel at a time, hashing the files as
+// their chunks land; it returns the files' records as hashed, by path.
+func (r *Remote) fetchChunks(ctx context.Context, dir string, a *artifact, m *storage.Manifest, o Options) (map[string]storage.File, error) {
 	for _, f := range m.Files {
 		if err := createSized(filepath.Join(dir, filepath.FromSlash(f.Path)), f.Size); err != nil {
 			return nil, err
@@ -212,7 +214,7 @@ func (r *Remote) fetchChunks(ctx context.Context, dir string, a *artifact, m *st
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	return hashes.sums()
+	return hashes.records()
 }
 
 // fetchChunk downloads one chunk into its file at its offset, verifying its

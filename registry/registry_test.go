@@ -94,12 +94,14 @@ func openStore(t *testing.T) *storage.Store {
 }
 
 // TestPushPullRoundTrip: a checkpoint pushed from one store arrives in
-// another byte for byte, signature verifying, and is found by its key.
+// another byte for byte, signature verifying, and is found by its key. Its
+// page image is one block and a little more (storage.BlockSize), so the
+// pull checks blocks that chunks straddle.
 func TestPushPullRoundTrip(t *testing.T) {
 	reg := startRegistry(t)
 	ctx := context.Background()
 	key, trusted := testSigningKey(t)
-	src := publishTestCheckpoint(t, openStore(t), randomBytes(t, 40*mib+12345), key)
+	src := publishTestCheckpoint(t, openStore(t), randomBytes(t, storage.BlockSize+12345), key)
 	remote := reg.open(t)
 	pushed, err := remote.Push(ctx, src, Options{})
 	if err != nil {
@@ -121,6 +123,9 @@ func TestPushPullRoundTrip(t *testing.T) {
 	}
 	if !bytes.Equal(got.RawManifest(), src.RawManifest()) || progressed != src.Size() {
 		t.Fatalf("pulled manifest differs or progress %d of %d", progressed, src.Size())
+	}
+	if i := slices.IndexFunc(got.Manifest.Files, func(f storage.File) bool { return len(f.Blocks) == 2 }); i < 0 {
+		t.Fatalf("no file of the pulled checkpoint is recorded by 2 blocks: %+v", got.Manifest.Files)
 	}
 	if err := got.Verify(ctx, nil); err != nil {
 		t.Fatal(err)
@@ -230,6 +235,35 @@ func TestPullFailures(t *testing.T) {
 		}
 		assertNoStaging(t, dst)
 	})
+}
+
+// TestPullOfFileDifferingFromManifest: a pusher whose page image changed
+// after it was published (bit rot, a stray write) uploads chunks that
+// match their own digests; the pull still refuses them, at the block that
+// differs from the checkpoint manifest, as a corrupt checkpoint, and keeps
+// nothing for a later pull to resume.
+func TestPullOfFileDifferingFromManifest(t *testing.T) {
+	reg := startRegistry(t)
+	ctx := context.Background()
+	remote := reg.open(t)
+	src := publishTestCheckpoint(t, openStore(t), randomBytes(t, 2*storage.BlockSize+1), nil)
+	f, err := os.OpenFile(filepath.Join(src.Dir, "checkpoint", "pages-1.img"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.WriteAt([]byte("rot"), storage.BlockSize+100)
+	if err := errors.Join(err, f.Close()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := remote.Push(ctx, src, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	dst := openStore(t)
+	_, err = remote.Pull(ctx, src.Name, dst, Options{})
+	if !errors.Is(err, storage.ErrCorrupt) || !strings.Contains(err.Error(), "block 1") {
+		t.Fatalf("pull of a page image that differs from its manifest in block 1: %v, want ErrCorrupt naming block 1", err)
+	}
+	assertNoStaging(t, dst)
 }
 
 // TestPullResumes: a pull cut short keeps its whole chunks, and the next

@@ -3,6 +3,7 @@ package storage
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path"
@@ -67,10 +68,14 @@ type Source struct {
 }
 
 // File records one file of a checkpoint so Verify can prove it unchanged.
+// A file of at most BlockSize bytes has SHA256, a larger one Blocks (one
+// SHA-256 per BlockSize piece), so large files hash on all cores. A build
+// that predates Blocks refuses such a manifest as having an unknown field.
 type File struct {
-	Path   string `json:"path"` // relative, slash-separated
-	Size   int64  `json:"size"`
-	SHA256 string `json:"sha256"`
+	Path   string   `json:"path"` // relative, slash-separated
+	Size   int64    `json:"size"`
+	SHA256 string   `json:"sha256,omitempty"`
+	Blocks []string `json:"blocks,omitempty"`
 }
 
 // GPU is a device the checkpointed process used; restore maps each source
@@ -141,11 +146,38 @@ func (m *Manifest) validate() error {
 			return fmt.Errorf("file %s listed twice", f.Path)
 		}
 		seen[f.Path] = true
-		if f.Size < 0 || len(f.SHA256) != 64 || strings.Trim(f.SHA256, hexDigits) != "" {
-			return fmt.Errorf("file %s: invalid size %d or sha256 %q", f.Path, f.Size, f.SHA256)
+		if err := f.validDigests(); err != nil {
+			return fmt.Errorf("file %s: %w", f.Path, err)
 		}
 	}
 	return nil
+}
+
+// validDigests checks that a file carries one form of digests: one
+// SHA-256 (any size: manifests written before blocks record large files
+// so), or one per block for a file of more than BlockSize bytes.
+func (f File) validDigests() error {
+	switch {
+	case f.Size < 0:
+		return fmt.Errorf("invalid size %d", f.Size)
+	case f.SHA256 != "" && f.Blocks != nil:
+		return errors.New("both a sha256 and block digests")
+	case f.Blocks == nil && !isSHA256(f.SHA256):
+		return fmt.Errorf("invalid sha256 %q", f.SHA256)
+	case f.Blocks != nil && (!UsesBlocks(f.Size) || len(f.Blocks) != BlockCount(f.Size)):
+		return fmt.Errorf("%d block digests for %d bytes, want %d (files of more than %d bytes only)", len(f.Blocks), f.Size, BlockCount(f.Size), BlockSize)
+	}
+	for i, b := range f.Blocks {
+		if !isSHA256(b) {
+			return fmt.Errorf("block %d: invalid sha256 %q", i, b)
+		}
+	}
+	return nil
+}
+
+// isSHA256 says whether s is a hex SHA-256 in lower case.
+func isSHA256(s string) bool {
+	return len(s) == 64 && strings.Trim(s, hexDigits) == ""
 }
 
 // validPath accepts only paths Publish writes: relative, clean, slash

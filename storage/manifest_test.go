@@ -54,7 +54,25 @@ func TestReadManifestRejects(t *testing.T) {
 			files := m["files"].([]any)
 			m["files"] = append(files, files[0])
 		}), "listed twice"},
-		{"bad digest", editManifest(t, func(m map[string]any) { m["files"].([]any)[0].(map[string]any)["sha256"] = "xyz" }), `invalid size 0 or sha256 "xyz"`},
+		{"bad digest", editManifest(t, func(m map[string]any) { m["files"].([]any)[0].(map[string]any)["sha256"] = "xyz" }), `invalid sha256 "xyz"`},
+		{"blocks and a sha256", editManifest(t, func(m map[string]any) {
+			m["files"].([]any)[0].(map[string]any)["blocks"] = []string{strings.Repeat("a", 64)}
+		}), "both a sha256 and block digests"},
+		{"blocks for a small file", editManifest(t, func(m map[string]any) {
+			f := m["files"].([]any)[0].(map[string]any)
+			delete(f, "sha256")
+			f["blocks"] = []string{strings.Repeat("a", 64)}
+		}), "1 block digests for 0 bytes, want 0"},
+		{"too few blocks", editManifest(t, func(m map[string]any) {
+			f := m["files"].([]any)[0].(map[string]any)
+			delete(f, "sha256")
+			f["size"], f["blocks"] = 2*BlockSize+1, []string{strings.Repeat("a", 64), strings.Repeat("b", 64)}
+		}), "2 block digests for 134217729 bytes, want 3"},
+		{"a bad block digest", editManifest(t, func(m map[string]any) {
+			f := m["files"].([]any)[0].(map[string]any)
+			delete(f, "sha256")
+			f["size"], f["blocks"] = BlockSize+1, []string{strings.Repeat("a", 64), "B"}
+		}), `block 1: invalid sha256 "B"`},
 		{"bad key", editManifest(t, func(m map[string]any) { m["key"] = "../x" }), "is not a lowercase hex sha256"},
 		{"unknown encryption", editManifest(t, func(m map[string]any) {
 			m["encryption"] = map[string]any{"algorithm": "aes-128-ctr", "key_id": "0011223344556677"}

@@ -69,14 +69,16 @@ func (st *Staging) Accept(ctx context.Context, name string, progress func(done, 
 
 // AcceptHashed is Accept for a receiver that hashed every file as it wrote
 // it (a registry pull hashes each file while its chunks land, so the copy
-// is not read a second time): sums holds each file's hex SHA-256 by its
-// manifest path and stands in for hashing that file again. Everything else
-// is checked as Accept checks it, and a file sums lacks is hashed.
-func (st *Staging) AcceptHashed(ctx context.Context, name string, sums map[string]string) (*Checkpoint, error) {
-	return st.accept(ctx, name, nil, sums)
+// is not read a second time): known holds, by manifest path, each file's
+// record as the receiver found it (size, and SHA-256 or block digests as
+// the manifest records that file), which stands in for hashing the file
+// again. Everything else is checked as Accept checks it, and a file known
+// lacks is hashed.
+func (st *Staging) AcceptHashed(ctx context.Context, name string, known map[string]File) (*Checkpoint, error) {
+	return st.accept(ctx, name, nil, known)
 }
 
-func (st *Staging) accept(ctx context.Context, name string, progress func(done, total int64), sums map[string]string) (_ *Checkpoint, err error) {
+func (st *Staging) accept(ctx context.Context, name string, progress func(done, total int64), known map[string]File) (_ *Checkpoint, err error) {
 	if st.dir == "" {
 		return nil, errors.New("accept: staging already published or aborted")
 	}
@@ -96,7 +98,7 @@ func (st *Staging) accept(ctx context.Context, name string, progress func(done, 
 		return nil, fmt.Errorf("accept %s: %w: the manifest names %q", name, ErrManifest, m.Name)
 	}
 	staged := &Checkpoint{Name: name, Dir: st.dir, Manifest: m, raw: raw}
-	if err := staged.verify(ctx, progress, sums); err != nil {
+	if err := staged.verify(ctx, progress, known); err != nil {
 		return nil, fmt.Errorf("accept %s: the copy does not match its manifest: %w", name, err)
 	}
 	if err := syncTree(st.dir); err != nil {

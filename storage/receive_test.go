@@ -41,9 +41,9 @@ func receiveCopy(t *testing.T, s *Store, c *Checkpoint) *Staging {
 func TestAcceptHashed(t *testing.T) {
 	src := openStore(t)
 	orig := publish(t, src, &Manifest{Key: testKey("h")}, sampleFiles)
-	sums := map[string]string{}
+	sums := map[string]File{}
 	for _, f := range orig.Manifest.Files {
-		sums[f.Path] = f.SHA256
+		sums[f.Path] = f
 	}
 
 	t.Run("matching sums", func(t *testing.T) {
@@ -55,7 +55,9 @@ func TestAcceptHashed(t *testing.T) {
 	})
 	t.Run("a sum that differs", func(t *testing.T) {
 		dst := openStore(t)
-		wrong := map[string]string{"checkpoint/pages-1.img": sums["rootfs-diff.tar"]}
+		bad := sums["checkpoint/pages-1.img"]
+		bad.SHA256 = sums["rootfs-diff.tar"].SHA256
+		wrong := map[string]File{"checkpoint/pages-1.img": bad}
 		_, err := receiveCopy(t, dst, orig).AcceptHashed(context.Background(), orig.Name, wrong)
 		if !errors.Is(err, ErrCorrupt) {
 			t.Fatalf("AcceptHashed with a wrong sum: %v, want ErrCorrupt", err)
@@ -70,7 +72,7 @@ func TestAcceptHashed(t *testing.T) {
 		if err := writeAt(filepath.Join(st.Dir(), "spec.dump"), 0, "[]"); err != nil {
 			t.Fatal(err)
 		}
-		partial := map[string]string{"checkpoint/pages-1.img": sums["checkpoint/pages-1.img"]}
+		partial := map[string]File{"checkpoint/pages-1.img": sums["checkpoint/pages-1.img"]}
 		if _, err := st.AcceptHashed(context.Background(), orig.Name, partial); !errors.Is(err, ErrCorrupt) {
 			t.Fatalf("AcceptHashed of a damaged file it had no sum for: %v, want ErrCorrupt", err)
 		}

@@ -79,7 +79,7 @@ func lockDir(dir string) (*os.File, error) {
 }
 
 // Publish seals the staging directory into the next generation of m.Key. It
-// fills m.Schema, m.Name, m.Files (size and sha256 of every file) and, if
+// fills m.Schema, m.Name, m.Files (size and digests of every file) and, if
 // zero, m.Created; writes manifest.json; fsyncs files, manifest and
 // directories; renames the directory into place; and fsyncs the root.
 //
@@ -193,11 +193,12 @@ func seal(root string) (dirs []string, files []File, err error) {
 		case !d.Type().IsRegular():
 			return fmt.Errorf("%s is a %s; a checkpoint holds only regular files", rel, describe(d.Type()))
 		}
-		size, sum, err := hashFile(p, true, nil)
+		f, err := digestFile(p, UsesBlocks, true, nil)
 		if err != nil {
 			return err
 		}
-		files = append(files, File{Path: rel, Size: size, SHA256: sum})
+		f.Path = rel
+		files = append(files, f)
 		return nil
 	})
 	slices.SortFunc(files, func(a, b File) int { return strings.Compare(a.Path, b.Path) })

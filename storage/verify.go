@@ -3,15 +3,11 @@ package storage
 import (
 	"cmp"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"syscall"
 )
 
 // Verify proves the directory matches its manifest before a restore trusts
@@ -27,14 +23,14 @@ func (c *Checkpoint) Verify(ctx context.Context, progress func(done, total int64
 	return c.verify(ctx, progress, nil)
 }
 
-// verify is Verify with the sums of files already hashed (by manifest
+// verify is Verify with the digests of files already hashed (by manifest
 // path), which are compared instead of read.
-func (c *Checkpoint) verify(ctx context.Context, progress func(done, total int64), sums map[string]string) error {
+func (c *Checkpoint) verify(ctx context.Context, progress func(done, total int64), known map[string]File) error {
 	if c.Manifest == nil {
 		return fmt.Errorf("verify %s: %w", c.Name, cmp.Or(c.Err, ErrManifest))
 	}
 	problems := append(c.untrusted(), c.checkTree()...)
-	files, err := c.checkFiles(ctx, progress, sums)
+	files, err := c.checkFiles(ctx, progress, known)
 	if err != nil {
 		return fmt.Errorf("verify %s: %w", c.Name, err)
 	}
@@ -85,9 +81,9 @@ func (c *Checkpoint) checkTree() (problems []error) {
 	return problems
 }
 
-// checkFiles hashes every listed file that sums lacks; err is set only when
+// checkFiles hashes every listed file that known lacks; err is set only when
 // ctx ended.
-func (c *Checkpoint) checkFiles(ctx context.Context, progress func(done, total int64), sums map[string]string) (problems []error, err error) {
+func (c *Checkpoint) checkFiles(ctx context.Context, progress func(done, total int64), known map[string]File) (problems []error, err error) {
 	var done int64
 	total := c.Size()
 	add := func(n int64) error {
@@ -98,7 +94,7 @@ func (c *Checkpoint) checkFiles(ctx context.Context, progress func(done, total i
 		return ctx.Err()
 	}
 	for _, f := range c.Manifest.Files {
-		if err := checkFile(filepath.Join(c.Dir, filepath.FromSlash(f.Path)), f, sums[f.Path], add); err != nil {
+		if err := checkFile(filepath.Join(c.Dir, filepath.FromSlash(f.Path)), f, known[f.Path], add); err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
@@ -109,9 +105,9 @@ func (c *Checkpoint) checkFiles(ctx context.Context, progress func(done, total i
 }
 
 // checkFile compares one file with its manifest entry. It hashes only when
-// the size matches and its sum is not known already (sum is empty);
-// skipped bytes still count as done for progress.
-func checkFile(p string, f File, sum string, add func(int64) error) error {
+// the size matches and the file's digests are not known already (known
+// is zero); skipped bytes still count as done for progress.
+func checkFile(p string, f File, known File, add func(int64) error) error {
 	fi, err := os.Lstat(p)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -121,51 +117,19 @@ func checkFile(p string, f File, sum string, add func(int64) error) error {
 		err = fmt.Errorf("is a %s, expected a regular file", describe(fi.Mode()))
 	case fi.Size() != f.Size:
 		err = fmt.Errorf("size: expected %d, got %d", f.Size, fi.Size())
-	case sum != "" && sum != f.SHA256:
-		err = fmt.Errorf("sha256: expected %s, got %s", f.SHA256, sum)
-	case sum != "":
+	case known.SHA256 != "" || known.Blocks != nil:
+		err = sameContent(f, known)
 	default:
-		size, sum, err := hashFile(p, false, add)
-		switch {
-		case err != nil:
+		got, err := digestFile(p, func(int64) bool { return f.Blocks != nil }, false, add)
+		if err != nil {
 			return err
-		case size != f.Size:
-			return fmt.Errorf("size: expected %d, got %d", f.Size, size)
-		case sum != f.SHA256:
-			return fmt.Errorf("sha256: expected %s, got %s", f.SHA256, sum)
 		}
-		return nil
+		return sameContent(f, got)
 	}
 	if addErr := add(f.Size); addErr != nil {
 		return addErr
 	}
 	return err
-}
-
-// hashFile returns a file's size and hex sha256, reporting bytes read to
-// add, which may stop it by returning an error. With seal, as Publish needs,
-// it also sets the store's file mode and flushes the file to stable storage.
-func hashFile(p string, seal bool, add func(int64) error) (int64, string, error) {
-	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
-	if err != nil {
-		return 0, "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	var w io.Writer = h
-	if add != nil {
-		w = io.MultiWriter(h, countWriter(add))
-	}
-	n, err := io.CopyBuffer(w, f, make([]byte, 1<<20))
-	if err == nil && seal {
-		if err = f.Chmod(fileMode); err == nil {
-			err = f.Sync()
-		}
-	}
-	if err != nil {
-		return 0, "", err
-	}
-	return n, hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // countWriter turns written bytes into progress reports; an error from the

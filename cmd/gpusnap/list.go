@@ -251,9 +251,18 @@ func runInspect(e *env, args []string, trustedKeys pathList) int {
 	fmt.Fprintln(e.stdout, "Files:")
 	w = table(e.stdout)
 	for _, f := range m.Files {
-		fmt.Fprintf(w, "  %s\t%s\t%s\n", humanBytes(f.Size), f.SHA256[:12], f.Path)
+		fmt.Fprintf(w, "  %s\t%s\t%s\n", humanBytes(f.Size), digestColumn(f), f.Path)
 	}
 	return flush(e, w)
+}
+
+// digestColumn abbreviates a file's digests: its SHA-256, or how many
+// blocks the manifest hashes it in.
+func digestColumn(f storage.File) string {
+	if f.Blocks != nil {
+		return fmt.Sprintf("%d blocks", len(f.Blocks))
+	}
+	return f.SHA256[:12]
 }
 
 // section prints a sorted map under a heading, or nothing when empty.

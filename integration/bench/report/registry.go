@@ -22,6 +22,7 @@ type registryRun struct {
 // transferRun is a transfer result's own part (integration/bench -mode
 // transfer): a synthetic checkpoint's push and pulls.
 type transferRun struct {
+	Publish  float64 `json:"publish_s"`
 	Push     float64 `json:"push_s"`
 	Uploaded float64 `json:"uploaded_bytes"`
 	pullRun
@@ -87,6 +88,9 @@ func transferTable(b *strings.Builder, r *result) {
 	fmt.Fprintf(b, "%s, kernel %s, %d cores. Command: `%s`. A synthetic checkpoint (one page image of random bytes), no containerd. TLS and htpasswd, as in the tests.\n\n",
 		r.Host, r.Kernel, r.CPUs, r.Command)
 	note(b, r)
+	if g.Publish > 0 {
+		fmt.Fprintf(b, "- Publish into the source store (every file hashed, then synced): %.2f s.\n", g.Publish)
+	}
 	if g.Push > 0 {
 		fmt.Fprintf(b, "- Push: %.2f s, %.2f GB uploaded (%.2f GB/s).\n", g.Push, g.Uploaded/1e9, g.Uploaded/g.Push/1e9)
 	}
