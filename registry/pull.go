@@ -248,13 +248,14 @@ func (r *Remote) fetchChunk(ctx context.Context, dir string, c chunk) error {
 }
 
 // startWriteback asks the kernel to start writing a landed chunk to disk
-// now. Without it, a machine with much memory keeps the whole pull dirty
-// in its page cache and writes it only when the store syncs the copy
-// before accepting it: the download and the disk writes ran one after the
-// other (8 GiB on an H100 machine: the store's sync came after the
-// download), where the pull's floor is the slower of the two, not their
-// sum. It is a hint: the store's fsync still makes the copy durable, so a
-// file system without sync_file_range loses only the overlap.
+// now. Without it, a machine with much memory (the GPU machines: 125 GiB,
+// dirty pages written back from 10% of it) keeps a pull of several GB
+// dirty in its page cache and writes it only when the store syncs the
+// copy before accepting it: the download and the disk writes run one
+// after the other, where a pull's floor is the slower of the two, not
+// their sum. It is a hint: the store's fsync still makes the copy
+// durable, so a file system without sync_file_range loses only the
+// overlap.
 func startWriteback(f *os.File, offset, size int64) {
 	_ = unix.SyncFileRange(int(f.Fd()), offset, size, unix.SYNC_FILE_RANGE_WRITE)
 }

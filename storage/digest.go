@@ -19,9 +19,9 @@ import (
 // shorter), a smaller one by the SHA-256 of the whole file (File.SHA256).
 // It is part of the format. Why: SHA-256 runs on one core at about
 // 1.1 GB/s on the GPU machines (H100 and H200, 2026-12-06), so a single
-// digest of a 40 GB page image took some 40 s to write at checkpoint time
-// and capped a registry pull of any size at that rate; blocks hash on all
-// cores, and a pull checks each block as soon as its bytes are in.
+// digest of a 40 GB page image would take about 40 s at checkpoint time,
+// and it capped a registry pull of any size at that rate; blocks hash on
+// all cores, and a pull checks each block as soon as its bytes are in.
 const BlockSize = 64 << 20
 
 // hashWorkers bounds the goroutines that hash one file's blocks.
