@@ -123,12 +123,12 @@ func (r *Remote) receive(ctx context.Context, store *storage.Store, id string, a
 }
 
 // resumable says whether a failed pull keeps what it wrote for the next
-// one: yes when the registry or the deadline failed it, no when a blob's
-// bytes did not match their digest (the registry serves something else
-// now; the next pull starts clean) or a file's block did not match the
-// manifest (the same bytes would fail again).
+// one: yes when the registry or the deadline failed it, no when the copy
+// is corrupt: a blob's bytes did not match their digest (the registry
+// serves something else now; the next pull starts clean) or a file's block
+// did not match the manifest (the same bytes would fail again).
 func resumable(err error) bool {
-	return !errors.Is(err, content.ErrMismatchedDigest) && !errors.Is(err, content.ErrTrailingData) && !errors.Is(err, storage.ErrCorrupt)
+	return !errors.Is(err, storage.ErrCorrupt)
 }
 
 // fill writes the artifact's files into dir, then manifest.json and
@@ -241,6 +241,10 @@ func (r *Remote) fetchChunk(ctx context.Context, dir string, c chunk) error {
 		startWriteback(f, c.offset, c.desc.Size)
 		return struct{}{}, nil
 	})
+	if errors.Is(err, content.ErrMismatchedDigest) || errors.Is(err, content.ErrTrailingData) {
+		// The registry served other bytes than the artifact names.
+		return fmt.Errorf("%s at %d: %w: %w", c.file, c.offset, storage.ErrCorrupt, err)
+	}
 	if err != nil {
 		return fmt.Errorf("%s at %d: %w", c.file, c.offset, err)
 	}
