@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -86,7 +87,7 @@ func transferTable(b *strings.Builder, r *result) {
 	g := r.Transfer
 	fmt.Fprintf(b, "## Registry transfers: a %.2f GB checkpoint through distribution on loopback, %s\n\n", r.ImageBytes/1e9, r.Date)
 	fmt.Fprintf(b, "%s, kernel %s, %d cores. Command: `%s`. A synthetic checkpoint (one page image of random bytes), no containerd. TLS and htpasswd, as in the tests.\n\n",
-		r.Host, r.Kernel, r.CPUs, r.Command)
+		cmp.Or(r.Machine, r.Host), r.Kernel, r.CPUs, r.Command)
 	note(b, r)
 	if g.Publish > 0 {
 		fmt.Fprintf(b, "- Publish into the source store (every file hashed, then synced): %.2f s.\n", g.Publish)
