@@ -138,3 +138,23 @@ func TestVerifyImages(t *testing.T) {
 		})
 	}
 }
+
+// TestInspectLargeFile: a file the manifest records by blocks (more than
+// storage.BlockSize bytes) is listed with its block count, where a small
+// file shows its digest.
+func TestInspectLargeFile(t *testing.T) {
+	ts := newTestStore(t)
+	s, _ := storage.Open(ts.root)
+	c := publishImages(t, s, "large", time.Now(), noEdit, func(dir string) {
+		if err := os.MkdirAll(filepath.Join(dir, "checkpoint"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "checkpoint", "pages-9.img"), make([]byte, storage.BlockSize+1), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	})
+	out, _ := mustRun(t, exitOK, "--store", ts.root, "inspect", c.Name)
+	if got := rowWith(out, "checkpoint/pages-9.img"); !slices.Contains(got, "blocks") || !slices.Contains(got, "2") {
+		t.Errorf("inspect's row of a 64 MiB + 1 byte file is %q, want its 2 blocks:\n%s", got, out)
+	}
+}
