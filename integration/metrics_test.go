@@ -86,9 +86,13 @@ func TestMetricsAfterRestoreAndFallback(t *testing.T) {
 			t.Errorf("%s grew by %v, want %v", series, got, want)
 		}
 	}
-	phase := `gpusnap_phase_duration_seconds_count{kind="restore",phase="criu_restore"}`
-	if sample(after, phase) <= sample(before, phase) {
-		t.Errorf("%s did not grow", phase)
+	for _, phase := range []string{
+		`gpusnap_phase_duration_seconds_count{kind="restore",phase="criu_restore"}`,
+		`gpusnap_phase_duration_seconds_count{kind="checkpoint",phase="publish"}`,
+	} {
+		if sample(after, phase) <= sample(before, phase) {
+			t.Errorf("%s did not grow", phase)
+		}
 	}
 	if t.Failed() {
 		fmt.Println(after)

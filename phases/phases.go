@@ -42,6 +42,10 @@ const (
 	// CopyImages or Encrypt puts the files into the store.
 	CopyImages = "copy_images"
 	Encrypt    = "encrypt"
+	// Publish hashes every file for the manifest, signs it, syncs and
+	// renames the checkpoint into place. The manifest is written within
+	// it, so only the checkpoint's event carries it, not the manifest.
+	Publish = "publish"
 )
 
 // Push uploads a published checkpoint to the handler's registry, in the
@@ -61,7 +65,7 @@ var Order = []string{
 	Pull, Find, Cache, Key, Lookup, Verify, Decrypt,
 	Prepare, CUDACheckpoint, CRIUDump,
 	RootfsDiff,
-	CopyImages, Encrypt, Push,
+	CopyImages, Encrypt, Publish, Push,
 	CRIURestore, CUDARestore, CUDAUnlock,
 }
 

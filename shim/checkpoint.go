@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -207,12 +208,16 @@ func (s *Service) publish(ctx context.Context, c *container, dir string, gpus st
 		return nil, fmt.Errorf("checkpoint %s: %w", phase, err)
 	}
 	key, fields := containerIdentity(c)
-	m := &storage.Manifest{Key: key, Identity: fields, Node: pp.node, Phases: times, CRIUStats: dumpStats, GPUs: gpus.GPUs, DriverVersion: gpus.DriverVersion,
+	m := &storage.Manifest{Key: key, Identity: fields, Node: pp.node, Phases: maps.Clone(times), CRIUStats: dumpStats, GPUs: gpus.GPUs, DriverVersion: gpus.DriverVersion,
 		GPULeftovers: c.gpuLeftovers, Source: storage.Source{ContainerID: c.id, Namespace: c.namespace, Hostname: c.spec.Hostname}}
 	if enc != nil {
 		m.Encryption = &storage.Encryption{Algorithm: crypt.Algorithm, KeyID: enc.ID}
 	}
-	ck, err := st.PublishSigned(m, signer)
+	var ck *storage.Checkpoint
+	err = times.time(phases.Publish, func() (err error) {
+		ck, err = st.PublishSigned(m, signer)
+		return err
+	})
 	if errors.Is(err, storage.ErrExists) {
 		log.G(ctx).WithField("id", c.id).Info("snapshot: another writer published this identity first; keeping theirs")
 		return nil, nil
