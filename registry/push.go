@@ -51,7 +51,8 @@ type PushResult struct {
 // Push uploads checkpoint c as an artifact tagged with its name. Blobs the
 // registry already holds (chunks unchanged since an earlier checkpoint of
 // the same workload) are not uploaded again. The tag is written last, so a
-// reader never sees a manifest whose blobs are missing.
+// reader never sees a manifest whose blobs are missing, and only once c's
+// files verified against its manifest (hashed while the upload runs).
 func (r *Remote) Push(ctx context.Context, c *storage.Checkpoint, o Options) (*PushResult, error) {
 	repo, err := r.pushHost()
 	if err != nil {
@@ -61,8 +62,19 @@ func (r *Remote) Push(ctx context.Context, c *storage.Checkpoint, o Options) (*P
 		return nil, fmt.Errorf("push %s: no readable manifest: %v", c.Name, c.Err)
 	}
 	res := &PushResult{Ref: r.refTo(c.Name), Bytes: c.Size()}
+	vctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	verified := make(chan error, 1)
+	go func() { verified <- c.Verify(vctx, nil) }()
 	blobs, uploaded, err := uploadCheckpoint(ctx, repo, c, o)
 	if err != nil {
+		cancel()
+		<-verified
+		return nil, fmt.Errorf("push %s to %s: %w", c.Name, r.Name, err)
+	}
+	// Files that no longer match their manifest (a disk's bit rot, a
+	// stray write) would fail every pull; the tag is not written for them.
+	if err := <-verified; err != nil {
 		return nil, fmt.Errorf("push %s to %s: %w", c.Name, r.Name, err)
 	}
 	res.Uploaded, res.Blobs = uploaded, len(blobs.layers)+1
