@@ -10,6 +10,7 @@ import (
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/errdefs"
 	"google.golang.org/protobuf/proto"
 
@@ -78,6 +79,16 @@ func timeoutReason(ctx context.Context, o options.Options, err error) error {
 func (s *Service) killRestored(ctx context.Context, c *container) {
 	s.TTRPCTaskService.Kill(ctx, &taskAPI.KillRequest{ID: c.id, Signal: 9, All: true})
 	s.TTRPCTaskService.Wait(ctx, &taskAPI.WaitRequest{ID: c.id})
+}
+
+// running says whether the runc shim has the task running. A restore whose
+// CRIU died after the restored tree resumed, but before CRIU told runc,
+// fails with the container running: runc reports the restore failed, and
+// Delete would refuse the running container (seen once in CI, with CRIU
+// killed 0.3 s into a restore).
+func (s *Service) running(ctx context.Context, c *container) bool {
+	st, err := s.TTRPCTaskService.State(ctx, &taskAPI.StateRequest{ID: c.id})
+	return err == nil && st.Status == task.Status_RUNNING
 }
 
 // coldStart replaces a container whose restore failed by a fresh one: the

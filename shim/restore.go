@@ -101,8 +101,10 @@ func (s *Service) restore(ctx context.Context, c *container, plan *restorePlan, 
 			continue
 		}
 		if err := plan.phases.time(step.name, func() error { return step.run(ctx, r) }); err != nil {
-			if r.created {
-				s.killRestored(ctx, c)
+			// Past restore_timeout too: what runs must go before the cold start.
+			cleanup := context.WithoutCancel(ctx)
+			if r.created || s.running(cleanup, c) {
+				s.killRestored(cleanup, c)
 			}
 			return nil, fmt.Errorf("%s: %w", step.name, err)
 		}
