@@ -37,9 +37,10 @@ func BlockCount(size int64) int { return int((size + BlockSize - 1) / BlockSize)
 // HashBlock returns the hex SHA-256 of block i of r, a file of size bytes.
 func HashBlock(r io.ReaderAt, size int64, i int) (string, error) {
 	off := int64(i) * BlockSize
+	want := min(BlockSize, size-off)
 	h := sha256.New()
-	n, err := io.CopyBuffer(h, io.NewSectionReader(r, off, min(BlockSize, size-off)), make([]byte, 1<<20))
-	if err == nil && n != min(BlockSize, size-off) {
+	n, err := io.CopyBuffer(h, io.NewSectionReader(r, off, want), make([]byte, 1<<20))
+	if err == nil && n != want {
 		err = io.ErrUnexpectedEOF
 	}
 	return hex.EncodeToString(h.Sum(nil)), err
