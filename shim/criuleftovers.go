@@ -30,17 +30,7 @@ import (
 //   - CRIU's cgroup yard, a tmpfs with the cgroup hierarchies mounted in it,
 //     left in CRIU's working directory.
 func removeCRIULeftovers(ctx context.Context, c *container) error {
-	var errs []error
-	if c.spec != nil && c.spec.Linux != nil && c.spec.Linux.CgroupsPath != "" {
-		cg, err := cgroupfs.Open(c.spec.Linux.CgroupsPath)
-		if err == nil {
-			if pids := cg.Pids(); len(pids) > 0 {
-				log.G(ctx).WithField("id", c.id).WithField("pids", pids).Warn("snapshot: killing processes a failed restore left in the container's cgroup")
-			}
-			err = cg.KillAndRemove(10 * time.Second)
-		}
-		errs = append(errs, err)
-	}
+	errs := []error{killCgroup(ctx, c)}
 	if netns := joinedNetns(c); netns != "" {
 		errs = append(errs, criu.UnlockNetwork(netns))
 	}
@@ -51,6 +41,24 @@ func removeCRIULeftovers(ctx context.Context, c *container) error {
 		return fmt.Errorf("removing what the failed restore left: %w", err)
 	}
 	return nil
+}
+
+// killCgroup kills every process in the container's cgroup, waits until
+// they are gone and removes the cgroup. It asks the cgroup rather than runc:
+// after a failed restore the runc shim still reports the task as created,
+// whatever CRIU restored and resumed.
+func killCgroup(ctx context.Context, c *container) error {
+	if c.spec == nil || c.spec.Linux == nil || c.spec.Linux.CgroupsPath == "" {
+		return nil
+	}
+	cg, err := cgroupfs.Open(c.spec.Linux.CgroupsPath)
+	if err != nil {
+		return err
+	}
+	if pids := cg.Pids(); len(pids) > 0 {
+		log.G(ctx).WithField("id", c.id).WithField("pids", pids).Warn("snapshot: killing processes a failed restore left in the container's cgroup")
+	}
+	return cg.KillAndRemove(10 * time.Second)
 }
 
 // joinedNetns is the path of the existing network namespace the container

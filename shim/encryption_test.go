@@ -85,10 +85,7 @@ func TestCheckEncryption(t *testing.T) {
 	loose := filepath.Join(t.TempDir(), "loose.enc")
 	data, _ := os.ReadFile(keyPath)
 	os.WriteFile(loose, data, 0o644)
-	s, err := storage.Open(filepath.Join(t.TempDir(), "store"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openTestStore(t)
 	encrypted := publishEncrypted(t, s, "encrypted", key)
 	clear := publishTest(t, s, "clear", "")
 
@@ -144,10 +141,7 @@ func encryptedContainer(t *testing.T, ck *storage.Checkpoint, key *crypt.Key) *c
 
 func TestDecryptCheckpoint(t *testing.T) {
 	_, key := writeEncryptionKey(t)
-	s, err := storage.Open(filepath.Join(t.TempDir(), "store"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openTestStore(t)
 	ck := publishEncrypted(t, s, "encrypted", key)
 	for name, data := range checkpointFiles {
 		stored, err := os.ReadFile(filepath.Join(ck.Dir, name))
@@ -188,10 +182,7 @@ func TestDecryptCheckpoint(t *testing.T) {
 // manifest, which is what calling decryptCheckpoint directly stands for.
 func TestDecryptTampered(t *testing.T) {
 	_, key := writeEncryptionKey(t)
-	s, err := storage.Open(filepath.Join(t.TempDir(), "store"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openTestStore(t)
 	ck := publishEncrypted(t, s, "encrypted", key)
 	pages := filepath.Join(ck.Dir, "checkpoint", "pages-1.img")
 	data, _ := os.ReadFile(pages)
@@ -199,7 +190,7 @@ func TestDecryptTampered(t *testing.T) {
 	os.WriteFile(pages, data, 0o600)
 
 	c := encryptedContainer(t, ck, key)
-	err = decryptCheckpoint(context.Background(), c.bundle, c.plan)
+	err := decryptCheckpoint(context.Background(), c.bundle, c.plan)
 	if !errors.Is(err, crypt.ErrAuth) || !strings.Contains(err.Error(), "decrypting checkpoint/pages-1.img: chunk 1 of 3") {
 		t.Fatalf("got %v, want chunk 1 of pages-1.img to fail authentication", err)
 	}
@@ -214,10 +205,7 @@ func TestDecryptTampered(t *testing.T) {
 // decrypting finds the plaintext through the bundle's marker.
 func TestRemovePlaintextOf(t *testing.T) {
 	_, key := writeEncryptionKey(t)
-	s, err := storage.Open(filepath.Join(t.TempDir(), "store"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openTestStore(t)
 	c := encryptedContainer(t, publishEncrypted(t, s, "encrypted", key), key)
 	if err := decryptCheckpoint(context.Background(), c.bundle, c.plan); err != nil {
 		t.Fatal(err)
@@ -229,14 +217,11 @@ func TestRemovePlaintextOf(t *testing.T) {
 
 func TestDecryptDirMustBeRootOnly(t *testing.T) {
 	_, key := writeEncryptionKey(t)
-	s, err := storage.Open(filepath.Join(t.TempDir(), "store"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openTestStore(t)
 	c := encryptedContainer(t, publishEncrypted(t, s, "encrypted", key), key)
 	os.MkdirAll(c.options.DecryptDir, 0o777)
 	os.Chmod(c.options.DecryptDir, 0o777)
-	err = decryptCheckpoint(context.Background(), c.bundle, c.plan)
+	err := decryptCheckpoint(context.Background(), c.bundle, c.plan)
 	if !errors.Is(err, storage.ErrUntrusted) || !strings.Contains(err.Error(), "decrypt_dir") {
 		t.Fatalf("got %v, want decrypt_dir refused as untrusted", err)
 	}

@@ -10,8 +10,8 @@ import (
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types"
-	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/gpusnap/containerd-shim-snapshot-v2/events"
@@ -81,14 +81,21 @@ func (s *Service) killRestored(ctx context.Context, c *container) {
 	s.TTRPCTaskService.Wait(ctx, &taskAPI.WaitRequest{ID: c.id})
 }
 
-// running says whether the runc shim has the task running. A restore whose
-// CRIU died after the restored tree resumed, but before CRIU told runc,
-// fails with the container running: runc reports the restore failed, and
-// Delete would refuse the running container (seen once in CI, with CRIU
-// killed 0.3 s into a restore).
-func (s *Service) running(ctx context.Context, c *container) bool {
-	st, err := s.TTRPCTaskService.State(ctx, &taskAPI.StateRequest{ID: c.id})
-	return err == nil && st.Status == task.Status_RUNNING
+// stopFailedRestore kills what a failed restore left running, before the
+// cold start or containerd's Delete. Processes runc knows (the GPU phases
+// failed after CRIU) are killed through runc. When runc's restore itself
+// failed, CRIU may still have resumed the restored tree before it died (seen
+// in CI with CRIU killed 0.3 s into a restore): runc's state then says
+// running, the runc shim's says created, and runc delete refuses the
+// container; those processes are killed through the container's cgroup.
+func (s *Service) stopFailedRestore(ctx context.Context, r *restoreRun) {
+	if r.created {
+		s.killRestored(ctx, r.c)
+		return
+	}
+	if err := killCgroup(ctx, r.c); err != nil {
+		log.G(ctx).WithError(err).WithField("id", r.c.id).Error("snapshot: killing what a failed restore left running")
+	}
 }
 
 // coldStart replaces a container whose restore failed by a fresh one: the

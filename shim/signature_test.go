@@ -34,6 +34,16 @@ func writeKeyPair(t *testing.T, name string) (keyPath, pubPath, id string) {
 
 // publishTest publishes a small checkpoint, signed when keyPath is set, and
 // loads it back as planRestore's lookup would.
+// openTestStore opens an empty store in a temporary directory.
+func openTestStore(t *testing.T) *storage.Store {
+	t.Helper()
+	s, err := storage.Open(filepath.Join(t.TempDir(), "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 func publishTest(t *testing.T, s *storage.Store, label, keyPath string) *storage.Checkpoint {
 	t.Helper()
 	signer, err := signingKey(options.Options{SigningKey: keyPath})
@@ -66,10 +76,7 @@ func TestVerifyCheckpointSignatures(t *testing.T) {
 	t.Cleanup(func() { verifiedDir = saved })
 	keyA, pubA, _ := writeKeyPair(t, "a")
 	_, pubB, idB := writeKeyPair(t, "b")
-	s, err := storage.Open(filepath.Join(t.TempDir(), "store"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openTestStore(t)
 	signed := publishTest(t, s, "signed", keyA)
 	unsigned := publishTest(t, s, "unsigned", "")
 
@@ -117,7 +124,7 @@ func TestVerifyCheckpointSignatures(t *testing.T) {
 	os.WriteFile(pages, []byte("PAGES"), 0o600)
 	o := options.Default()
 	o.TrustedKeys, o.RequireSignature = []string{pubA}, true
-	err = verifyCheckpoint(context.Background(), signed, o)
+	err := verifyCheckpoint(context.Background(), signed, o)
 	if err == nil || events.CodeOf(err) != events.ReasonVerificationFailed {
 		t.Fatalf("corrupt pages under a good signature: %v", err)
 	}
