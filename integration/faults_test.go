@@ -32,6 +32,18 @@ func TestCRIUKilledMidRestore(t *testing.T) {
 	}
 }
 
+// TestCRIUKilledAfterResume: CRIU killed once the restored tree runs,
+// before it answers runc (seen in CI with a 0.3 s kill). runc reports a failed
+// restore over a container that runs, while the runc shim calls the task
+// created; the shim kills it through the container's cgroup, so that the
+// cold start's Delete does not refuse a running container.
+func TestCRIUKilledAfterResume(t *testing.T) {
+	ev := restoreWithCRIUKilled(t, "rfault-resumed", testbed.CRIUKillResumed, "")
+	if !strings.Contains(ev.Reason, "restor") || !strings.Contains(ev.Reason, "left running in the container's cgroup") {
+		t.Fatalf("cold start's reason does not say the restore failed and what the shim killed: %+v", ev)
+	}
+}
+
 // TestShimKilledMidRestore: the shim killed with SIGKILL while CRIU
 // restores (held back 3 s by the bed's CRIU wrapper). containerd reports the
 // failed start and cleans the task up; nothing of the attempt may survive

@@ -30,7 +30,8 @@ import (
 //   - CRIU's cgroup yard, a tmpfs with the cgroup hierarchies mounted in it,
 //     left in CRIU's working directory.
 func removeCRIULeftovers(ctx context.Context, c *container) error {
-	errs := []error{killCgroup(ctx, c)}
+	_, err := killCgroup(ctx, c)
+	errs := []error{err}
 	if netns := joinedNetns(c); netns != "" {
 		errs = append(errs, criu.UnlockNetwork(netns))
 	}
@@ -44,21 +45,22 @@ func removeCRIULeftovers(ctx context.Context, c *container) error {
 }
 
 // killCgroup kills every process in the container's cgroup, waits until
-// they are gone and removes the cgroup. It asks the cgroup rather than runc:
-// after a failed restore the runc shim still reports the task as created,
-// whatever CRIU restored and resumed.
-func killCgroup(ctx context.Context, c *container) error {
+// they are gone and removes the cgroup; it returns the processes it found.
+// It asks the cgroup rather than runc: after a failed restore the runc shim
+// still reports the task as created, whatever CRIU restored and resumed.
+func killCgroup(ctx context.Context, c *container) ([]int, error) {
 	if c.spec == nil || c.spec.Linux == nil || c.spec.Linux.CgroupsPath == "" {
-		return nil
+		return nil, nil
 	}
 	cg, err := cgroupfs.Open(c.spec.Linux.CgroupsPath)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if pids := cg.Pids(); len(pids) > 0 {
+	pids := cg.Pids()
+	if len(pids) > 0 {
 		log.G(ctx).WithField("id", c.id).WithField("pids", pids).Warn("snapshot: killing processes a failed restore left in the container's cgroup")
 	}
-	return cg.KillAndRemove(10 * time.Second)
+	return pids, cg.KillAndRemove(10 * time.Second)
 }
 
 // joinedNetns is the path of the existing network namespace the container

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -24,7 +25,8 @@ import (
 // runs in the container's cgroup (CRIU resumed the restored tree and died
 // before telling runc; the runc shim still calls the task created). The
 // restore's cleanup kills it through the cgroup, so the cold start's Delete
-// finds the container stopped, and removes the cgroup.
+// finds the container stopped, removes the cgroup, and says so in the
+// reason.
 func TestFailedRestoreKillsWhatCRIUResumed(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create cgroups")
@@ -55,8 +57,9 @@ func TestFailedRestoreKillsWhatCRIUResumed(t *testing.T) {
 	t.Setenv("SNAPSHOT_EVENTS_DIR", t.TempDir())
 	plan := &restorePlan{checkpoint: publishTest(t, openTestStore(t), "web", ""), phases: phaseTimes{}}
 
-	if _, err := svc.restore(context.Background(), c, plan, &taskAPI.StartRequest{ID: c.id}); err == nil {
-		t.Fatal("restore succeeded although runc's restore failed")
+	_, err = svc.restore(context.Background(), c, plan, &taskAPI.StartRequest{ID: c.id})
+	if err == nil || !strings.Contains(err.Error(), "killed the 1 processes left running in the container's cgroup") {
+		t.Fatalf("restore = %v, want the failure to say the shim killed the process left running", err)
 	}
 	if !slices.Equal(runc.calls, []string{"start"}) {
 		t.Errorf("runc calls %v, want [start]: the task is not runc's to kill", runc.calls)

@@ -82,20 +82,26 @@ func (s *Service) killRestored(ctx context.Context, c *container) {
 }
 
 // stopFailedRestore kills what a failed restore left running, before the
-// cold start or containerd's Delete. Processes runc knows (the GPU phases
-// failed after CRIU) are killed through runc. When runc's restore itself
-// failed, CRIU may still have resumed the restored tree before it died (seen
-// in CI with CRIU killed 0.3 s into a restore): runc's state then says
-// running, the runc shim's says created, and runc delete refuses the
-// container; those processes are killed through the container's cgroup.
-func (s *Service) stopFailedRestore(ctx context.Context, r *restoreRun) {
+// cold start or containerd's Delete, and returns the restore's error, saying
+// what it killed. Processes runc knows (the GPU phases failed after CRIU)
+// are killed through runc. When runc's restore itself failed, CRIU may
+// still have resumed the restored tree before it died (seen in CI with CRIU
+// killed 0.3 s into a restore): runc's state then says running, the runc
+// shim's says created, and runc delete refuses the container; those
+// processes are killed through the container's cgroup.
+func (s *Service) stopFailedRestore(ctx context.Context, r *restoreRun, err error) error {
 	if r.created {
 		s.killRestored(ctx, r.c)
-		return
+		return err
 	}
-	if err := killCgroup(ctx, r.c); err != nil {
-		log.G(ctx).WithError(err).WithField("id", r.c.id).Error("snapshot: killing what a failed restore left running")
+	pids, killErr := killCgroup(ctx, r.c)
+	if killErr != nil {
+		log.G(ctx).WithError(killErr).WithField("id", r.c.id).Error("snapshot: killing what a failed restore left running")
 	}
+	if len(pids) > 0 {
+		return fmt.Errorf("%w (the shim killed the %d processes left running in the container's cgroup)", err, len(pids))
+	}
+	return err
 }
 
 // coldStart replaces a container whose restore failed by a fresh one: the

@@ -102,8 +102,7 @@ func (s *Service) restore(ctx context.Context, c *container, plan *restorePlan, 
 		}
 		if err := plan.phases.time(step.name, func() error { return step.run(ctx, r) }); err != nil {
 			// Past restore_timeout too: what runs must go before the cold start.
-			cleanup := context.WithoutCancel(ctx)
-			s.stopFailedRestore(cleanup, r)
+			err = s.stopFailedRestore(context.WithoutCancel(ctx), r, err)
 			return nil, fmt.Errorf("%s: %w", step.name, err)
 		}
 	}

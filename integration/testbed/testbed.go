@@ -119,6 +119,9 @@ func (b *Bed) writeConfig() error {
 	if err := os.WriteFile(filepath.Join(b.Dir, "bin", "criu"), []byte(criuWrapper(b.Dir)), 0o755); err != nil {
 		return err
 	}
+	if err := writeCRIUKillResumed(b.Dir); err != nil {
+		return err
+	}
 	if err := os.WriteFile(b.OptionsPath, []byte(b.ShimOptions), 0o600); err != nil {
 		return err
 	}
@@ -326,6 +329,31 @@ const CRIUKillFile = "kill-criu-after"
 // processes keep CRIU's socket to runc open.
 const CRIUKillForked = "forked"
 
+// CRIUKillResumed in CRIUKillFile kills each CRIU of a runc restore with
+// SIGKILL right after the restored tree resumed, before CRIU answers runc:
+// runc has recorded the container (CRIU's post-restore notification) and
+// reports a failed restore while it runs. A CRIU action script does it, at
+// "post-resume", from a configuration file the wrapper names in
+// CRIU_CONFIG_FILE (CRIU reads that in RPC mode too).
+const CRIUKillResumed = "resumed"
+
+// The files of CRIUKillResumed in the bed's directory.
+const (
+	criuKillResumedConfig = "criu-kill-resumed.conf"
+	criuKillResumedScript = "criu-kill-resumed.sh"
+)
+
+// writeCRIUKillResumed writes CRIUKillResumed's configuration file and
+// action script. The script's parent is the CRIU that runs it.
+func writeCRIUKillResumed(dir string) error {
+	script := filepath.Join(dir, criuKillResumedScript)
+	body := "#!/bin/sh\n[ \"$CRTOOLS_SCRIPT_ACTION\" = post-resume ] && kill -9 $PPID\nexit 0\n"
+	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, criuKillResumedConfig), []byte("action-script "+script+"\n"), 0o644)
+}
+
 // CRIUDelayFile, when it exists in the bed's directory, holds a delay in
 // seconds that every RPC-mode CRIU (runc's dumps and restores) sleeps
 // before it starts: a slow disk, for tests of timeouts.
@@ -361,11 +389,14 @@ if [ -f "$f" ] && [ "$(cat "$f")" = %[4]s ]; then
     if pgrep -P $$ -f '^criu: restore' >/dev/null; then kill -9 $$; break; fi
     sleep 0.02
   done) &
+elif [ -f "$f" ] && [ "$(cat "$f")" = %[5]s ]; then
+  [ -n "$runc_rpc" ] && export CRIU_CONFIG_FILE=%[6]q
 elif [ -f "$f" ]; then
   delay=$(cat "$f")
   (sleep "$delay"; kill -9 $$ 2>/dev/null) &
 fi
 PATH=$(echo "$PATH" | sed "s|%[3]s:||")
 exec criu "$@"
-`, filepath.Join(dir, CRIUDelayFile), filepath.Join(dir, CRIUKillFile), filepath.Join(dir, "bin"), CRIUKillForked)
+`, filepath.Join(dir, CRIUDelayFile), filepath.Join(dir, CRIUKillFile), filepath.Join(dir, "bin"), CRIUKillForked,
+		CRIUKillResumed, filepath.Join(dir, criuKillResumedConfig))
 }
