@@ -236,4 +236,8 @@ func TestTransfer(t *testing.T) {
 	if _, err := DiskWrite(filepath.Join(dir, "missing"), 1<<20); err == nil {
 		t.Error("DiskWrite into a missing directory: no error")
 	}
+	var out strings.Builder
+	if err := writeRepeated(&out, []byte("abc"), 7); err != nil || out.String() != "abcabca" {
+		t.Errorf("writeRepeated of 7 bytes wrote %q, %v", out.String(), err)
+	}
 }

@@ -35,16 +35,13 @@ func Loopback(size int64) (Result, error) {
 	if err != nil {
 		return r, err
 	}
-	buf := make([]byte, 1<<20)
-	rand.Read(buf)
+	buf := randomBlock(1 << 20)
 	start := time.Now()
-	for sent := int64(0); sent < size; sent += int64(len(buf)) {
-		if _, err := c.Write(buf); err != nil {
-			c.Close()
-			return r, err
-		}
-	}
+	err = writeRepeated(c, buf, size)
 	c.Close()
+	if err != nil {
+		return r, err
+	}
 	if err := <-done; err != nil {
 		return r, err
 	}
@@ -62,16 +59,34 @@ func DiskWrite(dir string, size int64) (Result, error) {
 		return r, err
 	}
 	defer os.Remove(f.Name())
-	buf := make([]byte, 16<<20)
-	rand.Read(buf)
+	buf := randomBlock(16 << 20)
 	start := time.Now()
-	for written := int64(0); written < size; written += int64(len(buf)) {
-		if _, err := f.Write(buf); err != nil {
-			f.Close()
-			return r, err
-		}
+	if err := writeRepeated(f, buf, size); err != nil {
+		f.Close()
+		return r, err
 	}
 	err = f.Sync()
 	r.Bytes, r.Seconds = size, time.Since(start).Seconds()
 	return r, errors.Join(err, f.Close())
+}
+
+// randomBlock is n random bytes, for writes that compression or
+// deduplication must not shorten.
+func randomBlock(n int) []byte {
+	buf := make([]byte, n)
+	rand.Read(buf)
+	return buf
+}
+
+// writeRepeated writes size bytes to w, buf again and again, the last
+// write cut to what is left.
+func writeRepeated(w io.Writer, buf []byte, size int64) error {
+	for left := size; left > 0; {
+		n := min(int64(len(buf)), left)
+		if _, err := w.Write(buf[:n]); err != nil {
+			return err
+		}
+		left -= n
+	}
+	return nil
 }
